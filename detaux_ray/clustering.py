@@ -1,0 +1,130 @@
+"""Stage-2 clustering backends (no Ray): HDBSCAN (cuML on GPU, `hdbscan` on CPU), KMeans, KMeans++, MeanShift.
+
+All return integer labels 0..C-1 for every point. HDBSCAN's noise points are kept as one extra label (the last),
+as the paper does. Large inputs are fitted on a seeded subsample and the rest are labelled by prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import DiscoverConfig
+from .errors import ConfigError, SingleClusterError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterResult:
+    labels: np.ndarray  # (N,) int64, 0..C-1; noise (if any) is label C-1
+    method: str  # e.g. "hdbscan[cpu]", "hdbscan[cuml]", "kmeans++"
+    n_clusters: int  # clusters found, not counting noise
+    has_noise_label: bool
+    params: dict = field(default_factory=dict)
+
+
+def cuml_available() -> bool:
+    """cuML HDBSCAN is used only when it imports and a CUDA device is visible."""
+    try:
+        import cupy  # noqa: F401
+        import cuml  # noqa: F401
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _subsample(n: int, size: int, seed: int) -> np.ndarray | None:
+    if size <= 0 or n <= size:
+        return None
+    return np.sort(np.random.default_rng([seed, 7]).choice(n, size=size, replace=False))
+
+
+def _hdbscan_cpu(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx: np.ndarray | None) -> np.ndarray:
+    import hdbscan
+
+    fit_x = x if fit_idx is None else x[fit_idx]
+    clf = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
+                          prediction_data=fit_idx is not None, core_dist_n_jobs=1)
+    clf.fit(fit_x)
+    if fit_idx is None:
+        return clf.labels_.astype(np.int64)
+    labels, _ = hdbscan.approximate_predict(clf, x)
+    labels = labels.astype(np.int64)
+    labels[fit_idx] = clf.labels_  # the fitted points keep their own labels
+    return labels
+
+
+def _hdbscan_cuml(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx: np.ndarray | None) -> np.ndarray:
+    # Written against cuML's documented API (cuml.cluster.hdbscan); min_samples must be in [1, 1023].
+    import cupy as cp
+    from cuml.cluster import hdbscan as cu_hdbscan
+
+    xg = cp.asarray(x, dtype=cp.float32)
+    fit_x = xg if fit_idx is None else xg[cp.asarray(fit_idx)]
+    clf = cu_hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=int(min(max(min_samples, 1), 1023)),
+                             prediction_data=fit_idx is not None)
+    clf.fit(fit_x)
+    if fit_idx is None:
+        return cp.asnumpy(cp.asarray(clf.labels_)).astype(np.int64)
+    labels, _ = cu_hdbscan.approximate_predict(clf, xg)
+    labels = cp.asnumpy(cp.asarray(labels)).astype(np.int64)
+    labels[fit_idx] = cp.asnumpy(cp.asarray(clf.labels_))
+    return labels
+
+
+def cluster(x: np.ndarray, cfg: DiscoverConfig, seed: int) -> ClusterResult:
+    """Cluster embeddings x (N, d) with cfg.clusterer; raise SingleClusterError if fewer than 2 clusters."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    fit_idx = _subsample(n, cfg.fit_subsample, seed)
+    n_fit = n if fit_idx is None else len(fit_idx)
+    params: dict = {"n_points": n, "n_fit": n_fit}
+    if cfg.clusterer == "hdbscan":
+        min_cluster_size = max(2, int(round(cfg.min_cluster_frac * n_fit)))
+        params.update(min_cluster_size=min_cluster_size, min_samples=cfg.min_samples)
+        use_cuml = cfg.backend == "cuml" or (cfg.backend == "auto" and cuml_available())
+        if cfg.backend == "cuml" and not cuml_available():
+            raise ConfigError("discover.backend=cuml but cuML is not importable or no GPU is visible; "
+                              "install the 'gpu' extra on a GPU machine or use backend=auto")
+        raw = (_hdbscan_cuml if use_cuml else _hdbscan_cpu)(x, min_cluster_size, cfg.min_samples, fit_idx)
+        method = f"hdbscan[{'cuml' if use_cuml else 'cpu'}]"
+        has_noise = bool((raw < 0).any())
+        n_clusters = int(raw.max()) + 1 if (raw >= 0).any() else 0
+        labels = np.where(raw < 0, n_clusters, raw)
+    elif cfg.clusterer in ("kmeans", "kmeans++"):
+        from sklearn.cluster import KMeans
+
+        init = "k-means++" if cfg.clusterer == "kmeans++" else "random"
+        km = KMeans(n_clusters=cfg.n_clusters, init=init, n_init=10, random_state=seed)
+        km.fit(x if fit_idx is None else x[fit_idx])
+        labels = km.predict(x).astype(np.int64)
+        method, has_noise, n_clusters = cfg.clusterer, False, int(len(np.unique(labels)))
+        params.update(n_clusters=cfg.n_clusters, init=init)
+    elif cfg.clusterer == "meanshift":
+        from sklearn.cluster import MeanShift, estimate_bandwidth
+
+        # estimate_bandwidth is quadratic: estimate it on at most 2,000 points.
+        est_idx = _subsample(n, 2000, seed + 1)
+        bw = float(estimate_bandwidth(x if est_idx is None else x[est_idx], quantile=cfg.meanshift_quantile, random_state=seed))
+        if bw <= 0:
+            raise SingleClusterError("MeanShift: the estimated bandwidth is 0 (all embeddings coincide): one cluster")
+        ms = MeanShift(bandwidth=bw, bin_seeding=True)
+        ms.fit(x if fit_idx is None else x[fit_idx])
+        labels = ms.predict(x).astype(np.int64)
+        method, has_noise, n_clusters = "meanshift", False, int(len(np.unique(labels)))
+        params.update(bandwidth=bw, quantile=cfg.meanshift_quantile)
+    else:  # validated in config, kept for direct callers
+        raise ConfigError(f"unknown clusterer '{cfg.clusterer}'")
+
+    if n_clusters < 2:
+        raise SingleClusterError(
+            f"{method} found {n_clusters} cluster(s) in the auxiliary subspace ({n} points, params {params}): "
+            "the auxiliary task would carry no information, so the run stops here (no MTL stage). "
+            "Try a smaller discover.min_cluster_frac, another discover.clusterer, or a longer disentanglement.")
+    # Renumber densely so label ids are 0..C-1 with noise last.
+    _, labels = np.unique(labels, return_inverse=True)
+    return ClusterResult(labels.astype(np.int64), method, n_clusters, has_noise, params)

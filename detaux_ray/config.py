@@ -1,0 +1,222 @@
+"""Typed run configuration: dataclasses, YAML presets in `configs/`, `--set section.key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"
+    principal: str = "scale"  # the factor (or label column) that is the principal task
+    image_size: int = 32
+    n_images: int = 16000  # a seeded subset of the 480,000 shapes combinations; 0 = all
+    noise: float = 0.15  # salt-and-pepper fraction of pixels (paper: 15%)
+    heldout_hues: list[int] = field(default_factory=lambda: [1, 3, 5, 7, 9])  # test = floor AND wall hue in these
+
+
+@dataclass
+class DisentangleConfig:
+    k: int = 10  # number of subspaces
+    latent_dim: int = 10  # d, the ambient size of every subspace
+    principal_subspace: int = 0  # alpha
+    epochs: int = 40
+    pairs_per_epoch: int = 0  # 0 = one pair per training image
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    oracle_prob: float = 0.5  # probability that a pair's principal labels differ
+    oracle_temperature: float = 0.01
+    margin: float = 1.0  # m in L_dist
+    warmup_frac: float = 0.25  # first fraction of epochs: L_rec only
+    beta_rise: float = 25.0  # beta = min(exp(rise/E * (e - center*E)), 1)
+    beta1_center: float = 0.4
+    beta2_center: float = 0.5
+    w_dist: float = 0.1
+    w_spar: float = 0.1
+    w_cons: float = 100.0
+    w_reg: float = 1e-4
+    cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
+    log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
+
+
+@dataclass
+class DiscoverConfig:
+    criterion: str = "l_dist"  # "l_dist" (paper) or "dot" (authors' code)
+    clusterer: str = "hdbscan"  # hdbscan | kmeans | kmeans++ | meanshift
+    backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
+    min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
+    min_samples: int = 10
+    n_clusters: int = 10  # kmeans / kmeans++
+    meanshift_quantile: float = 0.1
+    fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction
+    dead_subspace_frac: float = 0.01  # subspaces with variance below this fraction of the largest are skipped
+
+
+@dataclass
+class MTLConfig:
+    model: str = "hps"  # multi-task model compared with STL
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    width: int = 32  # channels of the first backbone stage
+    principal_weight: float = 1.0
+    auxiliary_weight: float = 0.5
+
+
+@dataclass
+class ResourcesConfig:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus: float = 0.25  # CPUs per Ray Data map actor/task (fractional: Train workers must not starve it)
+    torch_threads: int = 0  # 0 = leave torch's default
+    address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    disentangle: DisentangleConfig = field(default_factory=DisentangleConfig)
+    discover: DiscoverConfig = field(default_factory=DiscoverConfig)
+    mtl: MTLConfig = field(default_factory=MTLConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of everything a stage's result depends on (its own section and every upstream one)."""
+        chain = {"disentangle": ["data", "disentangle"], "discover": ["data", "disentangle", "discover"],
+                 "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
+        d = self.to_dict()
+        payload = {"seed": self.seed, **{s: d[s] for s in chain}}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join((where + '.' if where else '') + u for u in unknown)}; "
+                          f"known keys in '{where or 'root'}': {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        path = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, path)
+        else:
+            kwargs[name] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if tp in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = tp(value)
+            if tp is int and isinstance(value, float) and value != int(value):
+                raise ValueError(value)
+            return out
+        if tp is str:
+            return str(value)
+        if getattr(tp, "__origin__", None) is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            (item,) = tp.__args__
+            return [_coerce(v, item, path) for v in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key '{path}' expects {getattr(tp, '__name__', tp)}, got {value!r}") from None
+    return value
+
+
+def preset_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"preset file not found: {p}")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith("_"))
+        raise ConfigError(f"unknown preset '{name_or_path}'; available presets: {', '.join(names)} (or a path to a .yaml file)")
+    return candidate
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Preset YAML, then `section.key=value` overrides, validated into a Config."""
+    with open(preset_path(preset)) as fh:
+        values = yaml.safe_load(fh) or {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a config section")
+        node[keys[-1]] = value
+    cfg = _from_dict(Config, values, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span several keys; raise ConfigError with the offending key named."""
+    d = cfg.disentangle
+    if not 0 <= d.principal_subspace < d.k:
+        raise ConfigError(f"disentangle.principal_subspace={d.principal_subspace} must be in [0, k={d.k})")
+    if d.k < 2:
+        raise ConfigError(f"disentangle.k must be >= 2, got {d.k}")
+    if not 0.0 <= d.oracle_prob <= 1.0:
+        raise ConfigError(f"disentangle.oracle_prob must be in [0, 1], got {d.oracle_prob}")
+    if not 1 <= d.cons_swaps <= d.k:
+        raise ConfigError(f"disentangle.cons_swaps must be in [1, k={d.k}], got {d.cons_swaps}")
+    if cfg.discover.criterion not in ("l_dist", "dot"):
+        raise ConfigError(f"discover.criterion must be 'l_dist' or 'dot', got '{cfg.discover.criterion}'")
+    if cfg.discover.clusterer not in ("hdbscan", "kmeans", "kmeans++", "meanshift"):
+        raise ConfigError(f"discover.clusterer must be hdbscan, kmeans, kmeans++ or meanshift, got '{cfg.discover.clusterer}'")
+    if cfg.discover.backend not in ("auto", "cpu", "cuml"):
+        raise ConfigError(f"discover.backend must be auto, cpu or cuml, got '{cfg.discover.backend}'")
+    if not 0.0 < cfg.discover.min_cluster_frac < 0.5:
+        raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
+    if cfg.mtl.model not in ("hps",):
+        raise ConfigError(f"mtl.model must be one of: hps; got '{cfg.mtl.model}'")
+    if cfg.resources.num_workers < 1:
+        raise ConfigError(f"resources.num_workers must be >= 1, got {cfg.resources.num_workers}")
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    cfg = _from_dict(Config, values, "")
+    validate(cfg)
+    return cfg

@@ -1,0 +1,74 @@
+"""Stage-2 core (no Ray): choose the auxiliary subspace, and the diagnostics of the discovered labels."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import chi2_contingency
+from sklearn import metrics
+
+from .errors import SingleClusterError
+from .pairs import sample_pairs
+
+EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
+
+
+def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, margin: float, oracle_prob: float,
+                    seed: int, n_pairs: int = 20000) -> dict[str, np.ndarray]:
+    """Per-subspace scores for both criteria over embeddings s (N, k, d).
+
+    l_dist[i]: the subspace-i term of L_dist on evaluation pairs drawn as in training, with the oracle's hard
+      choice (alpha when the labels differ, else the farthest other subspace; paper's criterion: smallest wins).
+    dot[i]:    mean |<s_i, s_alpha>| over the images (authors' code: closest to 0 wins).
+    variance[i]: total variance of subspace i (used to skip dead subspaces, which trivially score 0 on both).
+    """
+    n, k, _ = s.shape
+    i1, i2, same = sample_pairs(principal_labels, min(n_pairs, 4 * n), oracle_prob, seed, epoch=EVAL_EPOCH)
+    d2 = ((s[i1] - s[i2]) ** 2).sum(-1)  # (P, k)
+    spread = 2.0 * ((s - s.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)  # mean pairwise sq distance (k,)
+    norm_d = d2 / np.maximum(spread, 1e-12)
+    masked = np.where(np.arange(k) == alpha, -np.inf, norm_d)
+    choice = np.where(same, masked.argmax(1), alpha)
+    lam = np.eye(k)[choice]
+    delta = np.sqrt(d2)
+    l_dist = ((1 - lam) * d2 + lam * np.maximum(margin - delta, 0) ** 2).mean(0)
+    dot = np.abs((s * s[:, alpha : alpha + 1]).sum(-1)).mean(0)
+    return {"l_dist": l_dist, "dot": dot, "variance": spread / 2.0}
+
+
+def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float) -> int:
+    """argmin over live subspaces j != alpha of the criterion's score."""
+    var = scores["variance"]
+    k = len(var)
+    live = [j for j in range(k) if j != alpha and var[j] >= dead_frac * var.max()]
+    if not live:
+        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead (variance < "
+                                 f"{dead_frac} x the largest): nothing to cluster; train longer or lower k")
+    return int(min(live, key=lambda j: scores[criterion][j]))
+
+
+def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None) -> dict:
+    """Table-3 style diagnostics of the auxiliary labels.
+
+    NMI / AMI against the principal labels (low = unrelated tasks), the chi-square test of independence on their
+    contingency table, and homogeneity / completeness against every known ground-truth factor.
+    """
+    ids, sizes = np.unique(aux, return_counts=True)
+    table = metrics.cluster.contingency_matrix(principal, aux)
+    chi2, p_value, dof, _ = chi2_contingency(table)
+    out = {
+        "n_aux_classes": int(len(ids)),
+        "cluster_sizes": {int(i): int(c) for i, c in zip(ids, sizes)},
+        "nmi_principal_aux": float(metrics.normalized_mutual_info_score(principal, aux)),
+        "ami_principal_aux": float(metrics.adjusted_mutual_info_score(principal, aux)),
+        "chi2": float(chi2),
+        "chi2_dof": int(dof),
+        "chi2_p_value": float(p_value),
+        "factor_scores": {},
+    }
+    for name, values in (factors or {}).items():
+        h, c, v = metrics.homogeneity_completeness_v_measure(values, aux)
+        out["factor_scores"][name] = {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
+    if out["factor_scores"]:
+        best = max(out["factor_scores"], key=lambda f: out["factor_scores"][f]["v_measure"])
+        out["best_factor"] = best
+    return out

@@ -1,0 +1,97 @@
+"""Ray Data: the image cache in the object store, the per-epoch pair stream, and row -> image streams.
+
+Images of a source are rendered (or read) once by parallel Ray tasks into object-store chunks; every stream
+gathers from those chunks zero-copy, so no process holds a private copy of the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from ..data import ImageSource
+from ..pairs import sample_pairs
+
+CHUNK = 2048  # rows per object-store chunk
+
+
+@ray.remote
+def _render_chunk(source: ImageSource, start: int, stop: int) -> np.ndarray:
+    return source.images(np.arange(start, stop))
+
+
+@dataclass
+class ImageCache:
+    """Object-store chunks holding every row's uint8 image; picklable into configs and Ray Data functions."""
+
+    chunk_refs: list
+    n_rows: int
+
+    @staticmethod
+    def build(source: ImageSource, cpus_per_task: float = 0.25) -> "ImageCache":
+        src_ref = ray.put(source)
+        refs = [_render_chunk.options(num_cpus=cpus_per_task).remote(src_ref, s, min(s + CHUNK, len(source)))
+                for s in range(0, len(source), CHUNK)]
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        return ImageCache(refs, len(source))
+
+
+_LOCAL_CHUNKS: dict[tuple, list[np.ndarray]] = {}
+
+
+def _chunks(cache: ImageCache) -> list[np.ndarray]:
+    # One ray.get per process and cache (zero-copy views of the shared-memory objects).
+    key = tuple(r.hex() for r in cache.chunk_refs)
+    if key not in _LOCAL_CHUNKS:
+        _LOCAL_CHUNKS.clear()
+        _LOCAL_CHUNKS[key] = ray.get(cache.chunk_refs)
+    return _LOCAL_CHUNKS[key]
+
+
+def gather(cache: ImageCache, rows: np.ndarray) -> np.ndarray:
+    """uint8 images for rows (B,), (B, S, S, 3)."""
+    chunks = _chunks(cache)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + chunks[0].shape[1:], dtype=np.uint8)
+    c, off = np.divmod(rows, CHUNK)
+    for ci in np.unique(c):
+        sel = c == ci
+        out[sel] = chunks[ci][off[sel]]
+    return out
+
+
+def _gather_pairs(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
+    return {"x1": gather(cache, batch["i1"]), "x2": gather(cache, batch["i2"]), "same": batch["same"]}
+
+
+def _gather_rows(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
+    out = dict(batch)
+    out["image"] = gather(cache, batch["row"])
+    return out
+
+
+def pair_table(train_rows: np.ndarray, principal: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int,
+               rank: int = 0, world_size: int = 1, batch_size: int = 1) -> pa.Table:
+    """This rank's share of epoch `epoch`'s pairs (i1, i2 are dataset rows), the same for every rank count split.
+
+    Every rank gets the same number of whole batches, so DDP ranks take the same number of steps.
+    """
+    p1, p2, same = sample_pairs(principal[train_rows], n_pairs, p_differ, seed, epoch)
+    per_rank = (n_pairs // world_size) // batch_size * batch_size
+    sl = slice(rank, rank + per_rank * world_size, world_size)
+    return pa.table({"i1": train_rows[p1[sl]], "i2": train_rows[p2[sl]], "same": same[sl]})
+
+
+def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int) -> ray.data.Dataset:
+    """(x1, x2, same) batches gathered from the cache by Ray Data tasks."""
+    return ray.data.from_arrow(table).map_batches(
+        _gather_pairs, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
+
+
+def row_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int = 256) -> ray.data.Dataset:
+    """A table with a `row` column, plus an `image` column gathered from the cache."""
+    return ray.data.from_arrow(table).map_batches(
+        _gather_rows, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)

@@ -1,0 +1,132 @@
+"""Stage 1 on Ray Train: DDP over the per-epoch pair stream, checkpoint every epoch, resume, TensorBoard on rank 0."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+
+from ..artifacts import load_torch, save_torch
+from ..config import Config, config_from_dict
+from ..disentangle import beta_schedule, detaux_loss, latent_traversal
+from ..errors import NonFiniteLossError
+from ..models import DisentangleAE, to_float_images
+from .streams import gather, pair_stream, pair_table
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = config_from_dict(config["cfg"])
+    d, res = cfg.disentangle, cfg.resources
+    if res.torch_threads:
+        torch.set_num_threads(res.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as ckpt_dir:
+            state = load_torch(Path(ckpt_dir) / "state.pt")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    train_rows, principal, cache = config["train_rows"], config["principal"], config["cache"]
+    n_pairs = d.pairs_per_epoch or len(train_rows)
+    writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
+    fixed = torch.from_numpy(gather(cache, train_rows[:8])) if rank == 0 else None
+    if writer and start_epoch:
+        print(f"[disentangle] resuming from epoch {start_epoch}")
+
+    for epoch in range(start_epoch, d.epochs):
+        table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size)
+        steps = max(1, table.num_rows // d.batch_size)
+        sums: dict[str, torch.Tensor] = {}
+        picks = torch.zeros(d.k, device=device)
+        ddp_model.train()
+        for step, batch in enumerate(pair_stream(table, cache, res.data_cpus, d.batch_size).iter_batches(
+                batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):
+            betas = beta_schedule(epoch + step / steps, d)
+            x1 = to_float_images(torch.from_numpy(batch["x1"]).to(device, non_blocking=True))
+            x2 = to_float_images(torch.from_numpy(batch["x2"]).to(device, non_blocking=True))
+            same = torch.from_numpy(batch["same"]).to(device)
+            loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d)
+            if epoch == config.get("debug_nan_epoch", -1):  # test hook: simulate a diverged step
+                loss = loss * float("nan")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # Accumulate on device; one host sync per epoch.
+            for name, v in {"total": loss.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0.0) + v
+            picks += lam.sum(0)
+        means = {name: float(v) / steps for name, v in sums.items()}
+        if not all(np.isfinite(list(means.values()))):
+            raise NonFiniteLossError(
+                f"NonFiniteLossError: stage 1 loss became non-finite in epoch {epoch} ({means}); training stopped, "
+                f"the last good checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data.")
+        pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
+        metrics = {"epoch": epoch, **{f"loss/{k}": v for k, v in means.items()}}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
+                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
+                checkpoint = Checkpoint.from_directory(tmp)
+                print(f"[disentangle] epoch {epoch + 1}/{d.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()), flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+    if writer:
+        writer.close()
+
+
+def _log_epoch(writer: SummaryWriter, model: DisentangleAE, fixed: torch.Tensor, device, epoch: int, means: dict,
+               betas, pick_frac: np.ndarray, d) -> None:
+    for k, v in means.items():
+        writer.add_scalar(f"loss/{k}", v, epoch)
+    for name in ("beta1", "beta2", "beta3"):
+        writer.add_scalar(f"beta/{name}", getattr(betas, name), epoch)
+    for i, f in enumerate(pick_frac):
+        writer.add_scalar(f"oracle/pick_subspace_{i}", float(f), epoch)
+    writer.add_histogram("oracle/picks", np.repeat(np.arange(len(pick_frac)), np.round(pick_frac * 1000).astype(int)), epoch)
+    if epoch % max(1, d.log_images_every) == 0 or epoch == d.epochs - 1:
+        model.eval()
+        with torch.no_grad():
+            x = to_float_images(fixed.to(device))
+            _, rec = model(x)
+            writer.add_image("reconstruction", make_grid(torch.cat([x, rec]).float().cpu(), nrow=len(x)), epoch)
+            trav = latent_traversal(model, x[0], x[1], steps=8)
+            writer.add_image("latent_traversal", make_grid(trav.float().cpu(), nrow=8), epoch)
+        model.train()
+    writer.flush()
+
+
+def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: Path,
+        debug_nan_epoch: int = -1) -> dict:
+    """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics."""
+    res = cfg.resources
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
+                           "tb_dir": str(tb_dir), "debug_nan_epoch": debug_nan_epoch},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        run_config=RunConfig(name=f"disentangle-{cfg.stage_hash('disentangle')}", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state = load_torch(Path(ckpt_dir) / "state.pt")
+    return {"model": state["model"], "epoch": state["epoch"], "metrics": dict(result.metrics or {})}

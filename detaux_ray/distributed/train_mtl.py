@@ -1,0 +1,126 @@
+"""Stage 3 on Ray Train: STL or a multi-task model on (image, principal, auxiliary), principal accuracy on the
+held-out split each epoch, checkpoint every epoch, resume, TensorBoard on rank 0."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch.utils.tensorboard import SummaryWriter
+
+from ..artifacts import load_torch, save_torch
+from ..config import Config, config_from_dict
+from ..errors import NonFiniteLossError
+from ..models import count_parameters, to_float_images
+from ..mtl import build_mtl_model, multitask_loss
+from .streams import ImageCache, row_stream
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = config_from_dict(config["cfg"])
+    m, res = cfg.mtl, cfg.resources
+    if res.torch_threads:
+        torch.set_num_threads(res.torch_threads)
+    kind = config["kind"]
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = build_mtl_model(kind, config["n_classes"], m.width).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as ckpt_dir:
+            state = load_torch(Path(ckpt_dir) / "state.pt")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"] + 1
+    ddp_model = ray.train.torch.prepare_model(model)
+    weights = {"principal": m.principal_weight, "auxiliary": m.auxiliary_weight}
+    writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+
+    for epoch in range(start_epoch, m.epochs):
+        t0 = time.time()
+        ddp_model.train()
+        total, n_batches = torch.zeros((), device=device), 0
+        for batch in train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
+                                                    local_shuffle_seed=cfg.seed * 100_003 + epoch, drop_last=True,
+                                                    device=device):
+            x = to_float_images(batch["image"])
+            targets = {"principal": batch["principal"].long(), "auxiliary": batch["auxiliary"].long()}
+            loss, _ = multitask_loss(ddp_model(x), targets, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            n_batches += 1
+        train_loss = float(total) / max(n_batches, 1)
+        if not np.isfinite(train_loss):
+            raise NonFiniteLossError(f"NonFiniteLossError: stage 3 ({kind}) loss became non-finite in epoch {epoch}; "
+                                     f"the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr.")
+        metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": time.time() - t0}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
+                writer.add_scalar(f"{kind}/train_loss", train_loss, epoch)
+                writer.add_scalar(f"{kind}/test_principal_accuracy", metrics["test_principal_accuracy"], epoch)
+                writer.flush()
+                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
+                checkpoint = Checkpoint.from_directory(tmp)
+                print(f"[mtl:{kind}] epoch {epoch + 1}/{m.epochs} loss={train_loss:.4f} "
+                      f"test_principal_acc={metrics['test_principal_accuracy']:.4f}", flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+    if writer:
+        writer.close()
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, shard, device) -> float:
+    """Principal-task accuracy of the unwrapped model (no DDP collectives) over the whole test stream."""
+    model.eval()
+    correct = seen = 0
+    for batch in shard.iter_torch_batches(batch_size=512, device=device):
+        pred = model(to_float_images(batch["image"]))["principal"].argmax(1)
+        correct += int((pred == batch["principal"].long()).sum())
+        seen += len(pred)
+    model.train()
+    return correct / max(seen, 1)
+
+
+def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
+        cache: ImageCache, tb_dir: Path, storage: Path) -> dict:
+    """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count."""
+    res = cfg.resources
+    datasets = {"train": row_stream(train_table, cache, res.data_cpus), "test": row_stream(test_table, cache, res.data_cpus)}
+    t0 = time.time()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir)},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(name=f"mtl-{kind}-{cfg.stage_hash('mtl')}", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    tasks = n_classes if kind != "stl" else {"principal": n_classes["principal"]}
+    return {
+        "model": kind,
+        "test_principal_accuracy": float(result.metrics["test_principal_accuracy"]),
+        "epochs": int(result.metrics["epoch"]) + 1,
+        "parameters": count_parameters(build_mtl_model(kind, n_classes, cfg.mtl.width)),
+        "tasks": sorted(tasks),
+        "wall_time_s": round(time.time() - t0, 1),
+    }

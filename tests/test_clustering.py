@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from detaux_ray.clustering import cluster
+from detaux_ray.config import DiscoverConfig
+from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores
+from detaux_ray.errors import SingleClusterError
+
+
+def blobs(n_per=300, centres=4, noise=40, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(0, 10, size=(centres, 3))
+    x = np.concatenate([c[i] + rng.normal(0, 0.3, size=(n_per, 3)) for i in range(centres)])
+    y = np.repeat(np.arange(centres), n_per)
+    x = np.concatenate([x, rng.uniform(-25, 25, size=(noise, 3))])
+    return x, np.concatenate([y, np.full(noise, -1)])
+
+
+@pytest.mark.parametrize("clusterer", ["hdbscan", "kmeans", "kmeans++", "meanshift"])
+def test_clusterers_recover_blobs(clusterer):
+    x, y = blobs()
+    res = cluster(x, DiscoverConfig(clusterer=clusterer, n_clusters=4, min_cluster_frac=0.05, meanshift_quantile=0.1), seed=0)
+    core = y >= 0
+    assert adjusted_rand_score(y[core], res.labels[core]) > 0.95
+    assert res.labels.min() == 0 and res.labels.max() == len(np.unique(res.labels)) - 1
+    if clusterer == "hdbscan":
+        assert res.method == "hdbscan[cpu]" and res.n_clusters == 4 and res.has_noise_label
+        assert res.labels[~core].max() == 4  # noise kept as its own, last label
+
+
+def test_hdbscan_subsample_then_predict_labels_every_point():
+    x, y = blobs(n_per=500)
+    res = cluster(x, DiscoverConfig(min_cluster_frac=0.05, fit_subsample=800), seed=0)
+    assert len(res.labels) == len(x) and res.params["n_fit"] == 800
+    assert adjusted_rand_score(y[y >= 0], res.labels[y >= 0]) > 0.95
+
+
+def test_single_cluster_is_an_error():
+    x = np.random.default_rng(0).normal(size=(500, 2))
+    with pytest.raises(SingleClusterError, match="found 1 cluster"):
+        cluster(x, DiscoverConfig(clusterer="kmeans", n_clusters=1), seed=0)
+    with pytest.raises(SingleClusterError, match="no MTL stage"):
+        cluster(x, DiscoverConfig(min_cluster_frac=0.45), seed=0)
+
+
+def test_diagnostics_on_known_labels():
+    rng = np.random.default_rng(0)
+    hue = rng.integers(0, 5, 2000)
+    principal = rng.integers(0, 4, 2000)
+    d = diagnostics(hue.copy(), principal, {"hue": hue, "principal": principal})
+    assert d["n_aux_classes"] == 5 and d["best_factor"] == "hue"
+    assert d["factor_scores"]["hue"]["homogeneity"] == pytest.approx(1.0)
+    assert d["nmi_principal_aux"] < 0.01 and d["chi2_p_value"] > 0.001
+    dep = diagnostics(principal.copy(), principal)
+    assert dep["nmi_principal_aux"] == pytest.approx(1.0) and dep["chi2_p_value"] < 1e-10
+
+
+def test_subspace_choice_skips_principal_and_dead_subspaces():
+    rng = np.random.default_rng(0)
+    n = 1000
+    y = rng.integers(0, 3, n)
+    s = np.zeros((n, 4, 2))
+    s[:, 0, 0] = y  # principal subspace
+    s[:, 1, 1] = rng.normal(size=n)  # independent factor
+    s[:, 2, 0] = y + 0.1 * rng.normal(size=n)  # a copy of the principal factor
+    # subspace 3 is dead (all zeros): it would win both criteria trivially
+    sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0)
+    assert choose_subspace(sc, "dot", alpha=0, dead_frac=0.01) == 1
+    assert choose_subspace(sc, "l_dist", alpha=0, dead_frac=0.01) in (1, 2)
+    s[:, 1:] = 0
+    with pytest.raises(SingleClusterError, match="dead"):
+        choose_subspace(subspace_scores(s, y, 0, 1.0, 0.5, 0), "dot", 0, 0.01)

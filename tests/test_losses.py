@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+
+from detaux_ray import losses
+from detaux_ray.config import DisentangleConfig
+from detaux_ray.disentangle import beta_schedule, consistency_term, detaux_loss, latent_traversal
+from detaux_ray.models import DisentangleAE, Projectors
+
+
+def test_sparsity_zero_for_disjoint_supports_positive_otherwise():
+    disjoint = torch.tensor([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, -3.0]]])  # (B=1, k=3, d=3)
+    assert losses.sparsity_loss(disjoint).item() == 0.0
+    overlap = torch.tensor([[[1.0, 1.0, 0], [0, 2.0, 0], [0, 0, 3.0]]])
+    # s_0 * (s_1 + s_2) = [0, 2, 0]; s_1 * (s_0 + s_2) = [0, 2, 0]; s_2 * (s_0 + s_1) = 0  -> 4
+    assert losses.sparsity_loss(overlap).item() == pytest.approx(4.0)
+
+
+def test_oracle_principal_when_labels_differ_farthest_other_when_equal():
+    k, d = 3, 2
+    s1 = torch.zeros(4, k, d)
+    s2 = torch.zeros(4, k, d)
+    s2[:, 0, 0] = 5.0  # every pair is far apart in the principal subspace (alpha = 0)
+    s1[:3, 1, 0] = torch.tensor([-3.0, 0.0, 3.0])  # subspace 1 varies a lot across the batch ...
+    s2[3, 1, 1] = 1.0  # ... so the last pair's raw distance 1 there is small relative to its spread,
+    s2[3, 2, 1] = 1.0  # while the same raw distance in quiet subspace 2 is the farthest (normalised)
+    same = torch.tensor([False, False, False, True])
+    lam = losses.oracle_weights(s1, s2, same=same, principal=0, temperature=0.01)
+    assert lam[0].tolist() == [1.0, 0.0, 0.0]
+    assert lam[3].argmax().item() == 2 and lam[3, 2].item() > 0.99 and lam[3, 0].item() == 0.0
+
+
+def test_distance_loss_pulls_and_pushes():
+    s1 = torch.zeros(1, 2, 1)
+    s2 = torch.tensor([[[0.3], [2.0]]])
+    lam = torch.tensor([[1.0, 0.0]])  # push subspace 0 (delta 0.3 < m = 1), pull subspace 1 (delta 2)
+    value = losses.distance_loss(s1, s2, lam, margin=1.0)
+    assert value.item() == pytest.approx((1 - 0.3) ** 2 + 2.0**2, rel=1e-5)
+    s2 = s2.clone().requires_grad_(True)
+    losses.distance_loss(s1, s2, lam, margin=1.0).backward()
+    assert s2.grad[0, 0, 0] < 0  # descending the loss moves the pushed pair apart (0.3 grows)
+    assert s2.grad[0, 1, 0] > 0  # and pulls the other pair together (2.0 shrinks)
+    far = torch.tensor([[[1.5], [0.0]]])
+    assert losses.distance_loss(s1, far, lam, margin=1.0).item() == 0.0  # beyond the margin and together: 0
+
+
+def test_consistency_zero_for_perfectly_factorised_toy_model():
+    k, d = 3, 3
+    model = DisentangleAE(16, k, d)
+    with torch.no_grad():  # projector i keeps coordinate i exactly: p_i(z) = e_i e_i^T z
+        proj = model.projectors
+        proj.w1.zero_(); proj.b1.zero_(); proj.w2.zero_(); proj.b2.zero_()
+        for i in range(k):
+            proj.w1[i, i, i] = 1.0  # relu needs z_i >= 0: keep the toy latents positive
+            proj.w2[i, i, i] = 1.0
+
+    class Identity(torch.nn.Module):  # decoder/encoder pair that round-trips the latent exactly
+        def forward(self, x):
+            return x
+
+    model.encoder, model.decoder = Identity(), Identity()
+    z1, z2 = torch.rand(4, d), torch.rand(4, d)
+    s1, s2 = proj(z1), proj(z2)
+    assert consistency_term(model, s1, s2, n_swaps=k).item() == pytest.approx(0.0, abs=1e-12)
+    assert losses.sparsity_loss(s1).item() == 0.0
+
+
+def test_reg_carries_a_gradient_and_is_zero_when_balanced():
+    k = 4
+    assert losses.oracle_balance_loss(torch.full((8, k), 1 / k)).item() == pytest.approx(0.0)
+    s1 = torch.randn(16, k, 3, requires_grad=True)
+    s2 = torch.randn(16, k, 3)
+    lam = losses.oracle_weights(s1, s2, torch.ones(16, dtype=torch.bool), principal=0, temperature=1.0)
+    losses.oracle_balance_loss(lam).backward()
+    assert s1.grad.abs().sum() > 0  # the authors' code detached lam here
+
+
+def test_reconstruction_is_summed_squared_error():
+    x = torch.zeros(2, 3, 4, 4)
+    assert losses.reconstruction_loss(x, x + 0.5).item() == pytest.approx(0.25 * 48)
+
+
+def test_beta_schedule():
+    cfg = DisentangleConfig(epochs=40)
+    assert beta_schedule(9.9, cfg).warmup  # the first quarter is L_rec alone
+    b = beta_schedule(12.0, cfg)
+    assert b.beta1 == pytest.approx(math.exp(25 / 40 * (12 - 16))) and b.beta3 == pytest.approx(1 - b.beta1)
+    end = beta_schedule(39.0, cfg)
+    assert end.beta1 == end.beta2 == 1.0 and end.beta3 == 0.0
+
+
+def test_full_objective_backpropagates_and_traversal_shape():
+    cfg = DisentangleConfig(k=4, latent_dim=6, epochs=4)
+    model = DisentangleAE(16, cfg.k, cfg.latent_dim)
+    x1, x2 = torch.rand(5, 3, 16, 16), torch.rand(5, 3, 16, 16)
+    loss, terms, lam = detaux_loss(model, x1, x2, torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool), beta_schedule(3.5, cfg), cfg)
+    assert set(terms) == {"rec", "dist", "spar", "reg", "cons"} and lam.shape == (5, 4)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert latent_traversal(model, x1[0], x2[0], steps=6).shape == (4 * 6, 3, 16, 16)
+
+
+def test_batched_projectors_match_a_loop_over_mlps():
+    proj = Projectors(3, 5)
+    z = torch.randn(7, 5)
+    out = proj(z)
+    for i in range(3):
+        ref = torch.relu(z @ proj.w1[i] + proj.b1[i]) @ proj.w2[i] + proj.b2[i]
+        assert torch.allclose(out[:, i], ref, atol=1e-6)
+    idx = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    assert torch.allclose(proj.project_one(z, idx), out[torch.arange(7), idx], atol=1e-6)

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from detaux_ray.models import DisentangleAE, count_parameters, to_float_images
+from detaux_ray.mtl import build_mtl_model, multitask_loss
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_autoencoder_shapes(size):
+    model = DisentangleAE(size, k=4, latent_dim=10)
+    x = to_float_images(torch.randint(0, 255, (3, size, size, 3), dtype=torch.uint8))
+    s, rec = model(x)
+    assert s.shape == (3, 4, 10) and rec.shape == x.shape and 0 <= rec.min() and rec.max() <= 1
+    if size == 64:  # the paper's 4-layer encoder: 32, 32, 64, 64 channels
+        convs = [m for m in model.encoder.conv if isinstance(m, torch.nn.Conv2d)]
+        assert [c.out_channels for c in convs] == [32, 32, 64, 64]
+
+
+def test_stl_and_hps_forward_backward():
+    n_classes = {"principal": 8, "auxiliary": 5}
+    x = torch.rand(4, 3, 32, 32)
+    y = {"principal": torch.randint(0, 8, (4,)), "auxiliary": torch.randint(0, 5, (4,))}
+    stl, hps = build_mtl_model("stl", n_classes, 8), build_mtl_model("hps", n_classes, 8)
+    assert set(stl(x)) == {"principal"} and {k: v.shape for k, v in hps(x).items()} == {"principal": (4, 8), "auxiliary": (4, 5)}
+    loss, per_task = multitask_loss(hps(x), y, {"principal": 1.0, "auxiliary": 0.5})
+    assert loss.item() == pytest.approx(per_task["principal"].item() + 0.5 * per_task["auxiliary"].item(), rel=1e-5)
+    loss.backward()
+    assert count_parameters(hps) - count_parameters(stl) == 5 * (32 + 1)

@@ -1,0 +1,97 @@
+"""End to end on a real local Ray: a diverged run keeps its checkpoint, the rerun resumes and finishes (stage 1 on
+2 DDP workers), a third run reuses every stage, and a single-cluster discovery stops before MTL."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+import full_pipeline  # noqa: E402
+
+TINY = ["data.n_images=1200", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=2",
+        "disentangle.pairs_per_epoch=256", "disentangle.batch_size=32", "disentangle.log_images_every=1",
+        "discover.clusterer=kmeans++", "discover.n_clusters=4", "mtl.epochs=1", "mtl.width=8",
+        "resources.num_workers=2", "resources.cpus_per_worker=0.5"]
+
+
+def run(run_dir, *extra):
+    argv = ["--run-dir", str(run_dir)]
+    for item in TINY + list(extra):
+        argv += ["--set", item]
+    return full_pipeline.main(argv)
+
+
+def scalars(tb_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps, tags = [], set()
+    for f in sorted(Path(tb_dir).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+        if tag in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars(tag)]
+    return steps, tags
+
+
+def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv_nan = ["--run-dir", str(run_dir), "--debug-nan-epoch", "1"] + sum((["--set", s] for s in TINY), [])
+    assert full_pipeline.main(argv_nan) == 5
+    assert "non-finite in epoch 1" in capsys.readouterr().err
+    assert not (run_dir / "disentangle").exists() and not (run_dir / "report.json").exists()
+    assert list((run_dir / "checkpoints").glob("disentangle-*/checkpoint_*"))  # the last good one (epoch 0)
+
+    # 2. Rerun: stage 1 resumes at epoch 1, then discovery and STL / MTL-HPS.
+    assert run(run_dir) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("stl_accuracy", "mtl_accuracy", "nmi_principal_aux", "ami_principal_aux", "n_aux_classes"):
+        assert isinstance(report[key], (int, float))
+    assert 0.0 <= report["stl_accuracy"] <= 1.0 and report["n_aux_classes"] == 4
+    assert set(report["factor_scores"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+    assert all(set(v) >= {"homogeneity", "completeness"} for v in report["factor_scores"].values())
+    assert report["subspace_criterion"] == "l_dist" and report["chosen_subspace"] in (1, 2)
+    assert (run_dir / "report.md").read_text().startswith("# Detaux run report")
+    for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet",
+              "discover/diagnostics.json", "mtl/results.json"):
+        assert (run_dir / f).is_file(), f
+    steps, tags = scalars(run_dir / "tensorboard" / "disentangle", "loss/total")
+    assert sorted(steps) == [0, 1]  # epoch 0 from the first run, epoch 1 from the resumed one: nothing redone
+    assert {"loss/rec", "loss/dist", "loss/spar", "loss/cons", "loss/reg", "beta/beta1", "oracle/pick_subspace_0",
+            "reconstruction", "latent_traversal"} <= tags
+    _, mtl_tags = scalars(run_dir / "tensorboard" / "mtl", "")
+    assert {"stl/test_principal_accuracy", "hps/test_principal_accuracy"} <= mtl_tags
+    labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
+
+    # 3. Third run: every stage reused, identical auxiliary labels.
+    capsys.readouterr()
+    assert run(run_dir) == 0
+    out = capsys.readouterr().out
+    assert out.count("already complete for this config") == 3
+    assert pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict() == labels
+    assert all(s["reused"] for s in json.loads((run_dir / "report.json").read_text())["stages"].values())
+
+    # 4. A discovery that finds one cluster stops with its own exit code, before MTL, leaving no artifact.
+    single = tmp_path / "single"
+    shutil.copytree(run_dir, single, ignore=shutil.ignore_patterns("discover", "mtl", "report.*"))
+    assert run(single, "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
+    assert "found 1 cluster" in capsys.readouterr().err
+    assert not (single / "discover").exists() and not (single / "mtl").exists() and not (single / "report.json").exists()
+
+
+@pytest.mark.parametrize("argv,code,msg", [
+    (["--preset", "nope"], 2, "unknown preset"),
+    (["--set", "mtl.epoch=3"], 2, "unknown config key"),
+    (["--set", "data.principal=colour"], 3, "principal factor 'colour' does not exist"),
+    (["--set", "data.dataset=imagenet"], 3, "unknown dataset 'imagenet'"),
+    (["--set", "data.n_images=1", "--set", "data.heldout_hues=[]"], 3, "principal class"),
+])
+def test_bad_input_exits_with_one_clear_message(tmp_path, capsys, argv, code, msg):
+    assert full_pipeline.main(argv + ["--run-dir", str(tmp_path / "r")]) == code
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
