@@ -61,6 +61,8 @@ class DiscoverConfig:
     n_clusters: int = 10  # kmeans / kmeans++
     meanshift_quantile: float = 0.1
     fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction
+    predict: str = "knn"  # how the rest is labelled on CPU: "knn" (KD-tree vote) or "approximate" (hdbscan's)
+    knn_k: int = 10
     dead_subspace_frac: float = 0.01  # subspaces with variance below this fraction of the largest are skipped
 
 
@@ -84,6 +86,8 @@ class ResourcesConfig:
     data_cpus: float = 0.25  # CPUs per Ray Data map actor/task (fractional: Train workers must not starve it)
     torch_threads: int = 0  # 0 = leave torch's default
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
+    storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints
+    max_failures: int = 2  # worker-group restarts from the last checkpoint before a training stage fails
 
 
 @dataclass
@@ -103,7 +107,9 @@ class Config:
         chain = {"disentangle": ["data", "disentangle"], "discover": ["data", "disentangle", "discover"],
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
-        payload = {"seed": self.seed, **{s: d[s] for s in chain}}
+        from .data.shapes import RENDER_VERSION
+
+        payload = {"seed": self.seed, "render_version": RENDER_VERSION, **{s: d[s] for s in chain}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -208,6 +214,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"discover.clusterer must be hdbscan, kmeans, kmeans++ or meanshift, got '{cfg.discover.clusterer}'")
     if cfg.discover.backend not in ("auto", "cpu", "cuml"):
         raise ConfigError(f"discover.backend must be auto, cpu or cuml, got '{cfg.discover.backend}'")
+    if cfg.discover.predict not in ("knn", "approximate"):
+        raise ConfigError(f"discover.predict must be 'knn' or 'approximate', got '{cfg.discover.predict}'")
     if not 0.0 < cfg.discover.min_cluster_frac < 0.5:
         raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
     if cfg.mtl.model not in ("hps",):

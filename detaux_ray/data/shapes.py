@@ -22,10 +22,14 @@ FACTOR_NAMES: tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale",
 FACTOR_SIZES: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
 N_COMBINATIONS = int(np.prod(FACTOR_SIZES))  # 480,000
 SHAPE_NAMES = ("cube", "cylinder", "sphere", "capsule")
+RENDER_VERSION = 2  # bump when the pictures change: it is part of every stage hash, so old stages are not reused
 
 HUES = np.linspace(0.0, 0.9, 10)
 SCALES = np.linspace(0.75, 1.25, 8)
 ORIENTATIONS = np.linspace(-30.0, 30.0, 15)  # degrees
+# Object half-size at scale 1, in units of half the image: large enough that scale, shape and object hue carry
+# real weight in a reconstruction loss at 32x32 (at 0.3 a small autoencoder ignored the object altogether).
+OBJECT_SIZE = 0.42
 
 
 def factors_of(index: np.ndarray) -> np.ndarray:
@@ -115,8 +119,8 @@ class ShapesRenderer:
         )
 
         # Object: half-size a, resting on the floor at v = base, centred at u = 0.
-        a = 0.3 * scale
-        base = 0.72
+        a = OBJECT_SIZE * scale
+        base = 0.74
         cy = base - a
         shape = fac[:, 4][:, None, None]
         du, dv = u - 0.0, v - cy

@@ -19,7 +19,7 @@ from ..clustering import cluster
 from ..config import Config
 from ..data import ImageSource, build_source
 from ..discovery import choose_subspace, diagnostics, subspace_scores
-from ..errors import DetauxError, NonFiniteLossError
+from ..errors import ConfigError, DetauxError
 from ..report import build_report, write_report
 from . import train_disentangle, train_mtl
 from .discover import embed
@@ -41,15 +41,6 @@ def _say(msg: str) -> None:
     print(f"[pipeline] {msg}", flush=True)
 
 
-def _unwrap_training_error(exc: Exception) -> Exception:
-    """Ray wraps worker exceptions; surface our own (NaN loss) with its message."""
-    text = str(exc)
-    if "NonFiniteLossError" in text:
-        line = next((ln for ln in text.splitlines() if "NonFiniteLossError:" in ln), text)
-        return NonFiniteLossError(line.split("NonFiniteLossError:", 1)[1].strip())
-    return exc
-
-
 class Pipeline:
     def __init__(self, cfg: Config, run_dir: Path, debug_nan_epoch: int = -1):
         self.cfg = cfg
@@ -58,6 +49,7 @@ class Pipeline:
         self.source: ImageSource = build_source(cfg.data, cfg.seed)  # bad data config fails before Ray starts
         self._cache: ImageCache | None = None
         self.stages: dict[str, dict] = {}
+        self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
 
     @property
     def cache(self) -> ImageCache:
@@ -71,17 +63,9 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         ensure_ray(self.cfg.resources.address)
-        try:
-            s1 = self._stage("disentangle", self._disentangle)
-            s2 = self._stage("discover", self._discover)
-            s3 = self._stage("mtl", self._mtl)
-        except ray.exceptions.RayError as exc:  # includes Train's TrainingFailedError
-            raise _unwrap_training_error(exc) from exc
-        except Exception as exc:
-            err = _unwrap_training_error(exc)
-            if err is exc:
-                raise
-            raise err from exc
+        s1 = self._stage("disentangle", self._disentangle)
+        s2 = self._stage("discover", self._discover)
+        s3 = self._stage("mtl", self._mtl)
         src = self.source
         dataset = {"name": src.name, "principal": src.principal_name, "n_principal_classes": src.n_principal_classes,
                    "n_train": int((~src.is_test).sum()), "n_test": int(src.is_test.sum()), "image_size": src.image_size}
@@ -111,11 +95,15 @@ class Pipeline:
     # Stage 1 ----------------------------------------------------------------------------------------------
     def _disentangle(self, out: Path) -> dict:
         rows = self.source.train_rows()
+        d, world = self.cfg.disentangle, self.cfg.resources.num_workers
+        n_pairs = d.pairs_per_epoch or len(rows)
+        if n_pairs // world < d.batch_size:
+            raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
+                              f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
-                                    self.run_dir / "tensorboard" / "disentangle", self.run_dir / "checkpoints",
-                                    self.debug_nan_epoch)
+                                    self.run_dir / "tensorboard" / "disentangle", self.storage,
+                                    self.run_dir, self.debug_nan_epoch)
         save_torch(out / "model.pt", res["model"])
-        d = self.cfg.disentangle
         return {"model": "model.pt", "epochs": res["epoch"] + 1, "metrics": res["metrics"],
                 "architecture": {"image_size": self.cfg.data.image_size, "k": d.k, "latent_dim": d.latent_dim}}
 
@@ -160,11 +148,11 @@ class Pipeline:
                               "hue held out; raise data.n_images or change data.heldout_hues")
         test = pa.table({"row": test_rows, "principal": src.principal[test_rows], "auxiliary": np.zeros(len(test_rows), np.int64)})
         n_classes = {"principal": src.n_principal_classes, "auxiliary": int(aux.max()) + 1}
-        tb, ckpt = self.run_dir / "tensorboard" / "mtl", self.run_dir / "checkpoints"
+        tb, ckpt = self.run_dir / "tensorboard" / "mtl", self.storage
         results = {}
         for key, kind in (("stl", "stl"), ("mtl", self.cfg.mtl.model)):
             _say(f"training {kind.upper()} for {self.cfg.mtl.epochs} epochs")
-            results[key] = train_mtl.run(self.cfg, kind, train, test, n_classes, self.cache, tb, ckpt)
+            results[key] = train_mtl.run(self.cfg, kind, train, test, n_classes, self.cache, tb, ckpt, self.run_dir)
             _say(f"{kind.upper()}: principal test accuracy {results[key]['test_principal_accuracy']:.4f}")
         write_json(out / "results.json", results)
         return {"results": results, "n_classes": n_classes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from ..artifacts import load_torch, save_torch
+from ..artifacts import load_torch, save_torch, write_json
 from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
 from ..errors import NonFiniteLossError
 from ..models import DisentangleAE, to_float_images
 from .streams import gather, pair_stream, pair_table
+
+DIVERGED = "diverged.json"  # written by rank 0 when the loss goes non-finite
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -75,9 +78,13 @@ def train_loop_per_worker(config: dict) -> None:
             picks += lam.sum(0)
         means = {name: float(v) / steps for name, v in sums.items()}
         if not all(np.isfinite(list(means.values()))):
-            raise NonFiniteLossError(
-                f"NonFiniteLossError: stage 1 loss became non-finite in epoch {epoch} ({means}); training stopped, "
-                f"the last good checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data.")
+            # Not an exception: Ray Train would restart the worker group and diverge again. All ranks see the
+            # NaN (DDP shares the parameters), stop here; the driver reads the marker and reports it.
+            if rank == 0:
+                write_json(Path(config["status_dir"]) / DIVERGED, {"message": (
+                    f"stage 1 loss became non-finite in epoch {epoch} ({means}); training stopped, the last good "
+                    f"checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data.")})
+            return
         pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
         metrics = {"epoch": epoch, **{f"loss/{k}": v for k, v in means.items()}}
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,20 +120,33 @@ def _log_epoch(writer: SummaryWriter, model: DisentangleAE, fixed: torch.Tensor,
     writer.flush()
 
 
-def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: Path,
-        debug_nan_epoch: int = -1) -> dict:
+def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
+        status_dir: Path, debug_nan_epoch: int = -1) -> dict:
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics."""
     res = cfg.resources
+    raise_if_diverged(status_dir, clear=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
-                           "tb_dir": str(tb_dir), "debug_nan_epoch": debug_nan_epoch},
+                           "tb_dir": str(tb_dir), "debug_nan_epoch": debug_nan_epoch, "status_dir": str(status_dir)},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name=f"disentangle-{cfg.stage_hash('disentangle')}", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     result = trainer.fit()
+    raise_if_diverged(status_dir)
     with result.checkpoint.as_directory() as ckpt_dir:
         state = load_torch(Path(ckpt_dir) / "state.pt")
     return {"model": state["model"], "epoch": state["epoch"], "metrics": dict(result.metrics or {})}
+
+
+def raise_if_diverged(status_dir: Path, clear: bool = False) -> None:
+    """Raise NonFiniteLossError if a training loop left the divergence marker (or just clear a stale one)."""
+    marker = Path(status_dir) / DIVERGED
+    if not marker.is_file():
+        return
+    message = json.loads(marker.read_text())["message"]
+    marker.unlink()
+    if not clear:
+        raise NonFiniteLossError(message)

@@ -16,12 +16,12 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
-from ..artifacts import load_torch, save_torch
+from ..artifacts import load_torch, save_torch, write_json
 from ..config import Config, config_from_dict
-from ..errors import NonFiniteLossError
 from ..models import count_parameters, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
 from .streams import ImageCache, row_stream
+from .train_disentangle import DIVERGED, raise_if_diverged
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -66,8 +66,11 @@ def train_loop_per_worker(config: dict) -> None:
             n_batches += 1
         train_loss = float(total) / max(n_batches, 1)
         if not np.isfinite(train_loss):
-            raise NonFiniteLossError(f"NonFiniteLossError: stage 3 ({kind}) loss became non-finite in epoch {epoch}; "
-                                     f"the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr.")
+            if rank == 0:
+                write_json(Path(config["status_dir"]) / DIVERGED, {"message": (
+                    f"stage 3 ({kind}) loss became non-finite in epoch {epoch}; the last good checkpoint "
+                    f"(epoch {epoch - 1}) is kept. Lower mtl.lr.")})
+            return
         metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": time.time() - t0}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -99,22 +102,25 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
-        cache: ImageCache, tb_dir: Path, storage: Path) -> dict:
+        cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path) -> dict:
     """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count."""
     res = cfg.resources
+    raise_if_diverged(status_dir, clear=True)
     datasets = {"train": row_stream(train_table, cache, res.data_cpus), "test": row_stream(test_table, cache, res.data_cpus)}
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir)},
+        train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
+                           "status_dir": str(status_dir)},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(name=f"mtl-{kind}-{cfg.stage_hash('mtl')}", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=0)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     result = trainer.fit()
+    raise_if_diverged(status_dir)
     tasks = n_classes if kind != "stl" else {"principal": n_classes["principal"]}
     return {
         "model": kind,
