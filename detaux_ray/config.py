@@ -91,6 +91,14 @@ class ResourcesConfig:
 
 
 @dataclass
+class DebugConfig:
+    """Fault injection for tests only; never part of a stage hash."""
+
+    nan_epoch: int = -1  # stage 1 loss becomes NaN in this epoch
+    kill_at: str = ""  # "stage:epoch:step" (stage = disentangle | stl | hps): rank 0 dies there, once per run dir
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +106,7 @@ class Config:
     discover: DiscoverConfig = field(default_factory=DiscoverConfig)
     mtl: MTLConfig = field(default_factory=MTLConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,6 +229,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
     if cfg.mtl.model not in ("hps",):
         raise ConfigError(f"mtl.model must be one of: hps; got '{cfg.mtl.model}'")
+    if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:
+        raise ConfigError(f"debug.kill_at must look like stage:epoch:step, got '{cfg.debug.kill_at}'")
     if cfg.resources.num_workers < 1:
         raise ConfigError(f"resources.num_workers must be >= 1, got {cfg.resources.num_workers}")
 

@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="where every stage writes its artifacts (default: runs/<preset>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set disentangle.epochs=10 (repeatable)")
-    ap.add_argument("--debug-nan-epoch", type=int, default=-1, help=argparse.SUPPRESS)  # test hook
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or Path("runs") / Path(args.preset).stem)
         from detaux_ray.distributed.pipeline import Pipeline  # Ray is imported only once the config is valid
 
-        report = Pipeline(cfg, run_dir, debug_nan_epoch=args.debug_nan_epoch).run()
+        report = Pipeline(cfg, run_dir).run()
     except DetauxError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

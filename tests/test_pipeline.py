@@ -1,5 +1,6 @@
-"""End to end on a real local Ray: a diverged run keeps its checkpoint, the rerun resumes and finishes (stage 1 on
-2 DDP workers), a third run reuses every stage, and a single-cluster discovery stops before MTL."""
+"""End to end on a real local Ray: a diverged run keeps its checkpoint; the rerun resumes, survives a killed
+training worker (stage 1 on 2 DDP workers) and finishes; a third run reuses every stage; a single-cluster
+discovery stops before MTL."""
 
 import json
 import shutil
@@ -40,14 +41,17 @@ def scalars(tb_dir, tag):
 
 def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    argv_nan = ["--run-dir", str(run_dir), "--debug-nan-epoch", "1"] + sum((["--set", s] for s in TINY), [])
-    assert full_pipeline.main(argv_nan) == 5
+    assert run(run_dir, "debug.nan_epoch=1") == 5
     assert "non-finite in epoch 1" in capsys.readouterr().err
     assert not (run_dir / "disentangle").exists() and not (run_dir / "report.json").exists()
     assert list((run_dir / "checkpoints").glob("disentangle-*/checkpoint_*"))  # the last good one (epoch 0)
 
-    # 2. Rerun: stage 1 resumes at epoch 1, then discovery and STL / MTL-HPS.
-    assert run(run_dir) == 0
+    # 2. Rerun: stage 1 resumes at epoch 1, loses rank 0 mid-epoch, restarts from the checkpoint and completes
+    #    with exactly the steps of an uninterrupted run; then discovery and STL / MTL-HPS.
+    assert run(run_dir, "debug.kill_at=disentangle:1:2") == 0
+    assert (run_dir / "killed-disentangle").exists()
+    m1 = json.loads((run_dir / "disentangle" / "manifest.json").read_text())
+    assert m1["epochs"] == 2 and m1["steps"] == 2 * (256 // 2 // 32)
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("stl_accuracy", "mtl_accuracy", "nmi_principal_aux", "ami_principal_aux", "n_aux_classes"):
         assert isinstance(report[key], (int, float))

@@ -42,10 +42,9 @@ def _say(msg: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, run_dir: Path, debug_nan_epoch: int = -1):
+    def __init__(self, cfg: Config, run_dir: Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
-        self.debug_nan_epoch = debug_nan_epoch
         self.source: ImageSource = build_source(cfg.data, cfg.seed)  # bad data config fails before Ray starts
         self._cache: ImageCache | None = None
         self.stages: dict[str, dict] = {}
@@ -102,9 +101,9 @@ class Pipeline:
                               f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
-                                    self.run_dir, self.debug_nan_epoch)
+                                    self.run_dir)
         save_torch(out / "model.pt", res["model"])
-        return {"model": "model.pt", "epochs": res["epoch"] + 1, "metrics": res["metrics"],
+        return {"model": "model.pt", "epochs": res["epoch"] + 1, "steps": res["steps"], "metrics": res["metrics"],
                 "architecture": {"image_size": self.cfg.data.image_size, "k": d.k, "latent_dim": d.latent_dim}}
 
     # Stage 2 ----------------------------------------------------------------------------------------------

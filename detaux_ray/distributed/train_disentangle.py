@@ -20,6 +20,7 @@ from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
 from ..errors import NonFiniteLossError
 from ..models import DisentangleAE, to_float_images
+from .faults import maybe_kill
 from .streams import gather, pair_stream, pair_table
 
 DIVERGED = "diverged.json"  # written by rank 0 when the loss goes non-finite
@@ -37,14 +38,14 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    start_epoch = 0
+    start_epoch, global_step = 0, 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as ckpt_dir:
             state = load_torch(Path(ckpt_dir) / "state.pt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
+        start_epoch, global_step = state["epoch"] + 1, state["step"]
     ddp_model = ray.train.torch.prepare_model(model)
 
     train_rows, principal, cache = config["train_rows"], config["principal"], config["cache"]
@@ -67,11 +68,13 @@ def train_loop_per_worker(config: dict) -> None:
             x2 = to_float_images(torch.from_numpy(batch["x2"]).to(device, non_blocking=True))
             same = torch.from_numpy(batch["same"]).to(device)
             loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d)
-            if epoch == config.get("debug_nan_epoch", -1):  # test hook: simulate a diverged step
+            maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
+            if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            global_step += 1
             # Accumulate on device; one host sync per epoch.
             for name, v in {"total": loss.detach(), **terms}.items():
                 sums[name] = sums.get(name, 0.0) + v
@@ -91,7 +94,8 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
-                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
+                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                                                      "step": global_step})
                 checkpoint = Checkpoint.from_directory(tmp)
                 print(f"[disentangle] epoch {epoch + 1}/{d.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()), flush=True)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -121,14 +125,14 @@ def _log_epoch(writer: SummaryWriter, model: DisentangleAE, fixed: torch.Tensor,
 
 
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        status_dir: Path, debug_nan_epoch: int = -1) -> dict:
+        status_dir: Path) -> dict:
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics."""
     res = cfg.resources
     raise_if_diverged(status_dir, clear=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
-                           "tb_dir": str(tb_dir), "debug_nan_epoch": debug_nan_epoch, "status_dir": str(status_dir)},
+                           "tb_dir": str(tb_dir), "status_dir": str(status_dir)},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name=f"disentangle-{cfg.stage_hash('disentangle')}", storage_path=str(storage),
@@ -138,7 +142,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     raise_if_diverged(status_dir)
     with result.checkpoint.as_directory() as ckpt_dir:
         state = load_torch(Path(ckpt_dir) / "state.pt")
-    return {"model": state["model"], "epoch": state["epoch"], "metrics": dict(result.metrics or {})}
+    return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {})}
 
 
 def raise_if_diverged(status_dir: Path, clear: bool = False) -> None:

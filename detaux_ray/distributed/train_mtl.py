@@ -20,6 +20,7 @@ from ..artifacts import load_torch, save_torch, write_json
 from ..config import Config, config_from_dict
 from ..models import count_parameters, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
+from .faults import maybe_kill
 from .streams import ImageCache, row_stream
 from .train_disentangle import DIVERGED, raise_if_diverged
 
@@ -53,9 +54,10 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.time()
         ddp_model.train()
         total, n_batches = torch.zeros((), device=device), 0
-        for batch in train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
+        for step, batch in enumerate(train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
                                                     local_shuffle_seed=cfg.seed * 100_003 + epoch, drop_last=True,
-                                                    device=device):
+                                                    device=device)):
+            maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status_dir"])
             x = to_float_images(batch["image"])
             targets = {"principal": batch["principal"].long(), "auxiliary": batch["auxiliary"].long()}
             loss, _ = multitask_loss(ddp_model(x), targets, weights)
