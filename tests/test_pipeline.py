@@ -71,6 +71,11 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert {"stl/test_principal_accuracy", "hps/test_principal_accuracy"} <= mtl_tags
     labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
 
+    # An uninterrupted run gives the very same auxiliary labels: the resumed training retraced it exactly.
+    reference = tmp_path / "reference"
+    assert run(reference) == 0
+    assert pq.read_table(reference / "discover" / "labels.parquet").to_pydict() == labels
+
     # 3. Third run: every stage reused, identical auxiliary labels.
     capsys.readouterr()
     assert run(run_dir) == 0

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -15,11 +16,12 @@ from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from ..artifacts import load_torch, save_torch, write_json
+from ..artifacts import save_torch, write_json
 from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
 from ..errors import NonFiniteLossError
 from ..models import DisentangleAE, to_float_images
+from .checkpoints import load_resume_state
 from .faults import maybe_kill
 from .streams import gather, pair_stream, pair_table
 
@@ -39,10 +41,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     start_epoch, global_step = 0, 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as ckpt_dir:
-            state = load_torch(Path(ckpt_dir) / "state.pt")
+    state = load_resume_state(ray.train.get_checkpoint())
+    if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, global_step = state["epoch"] + 1, state["step"]
@@ -55,7 +55,11 @@ def train_loop_per_worker(config: dict) -> None:
     if writer and start_epoch:
         print(f"[disentangle] resuming from epoch {start_epoch}")
 
+    # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
+    # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     for epoch in range(start_epoch, d.epochs):
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
         table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size)
         steps = max(1, table.num_rows // d.batch_size)
         sums: dict[str, torch.Tensor] = {}
@@ -140,8 +144,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     )
     result = trainer.fit()
     raise_if_diverged(status_dir)
-    with result.checkpoint.as_directory() as ckpt_dir:
-        state = load_torch(Path(ckpt_dir) / "state.pt")
+    state = load_resume_state(result.checkpoint)
     return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {})}
 
 

@@ -16,10 +16,11 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
-from ..artifacts import load_torch, save_torch, write_json
+from ..artifacts import save_torch, write_json
 from ..config import Config, config_from_dict
 from ..models import count_parameters, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
+from .checkpoints import load_resume_state
 from .faults import maybe_kill
 from .streams import ImageCache, row_stream
 from .train_disentangle import DIVERGED, raise_if_diverged
@@ -37,10 +38,8 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_mtl_model(kind, config["n_classes"], m.width).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     start_epoch = 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as ckpt_dir:
-            state = load_torch(Path(ckpt_dir) / "state.pt")
+    state = load_resume_state(ray.train.get_checkpoint())
+    if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
