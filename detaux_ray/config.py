@@ -84,7 +84,8 @@ class ResourcesConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     data_cpus: float = 0.25  # CPUs per Ray Data map actor/task (fractional: Train workers must not starve it)
-    torch_threads: int = 0  # 0 = leave torch's default
+    torch_threads: int = 0  # per training worker; 0 = this node's cores / its workers
+    amp: str = "none"  # "bf16": bfloat16 autocast in both training stages and the embedding (GPU)
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
     storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints
     max_failures: int = 2  # worker-group restarts from the last checkpoint before a training stage fails
@@ -231,6 +232,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mtl.model must be one of: hps; got '{cfg.mtl.model}'")
     if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:
         raise ConfigError(f"debug.kill_at must look like stage:epoch:step, got '{cfg.debug.kill_at}'")
+    if cfg.resources.amp not in ("none", "bf16"):
+        raise ConfigError(f"resources.amp must be 'none' or 'bf16', got '{cfg.resources.amp}'")
     if cfg.resources.num_workers < 1:
         raise ConfigError(f"resources.num_workers must be >= 1, got {cfg.resources.num_workers}")
 

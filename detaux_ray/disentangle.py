@@ -42,19 +42,29 @@ def beta_schedule(epoch: float, cfg: DisentangleConfig) -> Betas:
 
 
 def detaux_loss(
-    model: DisentangleAE, x1: Tensor, x2: Tensor, same: Tensor, betas: Betas, cfg: DisentangleConfig
+    model: DisentangleAE, x1: Tensor, x2: Tensor, same: Tensor, betas: Betas, cfg: DisentangleConfig,
+    swaps: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Total loss for a batch of pairs, its terms (detached) and the oracle weights lam (B, k).
 
     x1, x2: float images (B, 3, S, S); same: bool (B,), True when the pair shares its principal label.
-    `model` may be wrapped in DDP; the terms need its submodules, reached through `.module`.
+    swaps: optional (rows, subspaces) for L_cons instead of drawing them (benchmarks compare steps on it).
+    `model` may be wrapped in DDP; the decoder and the re-encoding are reached through `.module`.
     """
     core: DisentangleAE = getattr(model, "module", model)
     x = torch.cat([x1, x2], dim=0)
-    s, x_rec = model(x)
-    rec = losses.reconstruction_loss(x, x_rec)
+    s = model(x, decode=False)
     b = x1.shape[0]
     s1, s2 = s[:b], s[b:]
+    with_cons = not betas.warmup and betas.beta2 > 0 and cfg.w_cons > 0
+    if with_cons:
+        # One decoder call for the reconstructions and the swapped latents of L_cons (fewer, larger kernels).
+        rows, idx = swaps if swaps is not None else swap_plan(b, core.k, cfg.cons_swaps, s.device)
+        decoded = core.decoder(torch.cat([s.sum(dim=1), losses.swap_subspace(s1[rows], s2[rows], idx)]))
+        x_rec, x_swap = decoded[: 2 * b], decoded[2 * b:]
+    else:
+        x_rec = core.decode(s)
+    rec = losses.reconstruction_loss(x, x_rec)
     lam = losses.oracle_weights(s1, s2, same, cfg.principal_subspace, cfg.oracle_temperature)
     terms = {"rec": rec}
     if betas.warmup:
@@ -64,27 +74,37 @@ def detaux_loss(
     terms["spar"] = losses.sparsity_loss(s)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = rec + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]
-    if betas.beta2 > 0 and cfg.w_cons > 0:
-        terms["cons"] = consistency_term(core, s1, s2, cfg.cons_swaps)
+    if with_cons:
+        terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx)
         total = total + betas.beta2 * cfg.w_cons * terms["cons"]
     return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
 
-def consistency_term(model: DisentangleAE, s1: Tensor, s2: Tensor, n_swaps: int) -> Tensor:
+def swap_plan(b: int, k: int, n_swaps: int, device) -> tuple[Tensor, Tensor]:
+    """(rows, subspaces) swapped for L_cons: every subspace of every pair when n_swaps >= k, else n_swaps
+    subspaces per pair drawn at random (the mean is then scaled by k: an unbiased estimate of the sum)."""
+    if n_swaps >= k:
+        return torch.arange(b, device=device).repeat_interleave(k), torch.arange(k, device=device).repeat(b)
+    return torch.arange(b, device=device).repeat_interleave(n_swaps), torch.randint(0, k, (b * n_swaps,), device=device)
+
+
+def consistency_term(model: DisentangleAE, s1: Tensor, s2: Tensor, n_swaps: int,
+                     swaps: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """L_cons = sum_i ||p_i(f(g(s_i^1 + sum_{j!=i} s_j^2))) - s_i^1||^2, averaged over the batch.
 
-    With n_swaps = k every subspace is swapped (the exact sum); with fewer, each pair swaps n_swaps subspaces
-    drawn at random and the mean is scaled by k, an unbiased estimate at n_swaps/k of the decoder cost.
+    With n_swaps = k every subspace is swapped (the exact sum); with fewer, see `swap_plan`.
+    `swaps` = (rows, subspaces) gives the swapped (pair, subspace) couples explicitly.
     """
     b, k, _ = s1.shape
-    if n_swaps >= k:
-        idx = torch.arange(k, device=s1.device).repeat(b)
-    else:
-        idx = torch.randint(0, k, (b * n_swaps,), device=s1.device)
-    rows = torch.arange(b, device=s1.device).repeat_interleave(n_swaps if n_swaps < k else k)
-    z_swap = losses.swap_subspace(s1[rows], s2[rows], idx)
-    s_back = model.projectors.project_one(model.encoder(model.decoder(z_swap)), idx)
-    return k * losses.consistency_loss(s_back, s1[rows, idx])
+    rows, idx = swaps if swaps is not None else swap_plan(b, k, n_swaps, s1.device)
+    x_swap = model.decoder(losses.swap_subspace(s1[rows], s2[rows], idx))
+    return reencoded_consistency(model, x_swap, s1, rows, idx)
+
+
+def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
+    """k * mean ||p_i(f(x^_i)) - s_i^1||^2 over the swapped couples, given the decoded swaps x^."""
+    s_back = model.projectors.project_one(model.encoder(x_swap), idx)
+    return model.k * losses.consistency_loss(s_back, s1[rows, idx])
 
 
 @torch.no_grad()

@@ -8,34 +8,35 @@ import pyarrow as pa
 import ray
 import torch
 
-from ..models import DisentangleAE, to_float_images
+from ..models import DisentangleAE, autocast, to_device, to_float_images
 from .streams import ImageCache, gather
 
 
 class Embedder:
     """Ray Data actor: holds the trained stage-1 model; rows -> subspace projections s (B, k*d)."""
 
-    def __init__(self, state_ref, image_size: int, k: int, latent_dim: int, cache: ImageCache, use_gpu: bool):
+    def __init__(self, state_ref, image_size: int, k: int, latent_dim: int, cache: ImageCache, use_gpu: bool,
+                 amp: str = "none"):
         state = ray.get(state_ref[0])  # refs in constructor args are not resolved by Ray Data
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = DisentangleAE(image_size, k, latent_dim).to(self.device, memory_format=torch.channels_last)
         self.model.load_state_dict(state)
         self.model.eval()
-        self.cache = cache
+        self.cache, self.amp = cache, amp
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(gather(self.cache, batch["row"])).to(self.device, non_blocking=True)
-        with torch.no_grad():
+        x = to_device(torch.from_numpy(gather(self.cache, batch["row"])), self.device)
+        with torch.no_grad(), autocast(self.device, self.amp):
             s = self.model.subspaces(to_float_images(x))
         return {"row": batch["row"], "s": s.flatten(1).float().cpu().numpy()}
 
 
 def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_dim: int, cache: ImageCache,
-          cpus: float, use_gpu: bool, n_actors: int = 1, batch_size: int = 512) -> np.ndarray:
+          cpus: float, use_gpu: bool, amp: str = "none", n_actors: int = 1, batch_size: int = 512) -> np.ndarray:
     """Subspace projections (len(rows), k, d), in the order of `rows`."""
     state_ref = ray.put(model_state)
     ds = ray.data.from_arrow(pa.table({"row": rows})).map_batches(
-        Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, cache, use_gpu),
+        Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, cache, use_gpu, amp),
         compute=ray.data.ActorPoolStrategy(size=n_actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=cpus, num_gpus=1 if use_gpu else 0)
     got_rows, got_s = [], []

@@ -113,7 +113,8 @@ class Pipeline:
         state = load_torch(self.run_dir / "disentangle" / "model.pt")
         rows = src.train_rows()
         t0 = time.time()
-        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, cfg.resources.data_cpus, cfg.resources.use_gpu)
+        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, cfg.resources.data_cpus,
+                  cfg.resources.use_gpu, cfg.resources.amp)
         _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s")
         principal = src.principal[rows]
         scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from ..artifacts import save_torch, write_json
 from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
 from ..errors import NonFiniteLossError
-from ..models import DisentangleAE, to_float_images
+from ..models import DisentangleAE, autocast, set_torch_threads, to_device, to_float_images
 from .checkpoints import load_resume_state
 from .faults import maybe_kill
 from .streams import gather, pair_stream, pair_table
@@ -31,8 +32,7 @@ DIVERGED = "diverged.json"  # written by rank 0 when the loss goes non-finite
 def train_loop_per_worker(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     d, res = cfg.disentangle, cfg.resources
-    if res.torch_threads:
-        torch.set_num_threads(res.torch_threads)
+    set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -59,6 +59,7 @@ def train_loop_per_worker(config: dict) -> None:
     # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     for epoch in range(start_epoch, d.epochs):
+        t_epoch = time.time()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
         table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size)
         steps = max(1, table.num_rows // d.batch_size)
@@ -68,10 +69,11 @@ def train_loop_per_worker(config: dict) -> None:
         for step, batch in enumerate(pair_stream(table, cache, res.data_cpus, d.batch_size).iter_batches(
                 batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):
             betas = beta_schedule(epoch + step / steps, d)
-            x1 = to_float_images(torch.from_numpy(batch["x1"]).to(device, non_blocking=True))
-            x2 = to_float_images(torch.from_numpy(batch["x2"]).to(device, non_blocking=True))
-            same = torch.from_numpy(batch["same"]).to(device)
-            loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d)
+            x1 = to_float_images(to_device(torch.from_numpy(batch["x1"]), device))
+            x2 = to_float_images(to_device(torch.from_numpy(batch["x2"]), device))
+            same = to_device(torch.from_numpy(batch["same"]), device)
+            with autocast(device, res.amp):
+                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
@@ -93,7 +95,8 @@ def train_loop_per_worker(config: dict) -> None:
                     f"checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data.")})
             return
         pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
-        metrics = {"epoch": epoch, **{f"loss/{k}": v for k, v in means.items()}}
+        metrics = {"epoch": epoch, "epoch_time_s": time.time() - t_epoch, "pairs": steps * d.batch_size * world,
+                   **{f"loss/{k}": v for k, v in means.items()}}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:

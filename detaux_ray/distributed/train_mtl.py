@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ..artifacts import save_torch, write_json
 from ..config import Config, config_from_dict
-from ..models import count_parameters, to_float_images
+from ..models import autocast, count_parameters, set_torch_threads, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
 from .checkpoints import load_resume_state
 from .faults import maybe_kill
@@ -29,8 +29,7 @@ from .train_disentangle import DIVERGED, raise_if_diverged
 def train_loop_per_worker(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     m, res = cfg.mtl, cfg.resources
-    if res.torch_threads:
-        torch.set_num_threads(res.torch_threads)
+    set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
     kind = config["kind"]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
@@ -55,11 +54,12 @@ def train_loop_per_worker(config: dict) -> None:
         total, n_batches = torch.zeros((), device=device), 0
         for step, batch in enumerate(train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
                                                     local_shuffle_seed=cfg.seed * 100_003 + epoch, drop_last=True,
-                                                    device=device)):
+                                                    device=device, pin_memory=device.type == "cuda")):
             maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status_dir"])
             x = to_float_images(batch["image"])
             targets = {"principal": batch["principal"].long(), "auxiliary": batch["auxiliary"].long()}
-            loss, _ = multitask_loss(ddp_model(x), targets, weights)
+            with autocast(device, res.amp):
+                loss, _ = multitask_loss(ddp_model(x), targets, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,94 @@
+"""Ray overhead of stage 1: one epoch through Ray Data (pair stream) + Ray Train (TorchTrainer, 1 worker) vs the
+same steps in a plain PyTorch loop over the same pairs, in one run.
+
+Both train the same model on the same epoch's pairs with every loss term on (no warm-up); each runs a first epoch
+to warm up and the second is timed. The Ray figure is the epoch time measured inside the worker (trainer start-up,
+about 30 s here, is reported separately). The last output line is JSON.
+
+    python bench/ray_overhead.py                       # 32x32, 4,096 images, batch 64
+    python bench/ray_overhead.py --n-images 600 --image-size 16   # smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from detaux_ray.config import load_config  # noqa: E402
+from detaux_ray.data import build_source  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, detaux_loss  # noqa: E402
+from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
+from detaux_ray.pairs import sample_pairs  # noqa: E402
+
+
+def plain_epoch_time(cfg, source, epoch: int) -> float:
+    d = cfg.disentangle
+    torch.manual_seed(cfg.seed)
+    rows = source.train_rows()
+    images = torch.from_numpy(source.images(rows))  # the same images, held in memory
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    n_pairs = d.pairs_per_epoch or len(rows)
+    times = []
+    for e in range(epoch + 1):
+        t0 = time.perf_counter()
+        i1, i2, same = sample_pairs(source.principal[rows], n_pairs, d.oracle_prob, cfg.seed, e)
+        steps = n_pairs // d.batch_size
+        for s in range(steps):
+            sl = slice(s * d.batch_size, (s + 1) * d.batch_size)
+            loss = detaux_loss(model, to_float_images(images[i1[sl]]), to_float_images(images[i2[sl]]),
+                               torch.from_numpy(same[sl]), beta_schedule(e + s / steps, d), d)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    return times[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-images", type=int, default=4096)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
+    args = ap.parse_args()
+    overrides = [f"data.n_images={args.n_images}", f"data.image_size={args.image_size}", "disentangle.epochs=2",
+                 "disentangle.warmup_frac=0", f"disentangle.batch_size={args.batch}", "disentangle.k=5",
+                 "disentangle.log_images_every=1000"]
+    cfg = load_config("quick", overrides)
+    source = build_source(cfg.data, cfg.seed)
+
+    import ray
+
+    from detaux_ray.distributed import train_disentangle
+    from detaux_ray.distributed.pipeline import ensure_ray
+    from detaux_ray.distributed.streams import ImageCache
+
+    t_plain = plain_epoch_time(cfg, source, epoch=1)
+    ensure_ray()
+    cache = ImageCache.build(source, cfg.resources.data_cpus)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = train_disentangle.run(cfg, source.train_rows(), source.principal, cache, Path(tmp) / "tb", str(Path(tmp) / "ckpt"),
+                                    Path(tmp))
+        t_fit = time.perf_counter() - t0
+    t_ray = float(out["metrics"]["epoch_time_s"])
+    figures = {"bench": "ray_overhead", "image_size": args.image_size, "n_train_pairs": int(out["metrics"]["pairs"]),
+               "batch": args.batch, "plain_epoch_s": round(t_plain, 2), "ray_epoch_s": round(t_ray, 2),
+               "ratio": round(t_ray / t_plain, 3), "target_ratio": 1.15, "fit_total_s_2_epochs": round(t_fit, 1),
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "ray": ray.__version__}
+    print(f"epoch (steady state): plain PyTorch {t_plain:.1f}s, Ray Data + Ray Train {t_ray:.1f}s "
+          f"-> ratio {figures['ratio']} (whole 2-epoch fit incl. start-up {t_fit:.0f}s)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
