@@ -5,7 +5,7 @@ Both train the same model on the same epoch's pairs with every loss term on (no 
 to warm up and the second is timed. The Ray figure is the epoch time measured inside the worker (trainer start-up,
 about 30 s here, is reported separately). The last output line is JSON.
 
-    python bench/ray_overhead.py                       # 32x32, 4,096 images, batch 64
+    python bench/ray_overhead.py                       # 32x32, the quick preset's 14,000 images, batch 64
     python bench/ray_overhead.py --n-images 600 --image-size 16   # smoke size
 """
 
@@ -56,7 +56,7 @@ def plain_epoch_time(cfg, source, epoch: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-images", type=int, default=4096)
+    ap.add_argument("--n-images", type=int, default=14000)  # the quick preset's dataset
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()

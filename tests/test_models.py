@@ -26,3 +26,14 @@ def test_stl_and_hps_forward_backward():
     assert loss.item() == pytest.approx(per_task["principal"].item() + 0.5 * per_task["auxiliary"].item(), rel=1e-5)
     loss.backward()
     assert count_parameters(hps) - count_parameters(stl) == 5 * (32 + 1)
+
+
+def test_core_imports_without_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import detaux_ray.config, detaux_ray.data, detaux_ray.models, detaux_ray.losses, detaux_ray.disentangle, "
+            "detaux_ray.pairs, detaux_ray.clustering, detaux_ray.discovery, detaux_ray.mtl, detaux_ray.artifacts, "
+            "detaux_ray.report")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

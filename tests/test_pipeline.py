@@ -76,6 +76,12 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert run(reference) == 0
     assert pq.read_table(reference / "discover" / "labels.parquet").to_pydict() == labels
 
+    # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
+    between = tmp_path / "between"
+    shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*"))
+    assert run(between) == 0
+    assert pq.read_table(between / "discover" / "labels.parquet").to_pydict() == labels
+
     # 3. Third run: every stage reused, identical auxiliary labels.
     capsys.readouterr()
     assert run(run_dir) == 0
@@ -98,6 +104,8 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     (["--set", "data.principal=colour"], 3, "principal factor 'colour' does not exist"),
     (["--set", "data.dataset=imagenet"], 3, "unknown dataset 'imagenet'"),
     (["--set", "data.n_images=1", "--set", "data.heldout_hues=[]"], 3, "principal class"),
+    (["--set", "data.image_size=48"], 3, "image_size must be 16, 32 or 64"),
+    (["--set", "disentangle.pairs_per_epoch=8"], 2, "less than one batch"),
 ])
 def test_bad_input_exits_with_one_clear_message(tmp_path, capsys, argv, code, msg):
     assert full_pipeline.main(argv + ["--run-dir", str(tmp_path / "r")]) == code

@@ -46,6 +46,11 @@ class Pipeline:
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         self.source: ImageSource = build_source(cfg.data, cfg.seed)  # bad data config fails before Ray starts
+        d, world = cfg.disentangle, cfg.resources.num_workers
+        n_pairs = d.pairs_per_epoch or len(self.source.train_rows())
+        if n_pairs // world < d.batch_size:
+            raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
+                              f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
         self._cache: ImageCache | None = None
         self.stages: dict[str, dict] = {}
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
@@ -94,15 +99,11 @@ class Pipeline:
     # Stage 1 ----------------------------------------------------------------------------------------------
     def _disentangle(self, out: Path) -> dict:
         rows = self.source.train_rows()
-        d, world = self.cfg.disentangle, self.cfg.resources.num_workers
-        n_pairs = d.pairs_per_epoch or len(rows)
-        if n_pairs // world < d.batch_size:
-            raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
-                              f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
                                     self.run_dir)
         save_torch(out / "model.pt", res["model"])
+        d = self.cfg.disentangle
         return {"model": "model.pt", "epochs": res["epoch"] + 1, "steps": res["steps"], "metrics": res["metrics"],
                 "architecture": {"image_size": self.cfg.data.image_size, "k": d.k, "latent_dim": d.latent_dim}}
 
