@@ -68,12 +68,13 @@ class DiscoverConfig:
 
 @dataclass
 class MTLConfig:
-    model: str = "hps"  # multi-task model compared with STL
+    model: str = "hps"  # multi-task model compared with STL: hps | nddr
     epochs: int = 150
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-4
     width: int = 32  # channels of the first backbone stage
+    loss_weighting: str = "fixed"  # fixed (the weights below) | uncertainty (Kendall et al., learned)
     principal_weight: float = 1.0
     auxiliary_weight: float = 0.5
 
@@ -228,8 +229,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"discover.predict must be 'knn' or 'approximate', got '{cfg.discover.predict}'")
     if not 0.0 < cfg.discover.min_cluster_frac < 0.5:
         raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
-    if cfg.mtl.model not in ("hps",):
-        raise ConfigError(f"mtl.model must be one of: hps; got '{cfg.mtl.model}'")
+    if cfg.mtl.model not in ("hps", "nddr"):
+        raise ConfigError(f"mtl.model must be one of: hps, nddr; got '{cfg.mtl.model}'")
+    if cfg.mtl.loss_weighting not in ("fixed", "uncertainty"):
+        raise ConfigError(f"mtl.loss_weighting must be fixed or uncertainty, got '{cfg.mtl.loss_weighting}'")
     if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:
         raise ConfigError(f"debug.kill_at must look like stage:epoch:step, got '{cfg.debug.kill_at}'")
     if cfg.resources.amp not in ("none", "bf16"):

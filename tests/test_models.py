@@ -37,3 +37,36 @@ def test_core_imports_without_ray():
             "detaux_ray.pairs, detaux_ray.clustering, detaux_ray.discovery, detaux_ray.mtl, detaux_ray.artifacts, "
             "detaux_ray.report")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_nddr_forward_backward_and_near_identity_init():
+    from detaux_ray.mtl import NDDRLayer
+
+    n_classes = {"principal": 8, "auxiliary": 5}
+    nddr, hps = build_mtl_model("nddr", n_classes, 8), build_mtl_model("hps", n_classes, 8)
+    x = torch.rand(4, 3, 32, 32)
+    out = nddr(x)
+    assert {k: v.shape for k, v in out.items()} == {"principal": (4, 8), "auxiliary": (4, 5)}
+    sum(v.sum() for v in out.values()).backward()
+    assert all(p.grad is not None for p in nddr.parameters())
+    assert count_parameters(nddr) > 2 * count_parameters(hps) - count_parameters(hps.heads)  # a backbone per task
+    layer = NDDRLayer(2, 3, own=0.9)
+    w = layer.convs[1].weight.view(3, 6)
+    assert torch.allclose(w[:, 3:], 0.9 * torch.eye(3)) and torch.allclose(w[:, :3], 0.1 * torch.eye(3))
+
+
+def test_uncertainty_weights_are_learned():
+    n_classes = {"principal": 4, "auxiliary": 3}
+    model = build_mtl_model("hps", n_classes, 4, weighting="uncertainty")
+    assert not hasattr(build_mtl_model("stl", n_classes, 4, weighting="uncertainty"), "loss_weights")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.rand(8, 3, 16, 16)
+    y = {"principal": torch.randint(0, 4, (8,)), "auxiliary": torch.randint(0, 3, (8,))}
+    before = {t: float(v) for t, v in model.loss_weights.log_vars.items()}
+    for _ in range(3):
+        loss, per_task = multitask_loss(model(x), y, model.loss_weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = {t: float(v) for t, v in model.loss_weights.log_vars.items()}
+    assert all(after[t] != before[t] for t in before)

@@ -77,10 +77,16 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert pq.read_table(reference / "discover" / "labels.parquet").to_pydict() == labels
 
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
+    # It also trains NDDR-CNN with uncertainty weighting through the same Ray Train stage.
     between = tmp_path / "between"
-    shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*"))
-    assert run(between) == 0
+    shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*", "tensorboard"))
+    assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty") == 0
     assert pq.read_table(between / "discover" / "labels.parquet").to_pydict() == labels
+    nddr_report = json.loads((between / "report.json").read_text())
+    assert nddr_report["mtl_model"] == "nddr" and nddr_report["models"]["mtl"]["loss_weighting"] == "uncertainty"
+    assert nddr_report["models"]["mtl"]["parameters"] > nddr_report["models"]["stl"]["parameters"] * 2
+    _, nddr_tags = scalars(between / "tensorboard" / "mtl", "")
+    assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary"} <= nddr_tags
 
     # 3. Third run: every stage reused, identical auxiliary labels.
     capsys.readouterr()

@@ -34,7 +34,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = build_mtl_model(kind, config["n_classes"], m.width).to(device, memory_format=torch.channels_last)
+    model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     start_epoch = 0
     state = load_resume_state(ray.train.get_checkpoint())
@@ -43,7 +43,8 @@ def train_loop_per_worker(config: dict) -> None:
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
     ddp_model = ray.train.torch.prepare_model(model)
-    weights = {"principal": m.principal_weight, "auxiliary": m.auxiliary_weight}
+    weights = model.loss_weights if hasattr(model, "loss_weights") else {"principal": m.principal_weight,
+                                                                        "auxiliary": m.auxiliary_weight}
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
@@ -79,6 +80,8 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
                 writer.add_scalar(f"{kind}/train_loss", train_loss, epoch)
                 writer.add_scalar(f"{kind}/test_principal_accuracy", metrics["test_principal_accuracy"], epoch)
+                for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
+                    writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
                 writer.flush()
                 save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
                 checkpoint = Checkpoint.from_directory(tmp)
@@ -128,6 +131,7 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         "test_principal_accuracy": float(result.metrics["test_principal_accuracy"]),
         "epochs": int(result.metrics["epoch"]) + 1,
         "parameters": count_parameters(build_mtl_model(kind, n_classes, cfg.mtl.width)),
+        "loss_weighting": "fixed" if kind == "stl" else cfg.mtl.loss_weighting,
         "tasks": sorted(tasks),
         "wall_time_s": round(time.time() - t0, 1),
     }
