@@ -111,6 +111,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     (["--set", "data.dataset=imagenet"], 3, "unknown dataset 'imagenet'"),
     (["--set", "data.n_images=1", "--set", "data.heldout_hues=[]"], 3, "principal class"),
     (["--set", "data.image_size=48"], 3, "image_size must be 16, 32 or 64"),
+    (["--set", "data.heldout_hues=[]"], 3, "held-out split is empty"),
     (["--set", "disentangle.pairs_per_epoch=8"], 2, "less than one batch"),
 ])
 def test_bad_input_exits_with_one_clear_message(tmp_path, capsys, argv, code, msg):

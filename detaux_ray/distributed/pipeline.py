@@ -19,13 +19,11 @@ from ..clustering import cluster
 from ..config import Config
 from ..data import ImageSource, build_source
 from ..discovery import choose_subspace, diagnostics, subspace_scores
-from ..errors import ConfigError, DetauxError
+from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
 from . import train_disentangle, train_mtl
 from .discover import embed
 from .streams import ImageCache
-
-log = logging.getLogger("detaux_ray")
 
 
 def ensure_ray(address: str = "") -> None:
@@ -46,6 +44,9 @@ class Pipeline:
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
         self.source: ImageSource = build_source(cfg.data, cfg.seed)  # bad data config fails before Ray starts
+        if len(self.source.test_rows()) == 0:
+            raise DataError("the held-out split is empty: with data.heldout_hues, no image has both floor and wall "
+                            "hue held out; raise data.n_images or change data.heldout_hues")
         d, world = cfg.disentangle, cfg.resources.num_workers
         n_pairs = d.pairs_per_epoch or len(self.source.train_rows())
         if n_pairs // world < d.batch_size:
@@ -144,9 +145,6 @@ class Pipeline:
         aux = labels.column("auxiliary").to_numpy()
         train = pa.table({"row": labels.column("row"), "principal": labels.column("principal"), "auxiliary": labels.column("auxiliary")})
         test_rows = src.test_rows()
-        if len(test_rows) == 0:
-            raise DetauxError("the held-out split is empty: with data.heldout_hues, no image has both floor and wall "
-                              "hue held out; raise data.n_images or change data.heldout_hues")
         test = pa.table({"row": test_rows, "principal": src.principal[test_rows], "auxiliary": np.zeros(len(test_rows), np.int64)})
         n_classes = {"principal": src.n_principal_classes, "auxiliary": int(aux.max()) + 1}
         tb, ckpt = self.run_dir / "tensorboard" / "mtl", self.storage
