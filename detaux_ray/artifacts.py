@@ -58,8 +58,9 @@ def _jsonable(o: Any) -> Any:
 
 
 @contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temp dir beside `final`; on success it replaces `final`, on error it is removed."""
+def staging_dir(final: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a fresh temp dir beside `final`; on success it replaces `final` (or, with replace=False, is dropped
+    when `final` already exists), on error it is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
@@ -69,6 +70,9 @@ def staging_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         shutil.rmtree(final)
     os.replace(tmp, final)
 

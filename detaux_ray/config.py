@@ -24,10 +24,20 @@ class DataConfig:
     n_images: int = 16000  # a seeded subset of the 480,000 shapes combinations; 0 = all
     noise: float = 0.15  # salt-and-pepper fraction of pixels (paper: 15%)
     heldout_hues: list[int] = field(default_factory=lambda: [1, 3, 5, 7, 9])  # test = floor AND wall hue in these
+    val_frac: float = 0.0  # seeded fraction of the training split held out as validation (tuning's objective)
+    path: str = ""  # where a real dataset's files are: a local path or a storage URI (s3://, gs://)
+    resize: str = "none"  # real datasets whose images are not image_size square: none (error) | resize | center_crop
+    test_frac: float = 0.2  # seeded test fraction for datasets without a split of their own (imagefolder, parquet)
+    image_column: str = "image"  # parquet: encoded bytes, {bytes: ...} structs or uint8 arrays
+    label_column: str = "label"  # parquet: the principal labels
+    split_column: str = ""  # parquet: optional column whose value "test" marks the test split
+    extra_csv: str = ""  # imagefolder: optional CSV (column `file` + more) of per-image ground-truth factors
+    cache: str = "auto"  # memory (all images in the object store) | stream (read per batch) | auto (memory if < 1 GiB)
 
 
 @dataclass
 class DisentangleConfig:
+    arch: str = "conv"  # conv (paper's small AE, 16-64 px) | resnet18 (feature-map bottleneck, sizes 64, 96, 128, ...)
     k: int = 10  # number of subspaces
     latent_dim: int = 10  # d, the ambient size of every subspace
     principal_subspace: int = 0  # alpha
@@ -64,11 +74,18 @@ class DiscoverConfig:
     predict: str = "knn"  # how the rest is labelled on CPU: "knn" (KD-tree vote) or "approximate" (hdbscan's)
     knn_k: int = 10
     dead_subspace_frac: float = 0.01  # subspaces with variance below this fraction of the largest are skipped
+    n_auxiliary: int = 1  # auxiliary tasks: one per best subspace (the paper uses 1; more is its future work)
 
 
 @dataclass
 class MTLConfig:
-    model: str = "hps"  # multi-task model compared with STL: hps | nddr
+    model: str = "hps"  # multi-task model compared with STL: hps | nddr | mti
+    compare: list[str] = field(default_factory=list)  # more multi-task models trained on the same labels and reported
+    backbone: str = "conv"  # conv (small VGG-style, 16-64 px) | resnet18 (torchvision, random init)
+    pretrained: str = ""  # resnet18 only: a local state_dict file to start from (nothing is downloaded)
+    baseline: bool = True  # also train the STL baseline (tuning trials skip it: their objective is the MTL model)
+    seeds: int = 1  # > 1: repeat STL and `model` over this many seeds; report mean, std and a Welch t-test
+    entangled_ablation: bool = False  # also cluster a plain (L_rec only) autoencoder's latent and train `model` on it
     epochs: int = 150
     batch_size: int = 32
     lr: float = 5e-4
@@ -213,6 +230,10 @@ def validate(cfg: Config) -> None:
     d = cfg.disentangle
     if not 0 <= d.principal_subspace < d.k:
         raise ConfigError(f"disentangle.principal_subspace={d.principal_subspace} must be in [0, k={d.k})")
+    if d.arch not in ("conv", "resnet18"):
+        raise ConfigError(f"disentangle.arch must be conv or resnet18, got '{d.arch}'")
+    if d.arch == "resnet18" and (cfg.data.image_size < 64 or cfg.data.image_size % 32):
+        raise ConfigError(f"disentangle.arch=resnet18 needs data.image_size a multiple of 32 and >= 64, got {cfg.data.image_size}")
     if d.k < 2:
         raise ConfigError(f"disentangle.k must be >= 2, got {d.k}")
     if not 0.0 <= d.oracle_prob <= 1.0:
@@ -229,8 +250,27 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"discover.predict must be 'knn' or 'approximate', got '{cfg.discover.predict}'")
     if not 0.0 < cfg.discover.min_cluster_frac < 0.5:
         raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
-    if cfg.mtl.model not in ("hps", "nddr"):
-        raise ConfigError(f"mtl.model must be one of: hps, nddr; got '{cfg.mtl.model}'")
+    if cfg.data.resize not in ("none", "resize", "center_crop"):
+        raise ConfigError(f"data.resize must be none, resize or center_crop, got '{cfg.data.resize}'")
+    if cfg.data.cache not in ("auto", "memory", "stream"):
+        raise ConfigError(f"data.cache must be auto, memory or stream, got '{cfg.data.cache}'")
+    if not 0.0 < cfg.data.test_frac < 1.0:
+        raise ConfigError(f"data.test_frac must be in (0, 1), got {cfg.data.test_frac}")
+    if not 0.0 <= cfg.data.val_frac < 0.5:
+        raise ConfigError(f"data.val_frac must be in [0, 0.5), got {cfg.data.val_frac}")
+    for name in [cfg.mtl.model] + cfg.mtl.compare:
+        if name not in ("hps", "nddr", "mti"):
+            raise ConfigError(f"mtl.model and mtl.compare take hps, nddr or mti; got '{name}'")
+    if cfg.mtl.backbone not in ("conv", "resnet18"):
+        raise ConfigError(f"mtl.backbone must be conv or resnet18, got '{cfg.mtl.backbone}'")
+    if cfg.mtl.pretrained and cfg.mtl.backbone != "resnet18":
+        raise ConfigError("mtl.pretrained is for mtl.backbone=resnet18")
+    if cfg.mtl.pretrained and not Path(cfg.mtl.pretrained).is_file():
+        raise ConfigError(f"mtl.pretrained: weights file not found: {cfg.mtl.pretrained}")
+    if cfg.mtl.seeds < 1:
+        raise ConfigError(f"mtl.seeds must be >= 1, got {cfg.mtl.seeds}")
+    if not 1 <= cfg.discover.n_auxiliary <= d.k - 1:
+        raise ConfigError(f"discover.n_auxiliary must be in [1, k-1={d.k - 1}], got {cfg.discover.n_auxiliary}")
     if cfg.mtl.loss_weighting not in ("fixed", "uncertainty"):
         raise ConfigError(f"mtl.loss_weighting must be fixed or uncertainty, got '{cfg.mtl.loss_weighting}'")
     if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:

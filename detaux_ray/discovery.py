@@ -37,13 +37,26 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
 
 def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float) -> int:
     """argmin over live subspaces j != alpha of the criterion's score."""
+    return rank_subspaces(scores, criterion, alpha, dead_frac, 1)[0]
+
+
+def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float, n: int) -> list[int]:
+    """The n live subspaces j != alpha with the best (smallest) criterion score, best first."""
     var = scores["variance"]
     k = len(var)
     live = [j for j in range(k) if j != alpha and var[j] >= dead_frac * var.max()]
     if not live:
         raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead (variance < "
                                  f"{dead_frac} x the largest): nothing to cluster; train longer or lower k")
-    return int(min(live, key=lambda j: scores[criterion][j]))
+    if len(live) < n:
+        raise SingleClusterError(f"{n} auxiliary tasks asked for (discover.n_auxiliary) but only {len(live)} live "
+                                 f"subspace(s) besides the principal one: lower n_auxiliary or raise k")
+    return [int(j) for j in sorted(live, key=lambda j: scores[criterion][j])[:n]]
+
+
+def auxiliary_tasks(n: int) -> list[str]:
+    """Task names of n discovered tasks: auxiliary, auxiliary_1, ..."""
+    return ["auxiliary"] + [f"auxiliary_{i}" for i in range(1, n)]
 
 
 def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None) -> dict:

@@ -87,17 +87,113 @@ class Projectors(nn.Module):
         return torch.einsum("bd,bde->be", h, self.w2[i]) + self.b2[i]
 
 
-class DisentangleAE(nn.Module):
-    """Product-manifold autoencoder with k subspaces."""
+class ResNetMapEncoder(nn.Module):
+    """ResNet-18 trunk (random init) keeping a compressed feature map: x (B, 3, S, S) -> z (B, c*h*w), the map of
+    layer4 squeezed to c channels by a 1x1 conv and flattened (METHOD.md: fine-grained data such as Cars)."""
 
-    def __init__(self, image_size: int, k: int, latent_dim: int):
+    def __init__(self, image_size: int, channels: int):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        self.trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.squeeze = nn.Conv2d(512, channels, 1)
+        self.side = map_side(image_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.squeeze(self.trunk(x)), 1)
+
+
+def map_side(image_size: int) -> int:
+    if image_size < 64 or image_size % 32:
+        raise ValueError(f"the ResNet-18 autoencoder takes image sizes that are multiples of 32, >= 64; got {image_size}")
+    return image_size // 32
+
+
+class _UpBlock(nn.Module):
+    """x2 nearest upsampling, then a ResNet basic block (two 3x3 convs with BN and a projected shortcut)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNetMapDecoder(nn.Module):
+    """z~ (B, c*h*w) -> x~ (B, 3, S, S): the map through five x2 up-sampling residual stages (512..32 channels)."""
+
+    def __init__(self, image_size: int, channels: int):
+        super().__init__()
+        self.channels, self.side = channels, map_side(image_size)
+        widths = (512, 256, 128, 64, 32)
+        self.expand = nn.Conv2d(channels, widths[0], 1)
+        self.blocks = nn.Sequential(*[_UpBlock(a, b) for a, b in zip(widths, widths[1:] + (32,))])
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = z.view(-1, self.channels, self.side, self.side)
+        return torch.sigmoid(self.out(self.blocks(torch.relu(self.expand(h)))))
+
+
+class MapProjectors(nn.Module):
+    """k projectors as two 1x1 convs each (c -> c -> c, ReLU) on the feature map z (B, c*h*w) -> s (B, k, c*h*w).
+
+    A 1x1 conv is the same linear map at every position, so all k run as one batched einsum over channels.
+    """
+
+    def __init__(self, k: int, channels: int, positions: int):
+        super().__init__()
+        self.c, self.p = channels, positions
+        bound = 1.0 / math.sqrt(channels)
+        self.w1 = nn.Parameter(torch.empty(k, channels, channels).uniform_(-bound, bound))
+        self.b1 = nn.Parameter(torch.empty(k, channels).uniform_(-bound, bound))
+        self.w2 = nn.Parameter(torch.empty(k, channels, channels).uniform_(-bound, bound))
+        self.b2 = nn.Parameter(torch.empty(k, channels).uniform_(-bound, bound))
+
+    def forward(self, z: Tensor) -> Tensor:
+        zc = z.view(-1, self.c, self.p)
+        h = torch.relu(torch.einsum("bcp,kce->bkep", zc, self.w1) + self.b1[None, :, :, None])
+        s = torch.einsum("bkcp,kce->bkep", h, self.w2) + self.b2[None, :, :, None]
+        return s.flatten(2)
+
+    def project_one(self, z: Tensor, i: Tensor) -> Tensor:
+        zc = z.view(-1, self.c, self.p)
+        h = torch.relu(torch.einsum("bcp,bce->bep", zc, self.w1[i]) + self.b1[i][:, :, None])
+        return (torch.einsum("bcp,bce->bep", h, self.w2[i]) + self.b2[i][:, :, None]).flatten(1)
+
+
+class DisentangleAE(nn.Module):
+    """Product-manifold autoencoder with k subspaces.
+
+    arch="conv": the paper's small conv encoder / decoder with an MLP to a d-vector (16-64 px).
+    arch="resnet18": ResNet-18 encoder keeping a latent_dim-channel feature map of side S/32, 1x1-conv projectors,
+    a residual up-sampling decoder; every subspace is the flattened map (d = latent_dim * (S/32)^2), so the losses
+    act on the flattened map unchanged.
+    """
+
+    def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv"):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
-        self.k, self.latent_dim, self.image_size = k, latent_dim, image_size
-        self.encoder = ConvEncoder(image_size, latent_dim)
-        self.projectors = Projectors(k, latent_dim)
-        self.decoder = ConvDecoder(image_size, latent_dim)
+        self.k, self.image_size, self.arch = k, image_size, arch
+        if arch == "conv":
+            self.latent_dim = latent_dim
+            self.encoder = ConvEncoder(image_size, latent_dim)
+            self.projectors = Projectors(k, latent_dim)
+            self.decoder = ConvDecoder(image_size, latent_dim)
+        elif arch == "resnet18":
+            side = map_side(image_size)
+            self.latent_dim = latent_dim * side * side
+            self.encoder = ResNetMapEncoder(image_size, latent_dim)
+            self.projectors = MapProjectors(k, latent_dim, side * side)
+            self.decoder = ResNetMapDecoder(image_size, latent_dim)
+        else:
+            raise ValueError(f"unknown autoencoder arch '{arch}'; one of: conv, resnet18")
 
     def subspaces(self, x: Tensor) -> Tensor:
         """s = {p_i(f(x))}: (B, k, d)."""

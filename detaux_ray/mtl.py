@@ -1,6 +1,8 @@
-"""Stage-3 core (no Ray): STL, MTL-HPS and NDDR-CNN classifiers, fixed and uncertainty loss weighting.
+"""Stage-3 core (no Ray): STL, MTL-HPS, NDDR-CNN and MTI-Net classifiers on a small conv net or ResNet-18, with
+fixed or uncertainty loss weighting.
 
-Tasks are named: "principal", and "auxiliary" (the discovered labels).
+Tasks are named: "principal", and "auxiliary" (the discovered labels; "auxiliary_1", ... with several). A model's
+forward returns {task: logits}; in training MTI-Net adds deep-supervision logits keyed "task@scale".
 """
 
 from __future__ import annotations
@@ -27,10 +29,65 @@ class ConvBackbone(nn.Module):
         self.widths = widths
         self.out_dim = widths[-1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The output of every stage, fine to coarse."""
+        out = []
         for stage in self.stages:
             x = stage(x)
-        return pool(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pool(self.features(x)[-1])
+
+
+class ResNet18Backbone(ConvBackbone):
+    """torchvision ResNet-18 (random init) as 4 stages: stem + layer1, layer2, layer3, layer4 (64..512 channels).
+
+    For images of 64 px or less the stem is a 3x3 stride-1 conv without max-pool (the usual small-image variant),
+    so a 32 px input still has 4x4 maps at layer4. `pretrained`: a local state_dict file (torchvision's
+    resnet18 keys); tensors whose shape differs (the small stem's conv1) and the fc are skipped.
+    """
+
+    def __init__(self, image_size: int = 32, pretrained: str = ""):
+        nn.Module.__init__(self)
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        net.fc = nn.Identity()  # the task heads replace ImageNet's classifier
+        if image_size <= 64:
+            net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        if pretrained:
+            self.loaded, self.skipped = load_pretrained(net, pretrained)
+        self.stages = nn.ModuleList([nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
+                                     net.layer2, net.layer3, net.layer4])
+        self.widths = (64, 128, 256, 512)
+        self.out_dim = 512
+
+
+def load_pretrained(net: nn.Module, path: str) -> tuple[int, list[str]]:
+    """Copy matching tensors from a local state_dict (never unpickles code); return (#loaded, skipped keys)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"{path} holds no tensor matching a ResNet-18 (expected torchvision's resnet18 keys)")
+    net.load_state_dict(usable, strict=False)
+    return len(usable), sorted(set(own) - set(usable))
+
+
+def make_backbone(kind: str, width: int, image_size: int = 32, pretrained: str = "") -> ConvBackbone:
+    if kind == "conv":
+        return ConvBackbone(width)
+    if kind == "resnet18":
+        return ResNet18Backbone(image_size, pretrained)
+    raise ValueError(f"unknown backbone '{kind}'; one of: conv, resnet18")
 
 
 def pool(x: Tensor) -> Tensor:
@@ -40,11 +97,11 @@ def pool(x: Tensor) -> Tensor:
 class HardSharingNet(nn.Module):
     """MTL-HPS: one shared backbone, one linear head per task. With only the principal task, it is the STL baseline."""
 
-    def __init__(self, n_classes: dict[str, int], width: int = 32):
+    def __init__(self, n_classes: dict[str, int], width: int = 32, backbone=None):
         super().__init__()
         if "principal" not in n_classes:
             raise ValueError("a 'principal' task is required")
-        self.backbone = ConvBackbone(width)
+        self.backbone = backbone or ConvBackbone(width)
         self.heads = nn.ModuleDict({t: nn.Linear(self.backbone.out_dim, c) for t, c in n_classes.items()})
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -78,12 +135,12 @@ class NDDRLayer(nn.Module):
 class NDDRNet(nn.Module):
     """NDDR-CNN: one backbone per task, an NDDR layer after every backbone stage, one head per task."""
 
-    def __init__(self, n_classes: dict[str, int], width: int = 32):
+    def __init__(self, n_classes: dict[str, int], width: int = 32, backbone=None):
         super().__init__()
         if "principal" not in n_classes:
             raise ValueError("a 'principal' task is required")
         self.tasks = list(n_classes)
-        self.backbones = nn.ModuleDict({t: ConvBackbone(width) for t in self.tasks})
+        self.backbones = nn.ModuleDict({t: backbone() if backbone else ConvBackbone(width) for t in self.tasks})
         widths = self.backbones[self.tasks[0]].widths
         self.nddr = nn.ModuleList(NDDRLayer(len(self.tasks), c) for c in widths)
         self.heads = nn.ModuleDict({t: nn.Linear(widths[-1], c) for t, c in n_classes.items()})
@@ -95,21 +152,98 @@ class NDDRNet(nn.Module):
         return {t: self.heads[t](pool(f)) for t, f in zip(self.tasks, feats)}
 
 
-MODELS = ("stl", "hps", "nddr")
+def _conv_bn(c_in: int, c_out: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def build_mtl_model(kind: str, n_classes: dict[str, int], width: int, weighting: str = "fixed") -> nn.Module:
-    """'stl' keeps the principal head only; 'hps' and 'nddr' have a head for every task.
+class MultiModalDistillation(nn.Module):
+    """MTI-Net's distillation at one scale: every task receives the other tasks' features through a spatial gate,
+
+        F_t^o = F_t + sum_{t' != t} sigmoid(G_{t,t'} F_t') * (W_{t,t'} F_t'),   G, W 3x3 convs.
+    """
+
+    def __init__(self, tasks: list[str], channels: int):
+        super().__init__()
+        self.tasks = tasks
+        pairs = [f"{t}>{o}" for t in tasks for o in tasks if o != t]  # "source>target"
+        self.gate = nn.ModuleDict({p: nn.Conv2d(channels, channels, 3, padding=1) for p in pairs})
+        self.value = nn.ModuleDict({p: nn.Conv2d(channels, channels, 3, padding=1, bias=False) for p in pairs})
+
+    def forward(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for t in self.tasks:
+            msg = [torch.sigmoid(self.gate[f"{o}>{t}"](feats[o])) * self.value[f"{o}>{t}"](feats[o])
+                   for o in self.tasks if o != t]
+            out[t] = feats[t] + sum(msg) if msg else feats[t]
+        return out
+
+
+class MTINet(nn.Module):
+    """MTI-Net (Vandenhende et al., ECCV 2020) adapted to image classification.
+
+    The shared backbone's S stage outputs are projected to `width` channels (keeps the model small). Coarse to
+    fine, at every scale s: per-task features P_t^s = conv(proj_s(B_s) + up(D_t^{s+1})) (feature propagation from
+    the coarser scale), a per-scale prediction head per task (deep supervision, "task@s" in training), and the
+    multi-modal distillation D^s = MMD_s(P^s). Each task's final head classifies the concatenation of its pooled
+    distilled features over all scales.
+    """
+
+    def __init__(self, n_classes: dict[str, int], width: int = 32, backbone: ConvBackbone | None = None):
+        super().__init__()
+        if "principal" not in n_classes:
+            raise ValueError("a 'principal' task is required")
+        self.tasks = list(n_classes)
+        self.backbone = backbone or ConvBackbone(width)
+        scales = range(len(self.backbone.widths))
+        self.proj = nn.ModuleList(_conv_bn(c, width, 1) for c in self.backbone.widths)
+        self.task_conv = nn.ModuleList(nn.ModuleDict({t: _conv_bn(width, width) for t in self.tasks}) for _ in scales)
+        self.scale_heads = nn.ModuleList(nn.ModuleDict({t: nn.Linear(width, c) for t, c in n_classes.items()}) for _ in scales)
+        self.distill = nn.ModuleList(MultiModalDistillation(self.tasks, width) for _ in scales)
+        self.heads = nn.ModuleDict({t: nn.Linear(width * len(scales), c) for t, c in n_classes.items()})
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        feats = self.backbone.features(x)
+        out: dict[str, Tensor] = {}
+        pooled: dict[str, list[Tensor]] = {t: [] for t in self.tasks}
+        coarser: dict[str, Tensor] | None = None
+        for s in reversed(range(len(feats))):  # coarse to fine
+            base = self.proj[s](feats[s])
+            per_task = {}
+            for t in self.tasks:
+                h = base if coarser is None else base + F.interpolate(coarser[t], size=base.shape[-2:], mode="bilinear",
+                                                                      align_corners=False)
+                per_task[t] = self.task_conv[s][t](h)
+                if self.training:
+                    out[f"{t}@{s}"] = self.scale_heads[s][t](pool(per_task[t]))
+            coarser = self.distill[s](per_task)
+            for t in self.tasks:
+                pooled[t].append(pool(coarser[t]))
+        for t in self.tasks:
+            out[t] = self.heads[t](torch.cat(pooled[t], dim=1))
+        return out
+
+
+MODELS = ("stl", "hps", "nddr", "mti")
+
+
+def build_mtl_model(kind: str, n_classes: dict[str, int], width: int, weighting: str = "fixed", backbone: str = "conv",
+                    image_size: int = 32, pretrained: str = "") -> nn.Module:
+    """'stl' keeps the principal head only; 'hps', 'nddr' and 'mti' have a head for every task.
 
     weighting="uncertainty" attaches `loss_weights` (UncertaintyWeights) to a multi-task model, so that DDP and
     the checkpoints carry it with the weights; the STL baseline always trains on plain cross-entropy.
     """
+    def make() -> ConvBackbone:
+        return make_backbone(backbone, width, image_size, pretrained)
+
     if kind == "stl":
-        return HardSharingNet({"principal": n_classes["principal"]}, width)
+        return HardSharingNet({"principal": n_classes["principal"]}, width, make())
     if kind == "hps":
-        model = HardSharingNet(n_classes, width)
+        model = HardSharingNet(n_classes, width, make())
     elif kind == "nddr":
-        model = NDDRNet(n_classes, width)
+        model = NDDRNet(n_classes, width, make)
+    elif kind == "mti":
+        model = MTINet(n_classes, width, make())
     else:
         raise ValueError(f"unknown MTL model '{kind}'; one of {', '.join(MODELS)}")
     if weighting == "uncertainty":
@@ -125,15 +259,23 @@ class UncertaintyWeights(nn.Module):
         self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in tasks})
 
     def forward(self, per_task: dict[str, Tensor]) -> Tensor:
-        return sum(torch.exp(-self.log_vars[t]) * ce + self.log_vars[t] for t, ce in per_task.items())
+        """per_task may hold deep-supervision terms "task@s": they share task's exp(-s_t); s_t is added once."""
+        total = sum(torch.exp(-self.log_vars[task_of(k)]) * ce for k, ce in per_task.items())
+        return total + sum(self.log_vars[t] for t in {task_of(k) for k in per_task})
+
+
+def task_of(key: str) -> str:
+    """'principal@2' (a deep-supervision output at scale 2) -> 'principal'."""
+    return key.split("@", 1)[0]
 
 
 def multitask_loss(logits: dict[str, Tensor], targets: dict[str, Tensor], weights: dict[str, float] | UncertaintyWeights
                    ) -> tuple[Tensor, dict[str, Tensor]]:
-    """L = sum_t w_t CE(logits_t, y_t) with fixed w_t, or Kendall's uncertainty weighting; returns total and CEs."""
-    per_task = {t: F.cross_entropy(out, targets[t]) for t, out in logits.items()}
+    """L = sum_k w_task(k) CE(logits_k, y_task(k)) over every output k (final and deep-supervision ones), with fixed
+    w_t or Kendall's uncertainty weighting; returns the total and the final outputs' CEs."""
+    per_key = {k: F.cross_entropy(out, targets[task_of(k)]) for k, out in logits.items()}
     if isinstance(weights, UncertaintyWeights):
-        total = weights(per_task)
+        total = weights(per_key)
     else:
-        total = sum(weights[t] * ce for t, ce in per_task.items())
-    return total, {t: ce.detach() for t, ce in per_task.items()}
+        total = sum(weights[task_of(k)] * ce for k, ce in per_key.items())
+    return total, {k: ce.detach() for k, ce in per_key.items() if "@" not in k}

@@ -11,7 +11,7 @@ def build_report(cfg_dict: dict, dataset: dict, stage1: dict, stage2: dict, stag
     diag = stage2["diagnostics"]
     mtl = stage3["results"]
     return {
-        "stl_accuracy": mtl["stl"]["test_principal_accuracy"],
+        "stl_accuracy": mtl["stl"]["test_principal_accuracy"] if "stl" in mtl else None,
         "mtl_accuracy": mtl["mtl"]["test_principal_accuracy"],
         "mtl_model": mtl["mtl"]["model"],
         "models": mtl,
@@ -28,6 +28,12 @@ def build_report(cfg_dict: dict, dataset: dict, stage1: dict, stage2: dict, stag
         "clusterer": stage2["clusterer"],
         "clusterer_params": stage2["clusterer_params"],
         "disentangle_final_losses": stage1.get("metrics", {}),
+        "auxiliary_tasks": [{k: v for k, v in t.items() if k != "diagnostics"} | {
+            "n_classes": t["diagnostics"]["n_aux_classes"], "nmi_principal_aux": t["diagnostics"]["nmi_principal_aux"],
+            "best_factor": t["diagnostics"].get("best_factor")} for t in stage2.get("auxiliary_tasks", [])],
+        "seeds": stage3.get("seeds"),
+        "entangled_ablation": {k: v for k, v in stage3["entangled_ablation"].items() if k != "result"}
+        if "entangled_ablation" in stage3 else None,
         "dataset": dataset,
         "stages": stages,
         "config": cfg_dict,
@@ -40,16 +46,39 @@ def render_markdown(r: dict) -> str:
         "# Detaux run report",
         "",
         f"Dataset `{ds['name']}`, principal task `{ds['principal']}` ({ds['n_principal_classes']} classes), "
-        f"{ds['n_train']} training / {ds['n_test']} held-out test images.",
+        f"{ds['n_train']} training / {ds.get('n_val', 0)} validation / {ds['n_test']} held-out test images.",
         "",
         "## Principal-task accuracy on the held-out split (Table 1 style)",
         "",
-        "| model | tasks | principal accuracy | parameters | training time (s) |",
-        "|---|---|---|---|---|",
+        "| model | tasks | principal accuracy | validation accuracy | parameters | training time (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for key, m in r["models"].items():
-        name = "STL" if key == "stl" else f"MTL-{m['model'].upper()} + Detaux"
-        lines.append(f"| {name} | {', '.join(m['tasks'])} | {m['test_principal_accuracy']:.4f} | {m['parameters']:,} | {m['wall_time_s']} |")
+        name = ("STL" if key == "stl" else f"MTL-{m['model'].upper()} + entangled-AE labels (ablation)" if key == "entangled"
+                else f"MTL-{m['model'].upper()} + Detaux")
+        val = f"{m['val_principal_accuracy']:.4f}" if "val_principal_accuracy" in m else "-"
+        lines.append(f"| {name} | {', '.join(m['tasks'])} | {m['test_principal_accuracy']:.4f} | {val} | {m['parameters']:,} | {m['wall_time_s']} |")
+    seeds = r.get("seeds")
+    if seeds:
+        line = (f"\nOver {len(seeds['seeds'])} seeds ({', '.join(map(str, seeds['seeds']))}): MTL-{seeds['model'].upper()} "
+                f"{seeds['mtl_mean']:.4f} +/- {seeds['mtl_std']:.4f}")
+        if "stl_mean" in seeds:
+            line += f", STL {seeds['stl_mean']:.4f} +/- {seeds['stl_std']:.4f}"
+        if "p_value" in seeds:
+            line += f"; Welch t-test MTL vs STL: t = {seeds['t_statistic']:.3f}, p = {seeds['p_value']:.3g}"
+        lines.append(line + " (mean +/- sample std of the principal test accuracy).")
+    abl = r.get("entangled_ablation")
+    if abl:
+        d = abl["diagnostics"]
+        lines.append(f"\nEntangled ablation: the plain autoencoder's latent clustered by `{abl['clusterer']}` into "
+                     f"{d['n_aux_classes']} classes, NMI(principal, aux) {d['nmi_principal_aux']:.4f}"
+                     + (f", best factor {d['best_factor']} (V-measure {d['factor_scores'][d['best_factor']]['v_measure']:.4f})"
+                        if d.get("best_factor") else "") + ".")
+    if len(r.get("auxiliary_tasks") or []) > 1:
+        lines += ["", "## Auxiliary tasks", "", "| task | subspace | classes | NMI(principal, aux) | best factor |",
+                  "|---|---|---|---|---|"]
+        for t in r["auxiliary_tasks"]:
+            lines.append(f"| {t['task']} | {t['subspace']} | {t['n_classes']} | {t['nmi_principal_aux']:.4f} | {t['best_factor']} |")
     lines += [
         "",
         "## Discovered auxiliary task (Table 3 style)",

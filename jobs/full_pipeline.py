@@ -1,6 +1,7 @@
 """Detaux end to end: disentangle -> discover an auxiliary task -> STL vs multi-task learning, with a report.
 
     python jobs/full_pipeline.py [--preset NAME_OR_YAML] [--run-dir DIR] [--set section.key=value ...]
+                                 [--stage-store DIR]   (reuse stages a tuning run already computed)
     ray job submit --working-dir . -- python jobs/full_pipeline.py --preset quick
 """
 
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="where every stage writes its artifacts (default: runs/<preset>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set disentangle.epochs=10 (repeatable)")
+    ap.add_argument("--stage-store", default=None, metavar="DIR",
+                    help="a shared stage store (a tune run's <run-dir>/stages): stages already computed there for "
+                         "this config are reused, new ones are added to it")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
@@ -30,13 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or Path("runs") / Path(args.preset).stem)
         from detaux_ray.distributed.pipeline import Pipeline  # Ray is imported only once the config is valid
 
-        report = Pipeline(cfg, run_dir).run()
+        report = Pipeline(cfg, run_dir, stage_store=args.stage_store).run()
     except DetauxError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     best = report.get("best_factor")
     fs = report["factor_scores"].get(best, {}) if best else {}
-    print(f"STL accuracy {report['stl_accuracy']:.4f} | MTL-{report['mtl_model'].upper()} accuracy {report['mtl_accuracy']:.4f} | "
+    stl = f"STL accuracy {report['stl_accuracy']:.4f} | " if report["stl_accuracy"] is not None else ""
+    print(f"{stl}MTL-{report['mtl_model'].upper()} accuracy {report['mtl_accuracy']:.4f} | "
           f"{report['n_aux_classes']} auxiliary classes, NMI(principal, aux) {report['nmi_principal_aux']:.4f}"
           + (f" | best factor {best}: homogeneity {fs['homogeneity']:.3f}, completeness {fs['completeness']:.3f}" if fs else "")
           + f" | {time.time() - t0:.0f}s")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,3 +30,10 @@ def test_label_bench_small():
 def test_ray_overhead_bench_small():
     out = _run("bench/ray_overhead.py", "--n-images", "500", "--image-size", "16", "--batch", "32")
     assert out["plain_epoch_s"] > 0 and out["ray_epoch_s"] > 0 and out["n_train_pairs"] > 0
+
+
+def test_stream_bench_small():
+    out = _run("bench/stream.py", "--n", "600", "--pairs", "256", "--steps", "1")
+    assert out["x1"]["n_images"] == 600 and out["x10"]["n_images"] == 6000
+    assert out["x1"]["stream_pairs_per_s"] > 0 and out["step_pairs_per_s"] > 0
+    assert out["stream_over_step"] == pytest.approx(out["x1"]["stream_pairs_per_s"] / out["step_pairs_per_s"], rel=0.02)

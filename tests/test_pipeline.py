@@ -77,16 +77,30 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert pq.read_table(reference / "discover" / "labels.parquet").to_pydict() == labels
 
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
-    # It also trains NDDR-CNN with uncertainty weighting through the same Ray Train stage.
+    # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
+    # tasks through the same Ray Train stage, repeats STL / NDDR over 2 seeds, and runs the entangled ablation.
     between = tmp_path / "between"
     shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*", "tensorboard"))
-    assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty") == 0
-    assert pq.read_table(between / "discover" / "labels.parquet").to_pydict() == labels
-    nddr_report = json.loads((between / "report.json").read_text())
-    assert nddr_report["mtl_model"] == "nddr" and nddr_report["models"]["mtl"]["loss_weighting"] == "uncertainty"
-    assert nddr_report["models"]["mtl"]["parameters"] > nddr_report["models"]["stl"]["parameters"] * 2
+    assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
+               "mtl.compare=[mti]", "mtl.seeds=2", "mtl.entangled_ablation=true") == 0
+    two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
+    assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
+    r = json.loads((between / "report.json").read_text())
+    assert r["mtl_model"] == "nddr" and r["models"]["mtl"]["loss_weighting"] == "uncertainty"
+    assert r["models"]["mtl"]["tasks"] == ["auxiliary", "auxiliary_1", "principal"]
+    assert r["models"]["mtl"]["parameters"] > r["models"]["stl"]["parameters"] * 3  # a backbone per task
+    assert [t["subspace"] for t in r["auxiliary_tasks"]] in ([1, 2], [2, 1])
+    assert set(r["models"]) == {"stl", "mtl", "mti", "entangled"} and r["models"]["mti"]["model"] == "mti"
+    assert all(0.0 <= m["test_principal_accuracy"] <= 1.0 and m["parameters"] > 0 for m in r["models"].values())
+    seeds = r["seeds"]
+    assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
+    assert seeds["accuracy"]["mtl"][0] == r["models"]["mtl"]["test_principal_accuracy"] and "p_value" in seeds
+    assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 2 // 32)  # same budget as stage 1
+    md = (between / "report.md").read_text()
+    assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
     _, nddr_tags = scalars(between / "tensorboard" / "mtl", "")
-    assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary"} <= nddr_tags
+    assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary", "nddr/log_sigma2_auxiliary_1",
+            "mti/test_principal_accuracy"} <= nddr_tags
 
     # 3. Third run: every stage reused, identical auxiliary labels.
     capsys.readouterr()

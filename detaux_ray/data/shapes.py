@@ -165,17 +165,21 @@ class ShapesRenderer:
         img = img.reshape(b, self.size, s, self.size, s, 3).mean(axis=(2, 4))
         img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
         if self.noise > 0:
-            self._salt_and_pepper(img, index)
+            img = salt_and_pepper(img, index, self.noise, self.noise_seed)
         return img
 
-    def _salt_and_pepper(self, img: np.ndarray, index: np.ndarray) -> None:
-        n_px = self.size * self.size
-        n_hit = int(round(self.noise * n_px))
-        flat = img.reshape(len(index), n_px, 3)
-        for row, idx in enumerate(index):
-            rng = np.random.default_rng([self.noise_seed, int(idx)])
-            hit = rng.choice(n_px, size=n_hit, replace=False)
-            flat[row, hit] = np.where(rng.random(n_hit) < 0.5, 0, 255)[:, None].astype(np.uint8)
+
+def salt_and_pepper(img: np.ndarray, index: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Set a `noise` fraction of each image's pixels to black or white, seeded by (seed, image index) so an image
+    looks the same whichever batch it is read in. img (B, S, S, 3) uint8, modified in place and returned."""
+    n_px = img.shape[1] * img.shape[2]
+    n_hit = int(round(noise * n_px))
+    flat = img.reshape(len(index), n_px, 3)
+    for row, idx in enumerate(index):
+        rng = np.random.default_rng([seed, int(idx)])
+        hit = rng.choice(n_px, size=n_hit, replace=False)
+        flat[row, hit] = np.where(rng.random(n_hit) < 0.5, 0, 255)[:, None].astype(np.uint8)
+    return img
 
 
 def factor_grid(renderer: ShapesRenderer, n_cols: int = 10, base: tuple[int, ...] = (0, 3, 6, 4, 0, 7)) -> np.ndarray:

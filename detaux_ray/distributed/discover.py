@@ -9,17 +9,17 @@ import ray
 import torch
 
 from ..models import DisentangleAE, autocast, to_device, to_float_images
-from .streams import ImageCache, gather
+from .streams import ImageCache, gather, table_dataset
 
 
 class Embedder:
     """Ray Data actor: holds the trained stage-1 model; rows -> subspace projections s (B, k*d)."""
 
-    def __init__(self, state_ref, image_size: int, k: int, latent_dim: int, cache: ImageCache, use_gpu: bool,
+    def __init__(self, state_ref, image_size: int, k: int, latent_dim: int, arch: str, cache: ImageCache, use_gpu: bool,
                  amp: str = "none"):
         state = ray.get(state_ref[0])  # refs in constructor args are not resolved by Ray Data
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = DisentangleAE(image_size, k, latent_dim).to(self.device, memory_format=torch.channels_last)
+        self.model = DisentangleAE(image_size, k, latent_dim, arch).to(self.device, memory_format=torch.channels_last)
         self.model.load_state_dict(state)
         self.model.eval()
         self.cache, self.amp = cache, amp
@@ -32,11 +32,12 @@ class Embedder:
 
 
 def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_dim: int, cache: ImageCache,
-          cpus: float, use_gpu: bool, amp: str = "none", n_actors: int = 1, batch_size: int = 512) -> np.ndarray:
-    """Subspace projections (len(rows), k, d), in the order of `rows`."""
+          cpus: float, use_gpu: bool, amp: str = "none", n_actors: int = 1, batch_size: int = 512,
+          arch: str = "conv") -> np.ndarray:
+    """Subspace projections (len(rows), k, d), in the order of `rows` (d: the flattened map for arch=resnet18)."""
     state_ref = ray.put(model_state)
-    ds = ray.data.from_arrow(pa.table({"row": rows})).map_batches(
-        Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, cache, use_gpu, amp),
+    ds = table_dataset(pa.table({"row": rows})).map_batches(
+        Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, arch, cache, use_gpu, amp),
         compute=ray.data.ActorPoolStrategy(size=n_actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=cpus, num_gpus=1 if use_gpu else 0)
     got_rows, got_s = [], []
@@ -46,4 +47,4 @@ def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_d
     r, s = np.concatenate(got_rows), np.concatenate(got_s)
     order = np.argsort(r)  # streaming may reorder blocks; restore the rows' order
     pos = np.searchsorted(r[order], rows)
-    return s[order][pos].reshape(len(rows), k, latent_dim)
+    return s[order][pos].reshape(len(rows), k, -1)

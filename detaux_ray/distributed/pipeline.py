@@ -3,6 +3,7 @@ stage's artifacts from the run directory and skipped when already complete for t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,12 +19,12 @@ from ..artifacts import load_torch, manifest, save_torch, stage_complete, stagin
 from ..clustering import cluster
 from ..config import Config
 from ..data import ImageSource, build_source
-from ..discovery import choose_subspace, diagnostics, subspace_scores
+from ..discovery import auxiliary_tasks, diagnostics, rank_subspaces, subspace_scores
 from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
 from . import train_disentangle, train_mtl
 from .discover import embed
-from .streams import ImageCache
+from .streams import ImageCache, SourceImages, images_for
 
 
 def ensure_ray(address: str = "") -> None:
@@ -40,9 +41,18 @@ def _say(msg: str) -> None:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, run_dir: Path):
+    """Runs the three stages into `run_dir`.
+
+    Each stage's artifacts go to `run_dir/<stage>`, or, with a `stage_store`, to `stage_store/<stage>/<hash>`, a
+    store that several runs share (tuning trials): a stage whose config hash is already there is reused.
+    `mtl_callbacks` are handed to the multi-task model's Ray Train trainer (Tune reporting).
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, stage_store: Path | None = None, mtl_callbacks: list | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir).resolve()
+        self.stage_store = Path(stage_store).resolve() if stage_store else None
+        self.mtl_callbacks = mtl_callbacks
         self.source: ImageSource = build_source(cfg.data, cfg.seed)  # bad data config fails before Ray starts
         if len(self.source.test_rows()) == 0:
             raise DataError("the held-out split is empty: with data.heldout_hues, no image has both floor and wall "
@@ -52,16 +62,23 @@ class Pipeline:
         if n_pairs // world < d.batch_size:
             raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
                               f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
-        self._cache: ImageCache | None = None
+        if d.arch == "conv" and cfg.data.image_size not in (16, 32, 64):
+            raise ConfigError(f"disentangle.arch=conv takes data.image_size 16, 32 or 64, got {cfg.data.image_size}: "
+                              f"use disentangle.arch=resnet18 for larger images")
+        self._cache: ImageCache | SourceImages | None = None
         self.stages: dict[str, dict] = {}
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
 
     @property
-    def cache(self) -> ImageCache:
+    def cache(self) -> ImageCache | SourceImages:
         if self._cache is None:
             t0 = time.time()
-            self._cache = ImageCache.build(self.source, self.cfg.resources.data_cpus)
-            _say(f"rendered {len(self.source)} images into the object store in {time.time() - t0:.1f}s")
+            self._cache = images_for(self.source, self.cfg.data.cache, self.cfg.resources.data_cpus)
+            if isinstance(self._cache, ImageCache):
+                _say(f"{'rendered' if self.source.reader is None else 'read'} {len(self.source)} images into the "
+                     f"object store in {time.time() - t0:.1f}s")
+            else:
+                _say(f"streaming {len(self.source)} images from {self.cfg.data.path or 'the renderer'} (read per batch)")
         return self._cache
 
     def run(self) -> dict:
@@ -73,29 +90,36 @@ class Pipeline:
         s3 = self._stage("mtl", self._mtl)
         src = self.source
         dataset = {"name": src.name, "principal": src.principal_name, "n_principal_classes": src.n_principal_classes,
-                   "n_train": int((~src.is_test).sum()), "n_test": int(src.is_test.sum()), "image_size": src.image_size}
+                   "n_train": len(src.train_rows()), "n_val": len(src.val_rows()), "n_test": len(src.test_rows()),
+                   "image_size": src.image_size}
         report = build_report(self.cfg.to_dict(), dataset, s1, s2, s3, self.stages)
         write_report(self.run_dir, report)
         _say(f"report: {self.run_dir / 'report.md'}")
         return report
 
+    def stage_dir(self, name: str) -> Path:
+        if self.stage_store is not None:
+            return self.stage_store / name / self.cfg.stage_hash(name)
+        return self.run_dir / name
+
     def _stage(self, name: str, fn) -> dict:
-        stage_dir = self.run_dir / name
+        stage_dir = self.stage_dir(name)
         h = self.cfg.stage_hash(name)
         done = stage_complete(stage_dir, h)
         if done:
             _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
-            self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True}
+            self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True, "hash": h}
             return done
         _say(f"stage '{name}' starting (config hash {h})")
         t0 = time.time()
-        with staging_dir(stage_dir) as tmp:
+        # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
+        with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
             info = fn(tmp)
             m = manifest(name, h, time.time() - t0, **info)
             write_json(tmp / "manifest.json", m)
-        self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False}
+        self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
-        return m
+        return stage_complete(stage_dir, h) or m
 
     # Stage 1 ----------------------------------------------------------------------------------------------
     def _disentangle(self, out: Path) -> dict:
@@ -106,52 +130,137 @@ class Pipeline:
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
         return {"model": "model.pt", "epochs": res["epoch"] + 1, "steps": res["steps"], "metrics": res["metrics"],
-                "architecture": {"image_size": self.cfg.data.image_size, "k": d.k, "latent_dim": d.latent_dim}}
+                "architecture": {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim}}
 
     # Stage 2 ----------------------------------------------------------------------------------------------
+    def _embed(self, state: dict) -> np.ndarray:
+        cfg, d, rows = self.cfg, self.cfg.disentangle, self.source.train_rows()
+        t0 = time.time()
+        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, cfg.resources.data_cpus,
+                  cfg.resources.use_gpu, cfg.resources.amp, arch=d.arch)
+        _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s")
+        return s
+
+    def _cluster(self, x: np.ndarray, what: str) -> tuple:
+        disc, src, rows = self.cfg.discover, self.source, self.source.train_rows()
+        _say(f"{what}: clustering {len(rows)} points with {disc.clusterer}")
+        t0 = time.time()
+        result = cluster(x, disc, self.cfg.seed)
+        _say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
+             f"in {time.time() - t0:.1f}s")
+        return result, diagnostics(result.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items()})
+
     def _discover(self, out: Path) -> dict:
         cfg, src = self.cfg, self.source
         d, disc = cfg.disentangle, cfg.discover
-        state = load_torch(self.run_dir / "disentangle" / "model.pt")
         rows = src.train_rows()
-        t0 = time.time()
-        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, cfg.resources.data_cpus,
-                  cfg.resources.use_gpu, cfg.resources.amp)
-        _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s")
+        s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
         principal = src.principal[rows]
         scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed)
-        j = choose_subspace(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac)
-        _say(f"auxiliary subspace: {j} (criterion {disc.criterion}); clustering {len(rows)} points with {disc.clusterer}")
-        t0 = time.time()
-        result = cluster(s[:, j], disc, cfg.seed)
-        _say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
-             f"in {time.time() - t0:.1f}s")
-        diag = diagnostics(result.labels, principal, {f: v[rows] for f, v in src.factors.items()})
-        pq.write_table(pa.table({"row": rows, "id": src.ids[rows] if src.ids is not None else rows,
-                                 "principal": principal, "auxiliary": result.labels}), out / "labels.parquet")
-        emb = s[:, j].astype(np.float32)
+        chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
+        columns = {"row": rows, "id": src.ids[rows] if src.ids is not None else rows, "principal": principal}
+        tasks = []
+        for task, j in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
+            result, diag = self._cluster(s[:, j], f"{task}: subspace {j} (criterion {disc.criterion})")
+            columns[task] = result.labels
+            tasks.append({"task": task, "subspace": j, "clusterer": result.method, "clusterer_params": result.params,
+                          "has_noise_label": result.has_noise_label, "diagnostics": diag})
+        pq.write_table(pa.table(columns), out / "labels.parquet")
+        emb = s[:, chosen[0]].astype(np.float32)
         pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
                        out / "embeddings.parquet")
-        info = {"chosen_subspace": j, "criterion": disc.criterion, "clusterer": result.method,
-                "clusterer_params": result.params, "has_noise_label": result.has_noise_label,
-                "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": diag}
+        first = tasks[0]
+        info = {"chosen_subspace": first["subspace"], "criterion": disc.criterion, "clusterer": first["clusterer"],
+                "clusterer_params": first["clusterer_params"], "has_noise_label": first["has_noise_label"],
+                "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": first["diagnostics"],
+                "auxiliary_tasks": tasks}
         write_json(out / "diagnostics.json", info)
         return info
 
     # Stage 3 ----------------------------------------------------------------------------------------------
-    def _mtl(self, out: Path) -> dict:
+    def _eval_tables(self, tasks: list[str]) -> tuple[pa.Table, pa.Table | None]:
         src = self.source
-        labels = pq.read_table(self.run_dir / "discover" / "labels.parquet")
-        aux = labels.column("auxiliary").to_numpy()
-        train = pa.table({"row": labels.column("row"), "principal": labels.column("principal"), "auxiliary": labels.column("auxiliary")})
-        test_rows = src.test_rows()
-        test = pa.table({"row": test_rows, "principal": src.principal[test_rows], "auxiliary": np.zeros(len(test_rows), np.int64)})
-        n_classes = {"principal": src.n_principal_classes, "auxiliary": int(aux.max()) + 1}
-        tb, ckpt = self.run_dir / "tensorboard" / "mtl", self.storage
+
+        def principal_only(rows: np.ndarray) -> pa.Table:  # evaluation tables: the auxiliary columns are unused
+            return pa.table({"row": rows, "principal": src.principal[rows],
+                             **{t: np.zeros(len(rows), np.int64) for t in tasks}})
+
+        return principal_only(src.test_rows()), principal_only(src.val_rows()) if len(src.val_rows()) else None
+
+    def _fit(self, cfg: Config, kind: str, train: pa.Table, n_classes: dict[str, int], tb: str, key: str = "") -> dict:
+        test, val = self._eval_tables([t for t in n_classes if t != "principal"])
+        _say(f"training {kind.upper()}{' (' + key + ')' if key else ''} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
+        res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
+                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if key == "mtl" else None,
+                            tag="entangled" if key == "entangled" else "")
+        _say(f"{kind.upper()}: principal test accuracy {res['test_principal_accuracy']:.4f}")
+        return res
+
+    def _mtl(self, out: Path) -> dict:
+        cfg, m = self.cfg, self.cfg.mtl
+        labels = pq.read_table(self.stage_dir("discover") / "labels.parquet")
+        tasks = auxiliary_tasks(cfg.discover.n_auxiliary)
+        train = labels.select(["row", "principal"] + tasks)
+        n_classes = {"principal": self.source.n_principal_classes,
+                     **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
         results = {}
-        for key, kind in (("stl", "stl"), ("mtl", self.cfg.mtl.model)):
-            _say(f"training {kind.upper()} for {self.cfg.mtl.epochs} epochs")
-            results[key] = train_mtl.run(self.cfg, kind, train, test, n_classes, self.cache, tb, ckpt, self.run_dir)
-            _say(f"{kind.upper()}: principal test accuracy {results[key]['test_principal_accuracy']:.4f}")
-        write_json(out / "results.json", results)
-        return {"results": results, "n_classes": n_classes}
+        if m.baseline:
+            results["stl"] = self._fit(cfg, "stl", train, n_classes, "mtl", "stl")
+        results["mtl"] = self._fit(cfg, m.model, train, n_classes, "mtl", "mtl")
+        for kind in dict.fromkeys(k for k in m.compare if k != m.model):  # further models, same labels
+            results[kind] = self._fit(cfg, kind, train, n_classes, "mtl", kind)
+        info = {"results": results, "n_classes": n_classes}
+        if m.seeds > 1:
+            info["seeds"] = self._seeds(train, n_classes, results)
+        if m.entangled_ablation:
+            info["entangled_ablation"] = self._entangled_ablation(out, n_classes)
+            results["entangled"] = info["entangled_ablation"]["result"]
+        write_json(out / "results.json", info)
+        return info
+
+    def _seeds(self, train: pa.Table, n_classes: dict[str, int], first: dict) -> dict:
+        """STL and mtl.model over seeds seed..seed+N-1 (model init and data order; the labels stay the same)."""
+        cfg = self.cfg
+        acc = {"stl": [first["stl"]["test_principal_accuracy"]] if "stl" in first else [],
+               "mtl": [first["mtl"]["test_principal_accuracy"]]}
+        seeds = [cfg.seed + i for i in range(cfg.mtl.seeds)]
+        for seed in seeds[1:]:
+            c = dataclasses.replace(cfg, seed=seed)
+            for key, kind in (("stl", "stl"), ("mtl", cfg.mtl.model)):
+                if key == "stl" and not cfg.mtl.baseline:
+                    continue
+                acc[key].append(self._fit(c, kind, train, n_classes, f"seeds/{seed}", f"seed {seed}")["test_principal_accuracy"])
+        return seed_statistics(seeds, acc, cfg.mtl.model)
+
+    def _entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> dict:
+        """Paper Sec. 5.3: the same autoencoder trained on L_rec alone (warm-up for every epoch: no oracle, no
+        disentangling terms); its latent sum_i s_i (the decoder's input) is clustered and mtl.model trained on it."""
+        cfg, src = self.cfg, self.source
+        ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0))
+        _say("entangled ablation: training a plain autoencoder (L_rec only)")
+        res = train_disentangle.run(ae_cfg, src.train_rows(), src.principal, self.cache,
+                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir)
+        z = self._embed(res["model"]).sum(axis=1)
+        result, diag = self._cluster(z, "entangled ablation: the plain autoencoder's latent")
+        rows = src.train_rows()
+        train = pa.table({"row": rows, "principal": src.principal[rows], "auxiliary": result.labels})
+        pq.write_table(train, out / "entangled_labels.parquet")
+        n = {"principal": n_classes["principal"], "auxiliary": int(result.labels.max()) + 1}
+        fit = self._fit(cfg, cfg.mtl.model, train, n, "mtl_entangled", "entangled")
+        fit["labels"] = "entangled autoencoder"
+        return {"result": fit, "diagnostics": diag, "clusterer": result.method, "ae_steps": res["steps"]}
+
+
+def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:
+    """Mean and sample std per model and Welch's two-sample t-test (MTL vs STL) on the per-seed accuracies."""
+    from scipy.stats import ttest_ind
+
+    out = {"seeds": seeds, "model": model, "accuracy": acc}
+    for key, values in acc.items():
+        if values:
+            out[f"{key}_mean"] = float(np.mean(values))
+            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    if len(acc.get("stl", [])) > 1 and len(acc["mtl"]) > 1:
+        t, p = ttest_ind(acc["mtl"], acc["stl"], equal_var=False)
+        out["t_statistic"], out["p_value"] = float(t), float(p)  # NaN when both samples have zero variance
+    return out

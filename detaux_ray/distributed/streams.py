@@ -33,7 +33,7 @@ class ImageCache:
     @staticmethod
     def build(source: ImageSource, cpus_per_task: float = 0.25) -> "ImageCache":
         src_ref = ray.put(source)
-        refs = [_render_chunk.options(num_cpus=cpus_per_task).remote(src_ref, s, min(s + CHUNK, len(source)))
+        refs = [_render_chunk.options(num_cpus=cpus_per_task, scheduling_strategy="DEFAULT").remote(src_ref, s, min(s + CHUNK, len(source)))
                 for s in range(0, len(source), CHUNK)]
         ray.wait(refs, num_returns=len(refs), fetch_local=False)
         return ImageCache(refs, len(source))
@@ -51,8 +51,30 @@ def _chunks(cache: ImageCache) -> list[np.ndarray]:
     return _LOCAL_CHUNKS[key]
 
 
-def gather(cache: ImageCache, rows: np.ndarray) -> np.ndarray:
+@dataclass
+class SourceImages:
+    """The streaming alternative to ImageCache: each batch's images are read (or rendered) from the source by the
+    Ray Data task that needs them, so memory stays flat however large the dataset is."""
+
+    source: ImageSource
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.source)
+
+
+def images_for(source: ImageSource, mode: str, cpus_per_task: float) -> ImageCache | SourceImages:
+    """data.cache: 'memory' caches every image in the object store; 'stream' reads per batch; 'auto' caches when
+    the images take under 1 GiB (and always for the generated shapes below that size, whose rendering is costly)."""
+    if mode == "stream" or (mode == "auto" and source.nbytes > 1 << 30):
+        return SourceImages(source)
+    return ImageCache.build(source, cpus_per_task)
+
+
+def gather(cache: ImageCache | SourceImages, rows: np.ndarray) -> np.ndarray:
     """uint8 images for rows (B,), (B, S, S, 3)."""
+    if isinstance(cache, SourceImages):
+        return cache.source.images(np.asarray(rows, dtype=np.int64))
     chunks = _chunks(cache)
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows),) + chunks[0].shape[1:], dtype=np.uint8)
@@ -85,13 +107,20 @@ def pair_table(train_rows: np.ndarray, principal: np.ndarray, n_pairs: int, p_di
     return pa.table({"i1": train_rows[p1[sl]], "i2": train_rows[p2[sl]], "same": same[sl]})
 
 
+def table_dataset(table: pa.Table) -> ray.data.Dataset:
+    # from_blocks builds the dataset in this process. ray.data.from_arrow instead runs a metadata task that asks
+    # for a whole CPU, which never schedules once fractional training workers (e.g. two concurrent tuning trials
+    # on 2 cores) leave less than one CPU free: the epoch would hang.
+    return ray.data.from_blocks([table])
+
+
 def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int) -> ray.data.Dataset:
     """(x1, x2, same) batches gathered from the cache by Ray Data tasks."""
-    return ray.data.from_arrow(table).map_batches(
+    return table_dataset(table).map_batches(
         _gather_pairs, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
 
 
 def row_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int = 256) -> ray.data.Dataset:
     """A table with a `row` column, plus an `image` column gathered from the cache."""
-    return ray.data.from_arrow(table).map_batches(
+    return table_dataset(table).map_batches(
         _gather_rows, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)

@@ -38,7 +38,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
 
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(device, memory_format=torch.channels_last)
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     start_epoch, global_step = 0, 0
     state = load_resume_state(ray.train.get_checkpoint())

@@ -34,7 +34,8 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting).to(device, memory_format=torch.channels_last)
+    model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
+                            m.pretrained).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     start_epoch = 0
     state = load_resume_state(ray.train.get_checkpoint())
@@ -43,11 +44,13 @@ def train_loop_per_worker(config: dict) -> None:
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
     ddp_model = ray.train.torch.prepare_model(model)
-    weights = model.loss_weights if hasattr(model, "loss_weights") else {"principal": m.principal_weight,
-                                                                        "auxiliary": m.auxiliary_weight}
+    tasks = list(config["n_classes"]) if kind != "stl" else ["principal"]
+    weights = model.loss_weights if hasattr(model, "loss_weights") else {
+        t: m.principal_weight if t == "principal" else m.auxiliary_weight for t in tasks}
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
+    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
 
     for epoch in range(start_epoch, m.epochs):
         t0 = time.time()
@@ -58,7 +61,7 @@ def train_loop_per_worker(config: dict) -> None:
                                                     device=device, pin_memory=device.type == "cuda")):
             maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status_dir"])
             x = to_float_images(batch["image"])
-            targets = {"principal": batch["principal"].long(), "auxiliary": batch["auxiliary"].long()}
+            targets = {t: batch[t].long() for t in tasks}
             with autocast(device, res.amp):
                 loss, _ = multitask_loss(ddp_model(x), targets, weights)
             opt.zero_grad(set_to_none=True)
@@ -78,15 +81,19 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
-                writer.add_scalar(f"{kind}/train_loss", train_loss, epoch)
-                writer.add_scalar(f"{kind}/test_principal_accuracy", metrics["test_principal_accuracy"], epoch)
+                if val_shard is not None:
+                    metrics["val_principal_accuracy"] = _accuracy(model, val_shard, device)
+                for name, value in metrics.items():
+                    if name.endswith("accuracy") or name == "train_loss":
+                        writer.add_scalar(f"{kind}/{name}", value, epoch)
                 for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
                     writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
                 writer.flush()
                 save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
                 checkpoint = Checkpoint.from_directory(tmp)
                 print(f"[mtl:{kind}] epoch {epoch + 1}/{m.epochs} loss={train_loss:.4f} "
-                      f"test_principal_acc={metrics['test_principal_accuracy']:.4f}", flush=True)
+                      f"test_principal_acc={metrics['test_principal_accuracy']:.4f}"
+                      + (f" val_principal_acc={metrics['val_principal_accuracy']:.4f}" if val_shard is not None else ""), flush=True)
             ray.train.report(metrics, checkpoint=checkpoint)
     if writer:
         writer.close()
@@ -106,22 +113,31 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
-        cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path) -> dict:
-    """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count."""
+        cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path, val_table: pa.Table | None = None,
+        callbacks: list | None = None, tag: str = "") -> dict:
+    """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count.
+
+    `val_table` adds a per-epoch validation accuracy (tuning's objective); `callbacks` are Ray Train callbacks
+    (a Tune trial passes TuneReportCallback so each epoch reaches the scheduler); `tag` tells apart runs of the same
+    model and config on different labels (the entangled ablation), whose checkpoints must not be shared.
+    """
     res = cfg.resources
     raise_if_diverged(status_dir, clear=True)
     datasets = {"train": row_stream(train_table, cache, res.data_cpus), "test": row_stream(test_table, cache, res.data_cpus)}
+    if val_table is not None:
+        datasets["val"] = row_stream(val_table, cache, res.data_cpus)
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
-                           "status_dir": str(status_dir)},
+                           "status_dir": str(status_dir), "has_val": val_table is not None},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=f"mtl-{kind}-{cfg.stage_hash('mtl')}", storage_path=str(storage),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
+        run_config=RunConfig(name=f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}", storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures),
+                             callbacks=callbacks or []),
     )
     result = trainer.fit()
     raise_if_diverged(status_dir)
@@ -129,8 +145,11 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     return {
         "model": kind,
         "test_principal_accuracy": float(result.metrics["test_principal_accuracy"]),
+        **({"val_principal_accuracy": float(result.metrics["val_principal_accuracy"])} if val_table is not None else {}),
         "epochs": int(result.metrics["epoch"]) + 1,
-        "parameters": count_parameters(build_mtl_model(kind, n_classes, cfg.mtl.width)),
+        "parameters": count_parameters(build_mtl_model(kind, n_classes, cfg.mtl.width, backbone=cfg.mtl.backbone,
+                                                       image_size=cfg.data.image_size)),
+        "backbone": cfg.mtl.backbone,
         "loss_weighting": "fixed" if kind == "stl" else cfg.mtl.loss_weighting,
         "tasks": sorted(tasks),
         "wall_time_s": round(time.time() - t0, 1),

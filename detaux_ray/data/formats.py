@@ -1,0 +1,479 @@
+"""Readers for real datasets in their own distribution formats (no Ray, nothing downloaded).
+
+A loader reads only what labels and splits need (annotations, file lists, label arrays) and returns a `Loaded`
+whose `reader` is a small picklable object: Ray Data tasks call `reader.read(rows)` to get uint8 images
+(B, S, S, 3) for a batch of rows, so no process ever holds the whole dataset. Paths are local directories or
+storage URIs (s3://, gs://) opened through pyarrow's filesystems.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import posixpath
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+@dataclass
+class Loaded:
+    principal: np.ndarray  # (N,) int64 in [0, C)
+    class_names: list[str]
+    is_test: np.ndarray  # (N,) bool
+    reader: Any  # .read(rows) -> uint8 (B, S, S, 3)
+    factors: dict[str, np.ndarray] = field(default_factory=dict)  # known ground-truth factors (evaluation only)
+
+
+# Files ---------------------------------------------------------------------------------------------------
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3:// / gs:// URI."""
+    try:
+        if "://" in path:
+            return pafs.FileSystem.from_uri(path)
+        return pafs.LocalFileSystem(), str(path)
+    except Exception as exc:  # pyarrow raises several types for bad URIs / missing credentials
+        raise DataError(f"cannot open data.path={path}: {exc}") from None
+
+
+def _join(root: str, *parts: str) -> str:
+    return posixpath.join(root, *parts)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _require(fs: pafs.FileSystem, root: str, names: list[str], dataset: str, layout: str) -> None:
+    missing = [n for n in names if not _exists(fs, _join(root, n))]
+    if missing:
+        raise DataError(f"{dataset}: missing {', '.join(missing)} under {root}; expected layout: {layout}")
+
+
+def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_file(path) as fh:
+        return fh.read()
+
+
+def decode_image(data: bytes, size: int, resize: str, where: str) -> np.ndarray:
+    """Encoded image -> uint8 (size, size, 3). resize: 'none' (must already be size x size) | 'resize' | 'center_crop'
+    (crop the central square, then resize)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"corrupt or unreadable image {where}: {exc}") from None
+    return fit_image(np.asarray(img.convert("RGB")), size, resize, where)
+
+
+def fit_image(arr: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
+    from PIL import Image
+
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    h, w = arr.shape[:2]
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+    if resize == "none":
+        raise DataError(f"image {where} is {w}x{h}, not {size}x{size}, and data.resize is 'none': set data.resize to "
+                        f"'resize' or 'center_crop', or data.image_size to the images' size")
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
+    if resize == "center_crop":
+        s = min(h, w)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _fit_batch(x: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
+    if x.shape[1:3] == (size, size):
+        return x
+    return np.stack([fit_image(im, size, resize, where) for im in x])
+
+
+def _classes(values: list[str] | np.ndarray) -> tuple[np.ndarray, list[str]]:
+    names, inverse = np.unique(np.asarray(values), return_inverse=True)
+    return inverse.astype(np.int64), [str(n) for n in names]
+
+
+# CIFAR-10 ------------------------------------------------------------------------------------------------
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles: allow only the NumPy array reconstruction they need, never arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name} from a CIFAR batch file (only NumPy arrays are allowed)")
+
+
+def _cifar_batch(fs: pafs.FileSystem, path: str) -> dict:
+    try:
+        d = _SafeUnpickler(io.BytesIO(_read_bytes(fs, path)), encoding="latin1").load()
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch: {exc}") from None
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise DataError(f"cifar10: {path} has no 'data' / 'labels' entries")
+    data, labels = np.asarray(d["data"], dtype=np.uint8), np.asarray(d["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"cifar10: {path} holds data of shape {data.shape}, expected (N, 3072)")
+    if len(labels) != len(data):
+        raise DataError(f"cifar10: {path} has {len(labels)} labels for {len(data)} images")
+    return {"data": data, "labels": labels}
+
+
+@dataclass
+class CifarReader:
+    path: str
+    files: list[str]  # batch file of each chunk, in row order
+    offsets: list[int]  # first row of each file
+    size: int
+    resize: str
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        fs, root = filesystem(self.path)
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        f = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(f):
+            sel = f == i
+            data = _cached_cifar(self.path, self.files[i])["data"]  # one batch file (30 MB) cached per process
+            img = data[rows[sel] - self.offsets[i]].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            out[sel] = _fit_batch(img, self.size, self.resize, f"in {self.files[i]}")
+        return out
+
+
+@lru_cache(maxsize=2)
+def _cached_cifar(path: str, name: str) -> dict:
+    fs, root = filesystem(path)
+    return _cifar_batch(fs, _join(root, name))
+
+
+def load_cifar10(path: str, size: int, resize: str) -> Loaded:
+    fs, root = filesystem(path)
+    if _exists(fs, _join(root, "cifar-10-batches-py")):
+        root, path = _join(root, "cifar-10-batches-py"), posixpath.join(path, "cifar-10-batches-py")
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    _require(fs, root, files, "cifar10", "data_batch_1..5 and test_batch (CIFAR-10's python version)")
+    labels, offsets, n = [], [], 0
+    for f in files:
+        b = _cifar_batch(fs, _join(root, f))  # labels only are kept
+        offsets.append(n)
+        n += len(b["labels"])
+        labels.append(b["labels"])
+    y = np.concatenate(labels)
+    names = [str(i) for i in range(int(y.max()) + 1)]
+    if _exists(fs, _join(root, "batches.meta")):
+        try:
+            meta = _SafeUnpickler(io.BytesIO(_read_bytes(fs, _join(root, "batches.meta"))), encoding="latin1").load()
+            names = list(meta.get("label_names", names))
+        except Exception:
+            pass  # names are cosmetic
+    is_test = np.zeros(n, bool)
+    is_test[offsets[-1]:] = True
+    return Loaded(y, names, is_test, CifarReader(path, files, offsets, size, resize))
+
+
+# SVHN ----------------------------------------------------------------------------------------------------
+def _svhn_mat(fs: pafs.FileSystem, path: str) -> dict:
+    from scipy.io import loadmat
+
+    try:
+        m = loadmat(io.BytesIO(_read_bytes(fs, path)))
+    except Exception as exc:
+        raise DataError(f"svhn: {path} is not a readable .mat file: {exc}") from None
+    if "X" not in m or "y" not in m:
+        raise DataError(f"svhn: {path} has no X / y arrays")
+    x, y = m["X"], m["y"].reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DataError(f"svhn: {path} holds X of shape {x.shape}, expected (32, 32, 3, N)")
+    if x.shape[3] != len(y):
+        raise DataError(f"svhn: {path} has {len(y)} labels for {x.shape[3]} images")
+    return {"X": x, "y": np.where(y == 10, 0, y)}  # label 10 is the digit 0
+
+
+@lru_cache(maxsize=1)
+def _cached_svhn(path: str, name: str) -> dict:
+    fs, root = filesystem(path)
+    return _svhn_mat(fs, _join(root, name))
+
+
+@dataclass
+class SvhnReader:
+    path: str
+    files: list[str]
+    offsets: list[int]
+    size: int
+    resize: str
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        f = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(f):
+            sel = f == i
+            x = _cached_svhn(self.path, self.files[i])["X"]  # a .mat file is read whole (MATLAB v5 has no row access)
+            img = np.moveaxis(x[..., rows[sel] - self.offsets[i]], 3, 0)
+            out[sel] = _fit_batch(img, self.size, self.resize, f"in {self.files[i]}")
+        return out
+
+
+def load_svhn(path: str, size: int, resize: str) -> Loaded:
+    fs, root = filesystem(path)
+    files = ["train_32x32.mat", "test_32x32.mat"]
+    _require(fs, root, files, "svhn", "train_32x32.mat and test_32x32.mat (SVHN format 2, cropped digits)")
+    ys, offsets, n = [], [], 0
+    for f in files:
+        y = _svhn_mat(fs, _join(root, f))["y"]
+        offsets.append(n)
+        n += len(y)
+        ys.append(y)
+    is_test = np.zeros(n, bool)
+    is_test[offsets[1]:] = True
+    return Loaded(np.concatenate(ys), [str(i) for i in range(10)], is_test, SvhnReader(path, files, offsets, size, resize))
+
+
+# 3D Shapes (DeepMind's h5) --------------------------------------------------------------------------------
+SHAPES3D_FACTORS = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+
+
+@dataclass
+class Shapes3DReader:
+    path: str
+    size: int
+    resize: str
+    noise: float
+    seed: int
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        uniq, back = np.unique(rows, return_inverse=True)  # h5py wants strictly increasing indices
+        x = _open_h5(self.path)["images"][uniq][back]  # reads only these rows: memory ~ the batch
+        x = _fit_batch(x, self.size, self.resize, f"in {self.path}")
+        if self.noise > 0:
+            from .shapes import salt_and_pepper
+
+            x = salt_and_pepper(x, rows, self.noise, self.seed)
+        return x
+
+
+@lru_cache(maxsize=1)
+def _open_h5(path: str):
+    import h5py
+
+    fs, p = filesystem(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return h5py.File(p, "r")
+    return h5py.File(fs.open_input_file(p), "r")  # remote: h5py reads through a file-like object
+
+
+def load_shapes3d(path: str, size: int, resize: str, noise: float, seed: int, heldout_hues: list[int]) -> Loaded:
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.Directory:
+        p, path = _join(p, "3dshapes.h5"), posixpath.join(path, "3dshapes.h5")
+    if not _exists(fs, p):
+        raise DataError(f"shapes3d: {p} not found; expected DeepMind's 3dshapes.h5")
+    try:
+        h5 = _open_h5(path)
+        images, labels = h5["images"], h5["labels"]
+        lab = np.asarray(labels[:])  # (N, 6) floats: 23 MB for all 480,000 rows
+    except KeyError as exc:
+        raise DataError(f"shapes3d: {path} lacks the dataset {exc}; expected 'images' and 'labels'") from None
+    except OSError as exc:
+        raise DataError(f"shapes3d: {path} is not a readable HDF5 file: {exc}") from None
+    if images.ndim != 4 or images.shape[1:] != (64, 64, 3) or lab.ndim != 2 or lab.shape[1] != 6:
+        raise DataError(f"shapes3d: images {images.shape} / labels {lab.shape}; expected (N, 64, 64, 3) and (N, 6)")
+    if images.shape[0] != lab.shape[0]:
+        raise DataError(f"shapes3d: {lab.shape[0]} label rows for {images.shape[0]} images")
+    factors = {name: np.unique(lab[:, i], return_inverse=True)[1].astype(np.int64) for i, name in enumerate(SHAPES3D_FACTORS)}
+    held = np.asarray(heldout_hues)
+    is_test = np.isin(factors["floor_hue"], held) & np.isin(factors["wall_hue"], held)  # the paper's split
+    return Loaded(np.zeros(len(lab), np.int64), [], is_test, Shapes3DReader(path, size, resize, noise, seed), factors)
+
+
+# Folders of encoded images -------------------------------------------------------------------------------
+@dataclass
+class FileReader:
+    path: str
+    files: list[str]  # relative to path, one per row
+    size: int
+    resize: str
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        fs, root = filesystem(self.path)
+        return np.stack([decode_image(_read_bytes(fs, _join(root, self.files[r])), self.size, self.resize, self.files[r])
+                         for r in np.asarray(rows, dtype=np.int64)]) if len(rows) else np.empty((0, self.size, self.size, 3), np.uint8)
+
+
+def _list_images(fs: pafs.FileSystem, root: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return sorted(posixpath.relpath(i.path, root) for i in infos
+                  if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def load_imagefolder(path: str, size: int, resize: str, extra_csv: str = "", test_dir: str = "test") -> Loaded:
+    """root/<class>/<image>, or root/train/<class>/<image> + root/test/<class>/<image> for a given split."""
+    fs, root = filesystem(path)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        raise DataError(f"imagefolder: {root} is not a directory")
+    files = _list_images(fs, root)
+    split_layout = all(f.split("/")[0] in ("train", test_dir) for f in files) and any(f.startswith("train/") for f in files)
+    depth = 3 if split_layout else 2
+    bad = [f for f in files if f.count("/") != depth - 1]
+    if not files or bad:
+        raise DataError(f"imagefolder: expected root/<class>/<image>{' under train/ and test/' if split_layout else ''}; "
+                        + (f"found {bad[0]}" if bad else f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}"))
+    classes = [f.split("/")[depth - 2] for f in files]
+    y, names = _classes(classes)
+    is_test = np.array([f.startswith(f"{test_dir}/") for f in files]) if split_layout else np.zeros(len(files), bool)
+    factors = _extra_columns(fs, root, extra_csv, files) if extra_csv else {}
+    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
+
+
+def _extra_columns(fs: pafs.FileSystem, root: str, csv_name: str, files: list[str]) -> dict[str, np.ndarray]:
+    """Per-image columns from a CSV with a `file` column (path relative to root): ground truth for diagnostics."""
+    import pyarrow.csv as pacsv
+
+    p = csv_name if csv_name.startswith("/") else _join(root, csv_name)
+    if not _exists(fs, p):
+        raise DataError(f"imagefolder: the extra-columns CSV {p} does not exist")
+    t = pacsv.read_csv(io.BytesIO(_read_bytes(fs, p))).to_pydict()
+    if "file" not in t:
+        raise DataError(f"imagefolder: {p} needs a 'file' column (image path relative to the root)")
+    index = {f: i for i, f in enumerate(t["file"])}
+    missing = [f for f in files if f not in index]
+    if missing:
+        raise DataError(f"imagefolder: {p} has no row for {len(missing)} image(s), e.g. {missing[0]}")
+    order = [index[f] for f in files]
+    return {k: _classes([v[i] for i in order])[0] for k, v in t.items() if k != "file"}
+
+
+FACES_NAME = re.compile(r"^(?P<id>\d+)_(?P<age>[a-z])_(?P<gender>[a-z])_(?P<expression>[a-z]+)_(?P<set>[a-z])\.jpe?g$", re.I)
+
+
+def load_faces(path: str, size: int, resize: str) -> Loaded:
+    """FACES (Ebner et al. 2010): <root>/<split>/<id>_<age>_<gender>_<expression>_<set>.jpg, split = train | test;
+    principal = expression; age group, gender and picture set are kept as known factors."""
+    fs, root = filesystem(path)
+    files = _list_images(fs, root)
+    if not files:
+        raise DataError(f"faces: no images under {root}; expected <root>/<train|test>/<id>_<age>_<gender>_<expression>_<set>.jpg")
+    parsed = []
+    for f in files:
+        parts = f.split("/")
+        m = FACES_NAME.match(parts[-1])
+        if len(parts) != 2 or parts[0] not in ("train", "test") or not m:
+            raise DataError(f"faces: {f} does not match <train|test>/<id>_<age>_<gender>_<expression>_<set>.jpg")
+        parsed.append(m.groupdict() | {"split": parts[0]})
+    y, names = _classes([p["expression"] for p in parsed])
+    factors = {k: _classes([p[k] for p in parsed])[0] for k in ("age", "gender", "set")}
+    is_test = np.array([p["split"] == "test" for p in parsed])
+    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
+
+
+def load_cars(path: str, size: int, resize: str) -> Loaded:
+    """Stanford Cars in torchvision's layout: [stanford_cars/]devkit/{cars_meta,cars_train_annos}.mat, cars_train/,
+    cars_test/, cars_test_annos_withlabels.mat; class ids in the annotations start at 1."""
+    from scipy.io import loadmat
+
+    fs, root = filesystem(path)
+    if _exists(fs, _join(root, "stanford_cars")):
+        root, path = _join(root, "stanford_cars"), posixpath.join(path, "stanford_cars")
+    need = ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", "cars_train", "cars_test"]
+    _require(fs, root, need, "cars", "torchvision's StanfordCars: devkit/{cars_meta,cars_train_annos}.mat, "
+             "cars_train/, cars_test/, cars_test_annos_withlabels.mat")
+    try:
+        meta = loadmat(io.BytesIO(_read_bytes(fs, _join(root, "devkit/cars_meta.mat"))), squeeze_me=True)
+        names = [str(n) for n in np.atleast_1d(meta["class_names"])]
+        files, labels, test = [], [], []
+        for ann, folder, is_test in (("devkit/cars_train_annos.mat", "cars_train", False),
+                                     ("cars_test_annos_withlabels.mat", "cars_test", True)):
+            a = loadmat(io.BytesIO(_read_bytes(fs, _join(root, ann))), squeeze_me=True)["annotations"]
+            for rec in np.atleast_1d(a):
+                files.append(f"{folder}/{rec['fname']}")
+                labels.append(int(rec["class"]) - 1)
+                test.append(is_test)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"cars: the devkit annotations are not in StanfordCars' format: {exc}") from None
+    y = np.asarray(labels, np.int64)
+    if y.min() < 0 or y.max() >= len(names):
+        raise DataError(f"cars: class ids must be in 1..{len(names)} (cars_meta.mat), found {y.min() + 1}..{y.max() + 1}")
+    return Loaded(y, names, np.asarray(test), FileReader(path, files, size, resize))
+
+
+# Parquet -------------------------------------------------------------------------------------------------
+@dataclass
+class ParquetReader:
+    path: str
+    column: str
+    group_offsets: list[int]  # first row of each row group
+    size: int
+    resize: str
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        fs, p = filesystem(self.path)
+        pf = pq.ParquetFile(fs.open_input_file(p))
+        g = np.searchsorted(self.group_offsets, rows, side="right") - 1
+        for gi in np.unique(g):  # memory ~ one row group's image column
+            sel = g == gi
+            col = pf.read_row_group(int(gi), columns=[self.column]).column(0)
+            for j, r in zip(np.flatnonzero(sel), rows[sel] - self.group_offsets[gi]):
+                out[j] = _parquet_image(col[int(r)].as_py(), self.size, self.resize, f"row {rows[j]} of {self.path}")
+        return out
+
+
+def _parquet_image(v: Any, size: int, resize: str, where: str) -> np.ndarray:
+    if isinstance(v, dict) and "bytes" in v:  # Hugging Face's image struct {bytes, path}
+        v = v["bytes"]
+    if isinstance(v, (bytes, bytearray)):
+        return decode_image(bytes(v), size, resize, where)
+    arr = np.asarray(v, dtype=np.uint8)
+    if arr.ndim == 1:
+        side = int(round((arr.size / 3) ** 0.5))
+        if side * side * 3 != arr.size:
+            raise DataError(f"{where}: a flat image array of {arr.size} values is not S*S*3")
+        arr = arr.reshape(side, side, 3)
+    return fit_image(arr, size, resize, where)
+
+
+def load_parquet(path: str, size: int, resize: str, image_column: str, label_column: str, split_column: str) -> Loaded:
+    import pyarrow.parquet as pq
+
+    fs, p = filesystem(path)
+    if not _exists(fs, p):
+        raise DataError(f"parquet: {p} not found")
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(p))
+    except Exception as exc:
+        raise DataError(f"parquet: {p} is not a readable Parquet file: {exc}") from None
+    names = pf.schema_arrow.names
+    for c in (image_column, label_column) + ((split_column,) if split_column else ()):
+        if c not in names:
+            raise DataError(f"parquet: column '{c}' not in {p} (columns: {', '.join(names)}); set data.image_column / "
+                            f"data.label_column / data.split_column")
+    cols = [label_column] + ([split_column] if split_column else [])
+    t = pf.read(columns=cols)  # labels only: the image column stays on disk
+    y, class_names = _classes(t.column(label_column).to_pylist())
+    is_test = (np.asarray([str(v) == "test" for v in t.column(split_column).to_pylist()]) if split_column
+               else np.zeros(len(y), bool))
+    offsets = list(np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])[:-1])
+    return Loaded(y, class_names, is_test, ParquetReader(path, image_column, [int(o) for o in offsets], size, resize))
