@@ -38,7 +38,9 @@ def write_h5(path: Path, n: int, chunk: int = 10_000) -> None:
     labels = np.stack([(idx // 48000) % 10 / 10, (idx // 4800) % 10 / 10, (idx // 480) % 10 / 10,
                        0.75 + ((idx // 60) % 8) / 14, (idx // 15) % 4, -30 + (idx % 15) * 60 / 14], axis=1)
     with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (n, 64, 64, 3), dtype=np.uint8, chunks=(64, 64, 64, 3))
+        # contiguous, h5py's default layout (chunked files with many rows per chunk read a whole chunk per random
+        # row: 64-row chunks measured 477 pairs/s here, 3.7x less)
+        images = f.create_dataset("images", (n, 64, 64, 3), dtype=np.uint8)
         for s in range(0, n, chunk):
             images[s:s + chunk] = rng.integers(0, 255, (min(chunk, n - s), 64, 64, 3), dtype=np.uint8)
         f["labels"] = labels

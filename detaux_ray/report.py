@@ -53,7 +53,9 @@ def render_markdown(r: dict) -> str:
         "| model | tasks | principal accuracy | validation accuracy | parameters | training time (s) |",
         "|---|---|---|---|---|---|",
     ]
-    for key, m in r["models"].items():
+    order = ["stl", "mtl"] + sorted(k for k in r["models"] if k not in ("stl", "mtl", "entangled")) + ["entangled"]
+    for key in [k for k in order if k in r["models"]]:  # STL, the MTL model, the compared ones, the ablation
+        m = r["models"][key]
         name = ("STL" if key == "stl" else f"MTL-{m['model'].upper()} + entangled-AE labels (ablation)" if key == "entangled"
                 else f"MTL-{m['model'].upper()} + Detaux")
         val = f"{m['val_principal_accuracy']:.4f}" if "val_principal_accuracy" in m else "-"

@@ -152,13 +152,13 @@ class CifarReader:
         f = np.searchsorted(self.offsets, rows, side="right") - 1
         for i in np.unique(f):
             sel = f == i
-            data = _cached_cifar(self.path, self.files[i])["data"]  # one batch file (30 MB) cached per process
+            data = _cached_cifar(self.path, self.files[i])["data"]
             img = data[rows[sel] - self.offsets[i]].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             out[sel] = _fit_batch(img, self.size, self.resize, f"in {self.files[i]}")
         return out
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=6)  # random pairs touch every batch file: keep all six (30 MB each) per reading process
 def _cached_cifar(path: str, name: str) -> dict:
     fs, root = filesystem(path)
     return _cifar_batch(fs, _join(root, name))
@@ -207,7 +207,7 @@ def _svhn_mat(fs: pafs.FileSystem, path: str) -> dict:
     return {"X": x, "y": np.where(y == 10, 0, y)}  # label 10 is the digit 0
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)  # train + test; a MATLAB v5 file can only be read whole (train: 225 MB)
 def _cached_svhn(path: str, name: str) -> dict:
     fs, root = filesystem(path)
     return _svhn_mat(fs, _join(root, name))
