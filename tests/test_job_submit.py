@@ -62,7 +62,12 @@ def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
             "mtl.epochs=1", "mtl.width=8", "resources.cpus_per_worker=0.5"]
     cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
            sys.executable, "jobs/full_pipeline.py", "--run-dir", str(run_dir)] + sum((["--set", s] for s in sets), [])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    deadline = time.time() + 120
+    while True:  # `ray job list` answers from the head before the node's job agent has registered
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in proc.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout.lower()  # "Job ... succeeded"
     report = json.loads((run_dir / "report.json").read_text())
