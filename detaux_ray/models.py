@@ -140,20 +140,16 @@ class ResNetMapDecoder(nn.Module):
         return torch.sigmoid(self.out(self.blocks(torch.relu(self.expand(h)))))
 
 
-class MapProjectors(nn.Module):
+class MapProjectors(Projectors):
     """k projectors as two 1x1 convs each (c -> c -> c, ReLU) on the feature map z (B, c*h*w) -> s (B, k, c*h*w).
 
-    A 1x1 conv is the same linear map at every position, so all k run as one batched einsum over channels.
+    A 1x1 conv is the same linear map at every position, so all k run as one batched einsum over channels; the
+    weights are Projectors' (k, c, c) ones.
     """
 
     def __init__(self, k: int, channels: int, positions: int):
-        super().__init__()
+        super().__init__(k, channels)
         self.c, self.p = channels, positions
-        bound = 1.0 / math.sqrt(channels)
-        self.w1 = nn.Parameter(torch.empty(k, channels, channels).uniform_(-bound, bound))
-        self.b1 = nn.Parameter(torch.empty(k, channels).uniform_(-bound, bound))
-        self.w2 = nn.Parameter(torch.empty(k, channels, channels).uniform_(-bound, bound))
-        self.b2 = nn.Parameter(torch.empty(k, channels).uniform_(-bound, bound))
 
     def forward(self, z: Tensor) -> Tensor:
         zc = z.view(-1, self.c, self.p)
