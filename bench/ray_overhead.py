@@ -35,7 +35,9 @@ def plain_epoch_time(cfg, source, epoch: int) -> float:
     torch.manual_seed(cfg.seed)
     rows = source.train_rows()
     images = torch.from_numpy(source.images(rows))  # the same images, held in memory
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim).to(memory_format=torch.channels_last)
+    n_principal = source.n_principal_classes if d.formulation()[0] > 0 else 0
+    labels = torch.from_numpy(source.principal[rows])
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, n_principal=n_principal).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     n_pairs = d.pairs_per_epoch or len(rows)
     times = []
@@ -46,7 +48,8 @@ def plain_epoch_time(cfg, source, epoch: int) -> float:
         for s in range(steps):
             sl = slice(s * d.batch_size, (s + 1) * d.batch_size)
             loss = detaux_loss(model, to_float_images(images[i1[sl]]), to_float_images(images[i2[sl]]),
-                               torch.from_numpy(same[sl]), beta_schedule(e + s / steps, d), d)[0]
+                               torch.from_numpy(same[sl]), beta_schedule(e + s / steps, d), d,
+                               y1=labels[i1[sl]], y2=labels[i2[sl]])[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -64,7 +64,7 @@ def reference_loss(m: ReferenceAE, x1, x2, same, betas: Betas, cfg: DisentangleC
     z = m.encoder(x)
     s = torch.stack([p(z) for p in m.projectors], dim=1)
     rec = m.decoder(s.sum(1))
-    l_rec = (x - rec).pow(2).flatten(1).sum(1).mean()
+    l_rec = (x - rec).pow(2).mean()
     b = x1.shape[0]
     s1, s2 = s[:b], s[b:]
     dists, logits = [], []
@@ -84,13 +84,13 @@ def reference_loss(m: ReferenceAE, x1, x2, same, betas: Betas, cfg: DisentangleC
     for i in range(k):
         delta = torch.sqrt(dists[i] + 1e-12)
         l_dist = l_dist + (1 - lam_d[:, i]) * dists[i] + lam_d[:, i] * torch.relu(cfg.margin - delta) ** 2
-    l_dist = l_dist.mean()
+    l_dist = l_dist.mean() / k  # mean over (pair, subspace)
     l_spar = 0.0
     total_s = s.sum(1)
     for i in range(k):
-        l_spar = l_spar + (s[:, i] * (total_s - s[:, i])).abs().sum(-1)
-    l_spar = l_spar.mean()
-    l_reg = ((lam.mean(0) - 1.0 / k) ** 2).sum()
+        l_spar = l_spar + (s[:, i] * (total_s - s[:, i])).abs()
+    l_spar = l_spar.mean()  # summed over subspaces, mean over images and coordinates
+    l_reg = ((lam.mean(0) - 1.0 / k) ** 2).mean()
     # L_cons: all k*bs swapped latents, then the chosen subset decoded, re-encoded, projected by a loop.
     rows, idx = swaps
     total2 = s2.sum(1)
@@ -100,7 +100,7 @@ def reference_loss(m: ReferenceAE, x1, x2, same, betas: Betas, cfg: DisentangleC
     for i in range(k):
         sel = idx == i
         s_back = s_back.index_put((sel.nonzero(as_tuple=True)[0],), m.projectors[i](z_hat[sel]))
-    l_cons = k * (s_back - s1[rows, idx]).pow(2).sum(-1).mean()
+    l_cons = (s_back - s1[rows, idx]).pow(2).mean()
     return (l_rec + betas.beta1 * (cfg.w_dist * l_dist + cfg.w_spar * l_spar) + betas.beta3 * cfg.w_reg * l_reg
             + betas.beta2 * cfg.w_cons * l_cons)
 
@@ -108,7 +108,7 @@ def reference_loss(m: ReferenceAE, x1, x2, same, betas: Betas, cfg: DisentangleC
 def bench_size(size: int, args) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = DisentangleConfig(k=args.k, latent_dim=args.d, batch_size=args.batch)
+    cfg = DisentangleConfig(k=args.k, latent_dim=args.d, batch_size=args.batch, variant="paper")  # no principal head
     betas = Betas(1.0, 1.0, 0.5)  # every term on (after the warm-up)
     ours = DisentangleAE(size, args.k, args.d)
     ref = ReferenceAE(ours).to(device)

@@ -122,17 +122,18 @@ def step_rate(batch: int, steps: int) -> float:
 
     set_torch_threads(0, 1)
     d = load_config("paper").disentangle  # k = 10, d = 10 at 64x64: the paper's stage 1
-    model = DisentangleAE(64, d.k, d.latent_dim)
+    model = DisentangleAE(64, d.k, d.latent_dim, n_principal=8)  # with the principal head, as stage 1 trains
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr)
     rng = np.random.default_rng(0)
     x1 = to_float_images(torch.from_numpy(rng.integers(0, 255, (batch, 64, 64, 3), dtype=np.uint8)))
     x2 = to_float_images(torch.from_numpy(rng.integers(0, 255, (batch, 64, 64, 3), dtype=np.uint8)))
-    same = torch.from_numpy(rng.random(batch) < 0.5)
+    y1, y2 = torch.from_numpy(rng.integers(0, 8, batch)), torch.from_numpy(rng.integers(0, 8, batch))
+    same = y1 == y2
     betas = beta_schedule(d.epochs - 1, d)
     for i in range(steps + 2):
         if i == 2:
             t0 = time.perf_counter()
-        loss, _, _ = detaux_loss(model, x1, x2, same, betas, d)
+        loss, _, _ = detaux_loss(model, x1, x2, same, betas, d, y1=y1, y2=y2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -13,6 +13,7 @@ import yaml
 
 from .errors import ConfigError
 
+CRITERIA = ("l_dist", "dot", "cluster")  # stage-2 subspace criteria (detaux_ray.discovery)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -48,7 +49,13 @@ class DisentangleConfig:
     weight_decay: float = 1e-2
     oracle_prob: float = 0.5  # probability that a pair's principal labels differ
     oracle_temperature: float = 0.01
-    margin: float = 1.0  # m in L_dist
+    variant: str = "detaux"  # detaux (the knobs below) | paper (w_principal=0, w_adversary=0, pulls=all, absolute distances)
+    w_principal: float = 0.01  # cross-entropy of a linear principal classifier on s_alpha (0 = the paper: oracle only)
+    w_adversary: float = 0.1  # confusion loss against principal classifiers on the other subspaces (0 = off; ours)
+    pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal (losses.pull_weights)
+    relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
+    pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
+    margin: float = 0.2  # m in L_dist (relative_distances: in units of the subspace's typical pair distance)
     warmup_frac: float = 0.25  # first fraction of epochs: L_rec only
     beta_rise: float = 25.0  # beta = min(exp(rise/E * (e - center*E)), 1)
     beta1_center: float = 0.4
@@ -56,14 +63,23 @@ class DisentangleConfig:
     w_dist: float = 0.1
     w_spar: float = 0.1
     w_cons: float = 100.0
-    w_reg: float = 1e-4
+    w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
+    cons_fraction: float = 1.0  # share of each batch's pairs swapped for L_cons (an unbiased sample; cheaper steps)
     log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
+    scorecard_every: int = 5  # epochs between scorecards (probe of every subspace x factor) in TensorBoard; 0 = never
+    scorecard_images: int = 3000  # training images the TensorBoard scorecard embeds
+
+    def formulation(self) -> tuple[float, str, bool]:
+        """(w_principal, pulls, relative_distances) in force: the paper's values under variant=paper."""
+        if self.variant == "paper":
+            return 0.0, "all", False
+        return self.w_principal, self.pulls, self.relative_distances
 
 
 @dataclass
 class DiscoverConfig:
-    criterion: str = "l_dist"  # "l_dist" (paper) or "dot" (authors' code)
+    criterion: str = "cluster"  # cluster (scale-free: KMeans silhouette) | l_dist (paper) | dot (authors' code)
     clusterer: str = "hdbscan"  # hdbscan | kmeans | kmeans++ | meanshift
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
@@ -238,10 +254,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"disentangle.k must be >= 2, got {d.k}")
     if not 0.0 <= d.oracle_prob <= 1.0:
         raise ConfigError(f"disentangle.oracle_prob must be in [0, 1], got {d.oracle_prob}")
+    if d.variant not in ("detaux", "paper"):
+        raise ConfigError(f"disentangle.variant must be detaux or paper, got '{d.variant}'")
+    if d.pair_mode not in ("oracle_prob", "random"):
+        raise ConfigError(f"disentangle.pair_mode must be oracle_prob or random, got '{d.pair_mode}'")
+    if d.pulls not in ("all", "same", "principal"):
+        raise ConfigError(f"disentangle.pulls must be all, same or principal, got '{d.pulls}'")
+    if d.w_principal < 0:
+        raise ConfigError(f"disentangle.w_principal must be >= 0, got {d.w_principal}")
+    if not 0.0 < d.cons_fraction <= 1.0:
+        raise ConfigError(f"disentangle.cons_fraction must be in (0, 1], got {d.cons_fraction}")
     if not 1 <= d.cons_swaps <= d.k:
         raise ConfigError(f"disentangle.cons_swaps must be in [1, k={d.k}], got {d.cons_swaps}")
-    if cfg.discover.criterion not in ("l_dist", "dot"):
-        raise ConfigError(f"discover.criterion must be 'l_dist' or 'dot', got '{cfg.discover.criterion}'")
+    if cfg.discover.criterion not in CRITERIA:
+        raise ConfigError(f"discover.criterion must be one of {', '.join(CRITERIA)}, got '{cfg.discover.criterion}'")
     if cfg.discover.clusterer not in ("hdbscan", "kmeans", "kmeans++", "meanshift"):
         raise ConfigError(f"discover.clusterer must be hdbscan, kmeans, kmeans++ or meanshift, got '{cfg.discover.clusterer}'")
     if cfg.discover.backend not in ("auto", "cpu", "cuml"):

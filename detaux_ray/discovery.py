@@ -12,15 +12,22 @@ from .pairs import sample_pairs
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 
 
+HIGHER_WINS = {"cluster"}  # criteria where the largest score wins; the others: smallest wins
+
+
 def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, margin: float, oracle_prob: float,
-                    seed: int, n_pairs: int = 20000) -> dict[str, np.ndarray]:
-    """Per-subspace scores for both criteria over embeddings s (N, k, d).
+                    seed: int, n_pairs: int = 20000, n_clusters: int = 10, n_cluster_points: int = 3000) -> dict[str, np.ndarray]:
+    """Per-subspace scores for every criterion over embeddings s (N, k, d).
 
     l_dist[i]: the subspace-i term of L_dist on evaluation pairs drawn as in training, with the oracle's hard
       choice (alpha when the labels differ, else the farthest other subspace; paper's criterion: smallest wins).
     dot[i]:    mean |<s_i, s_alpha>| over the images (authors' code: closest to 0 wins).
+    cluster[i]: silhouette(KMeans_c(s_i)) * (1 - NMI(principal, KMeans_c(s_i))) on a seeded subsample: how well
+      subspace i splits into c groups, discounted by how much those groups say about the principal task. Free of
+      the subspace's scale (both factors are), so it cannot favour a shrunken subspace; largest wins.
     variance[i]: total variance of subspace i (used to skip dead subspaces, which trivially score 0 on both).
     """
+    from sklearn.cluster import KMeans
     n, k, _ = s.shape
     i1, i2, same = sample_pairs(principal_labels, min(n_pairs, 4 * n), oracle_prob, seed, epoch=EVAL_EPOCH)
     d2 = ((s[i1] - s[i2]) ** 2).sum(-1)  # (P, k)
@@ -32,16 +39,24 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
     delta = np.sqrt(d2)
     l_dist = ((1 - lam) * d2 + lam * np.maximum(margin - delta, 0) ** 2).mean(0)
     dot = np.abs((s * s[:, alpha : alpha + 1]).sum(-1)).mean(0)
-    return {"l_dist": l_dist, "dot": dot, "variance": spread / 2.0}
+    sub = np.random.default_rng([seed, 13]).permutation(n)[:n_cluster_points]
+    quality = np.zeros(k)
+    for i in range(k):
+        x = s[sub, i].astype(np.float64)
+        if spread[i] <= 1e-12 or len(np.unique(x.round(6), axis=0)) <= n_clusters:
+            continue
+        lab = KMeans(n_clusters, n_init=2, random_state=seed).fit_predict(x)
+        quality[i] = metrics.silhouette_score(x, lab) * (1.0 - metrics.normalized_mutual_info_score(principal_labels[sub], lab))
+    return {"l_dist": l_dist, "dot": dot, "cluster": quality, "variance": spread / 2.0}
 
 
 def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float) -> int:
-    """argmin over live subspaces j != alpha of the criterion's score."""
+    """The best live subspace j != alpha by the criterion's score."""
     return rank_subspaces(scores, criterion, alpha, dead_frac, 1)[0]
 
 
 def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float, n: int) -> list[int]:
-    """The n live subspaces j != alpha with the best (smallest) criterion score, best first."""
+    """The n live subspaces j != alpha with the best criterion score (smallest, or largest for HIGHER_WINS), best first."""
     var = scores["variance"]
     k = len(var)
     live = [j for j in range(k) if j != alpha and var[j] >= dead_frac * var.max()]
@@ -51,7 +66,8 @@ def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, de
     if len(live) < n:
         raise SingleClusterError(f"{n} auxiliary tasks asked for (discover.n_auxiliary) but only {len(live)} live "
                                  f"subspace(s) besides the principal one: lower n_auxiliary or raise k")
-    return [int(j) for j in sorted(live, key=lambda j: scores[criterion][j])[:n]]
+    sign = -1.0 if criterion in HIGHER_WINS else 1.0
+    return [int(j) for j in sorted(live, key=lambda j: sign * scores[criterion][j])[:n]]
 
 
 def auxiliary_tasks(n: int) -> list[str]:

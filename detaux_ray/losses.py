@@ -1,13 +1,17 @@
-"""The principal-task oracle and the five Detaux losses (METHOD.md, Eq. 2-10), one small function each.
+"""The principal-task oracle and the Detaux losses (docs/method.md, Eq. 2-10), one small function each.
 
 Shapes: s1, s2 are the pair's subspace projections (B, k, d); lam is the oracle's weight vector (B, k).
-Every loss returns a scalar averaged over the batch.
+
+One loss scale: every term is a *mean* (the reductions of the authors' code, models/dis_basic_model.py), so the
+published multipliers (w_dist = w_spar = 0.1, w_cons = 100, w_reg ~ 1e-4 x 1e2) keep the balance they had in the
+authors' runs. Each docstring states its reduction.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 
 def subspace_sq_distances(s1: Tensor, s2: Tensor) -> Tensor:
@@ -45,49 +49,101 @@ def oracle_weights(s1: Tensor, s2: Tensor, same: Tensor, principal: int, tempera
 
 
 def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
-    """L_rec = ||x - g(sum_i p_i(f(x)))||^2: squared error summed over each image's pixels, mean over the batch.
+    """L_rec = mean over every pixel value of (x - g(sum_i p_i(f(x))))^2 (MSE, the authors' reduction)."""
+    return (x - x_rec).pow(2).mean()
 
-    Summed, not averaged, over pixels (the paper's "squared error"): per-pixel means make L_rec ~1000x smaller at
-    32x32 and the latent terms then collapse every subspace to 0.
+
+PULLS = ("all", "same", "principal")
+
+
+def pull_weights(lam: Tensor, same: Tensor, principal: int, pulls: str) -> Tensor:
+    """w[n, i]: which (pair, subspace) L_dist pulls together, (B, k).
+
+    all (the paper): every subspace but the oracle's, w = 1 - lam.
+    same: as `all` for pairs sharing the principal label; pairs whose labels differ are not pulled anywhere.
+    principal: a pair sharing its label is pulled in alpha only; a pair whose labels differ in every subspace but
+      alpha. With relative distances a pull is a contrastive statement about what a subspace encodes ("these two
+      are closer than a typical pair"): pulling same-label pairs in the other subspaces teaches them the principal
+      label (measured: it leaks back into every subspace once L_dist is on), pulling differing pairs there teaches
+      them to ignore it, and pulling same-label pairs in alpha teaches alpha to ignore the nuisance factors.
     """
-    return (x - x_rec).pow(2).flatten(1).sum(dim=1).mean()
+    if pulls == "all":
+        return 1.0 - lam
+    same_f = same.view(-1, 1).to(lam.dtype)
+    if pulls == "same":
+        return (1.0 - lam) * same_f
+    if pulls == "principal":
+        is_alpha = torch.zeros(lam.shape[1], dtype=lam.dtype, device=lam.device)
+        is_alpha[principal] = 1.0
+        return same_f * is_alpha + (1.0 - same_f) * (1.0 - is_alpha)
+    raise ValueError(f"unknown pulls '{pulls}'; one of {', '.join(PULLS)}")
 
 
-def distance_loss(s1: Tensor, s2: Tensor, lam: Tensor, margin: float) -> Tensor:
-    """L_dist = sum_i (1 - lam_i) delta_i^2 + lam_i max(m - delta_i, 0)^2, delta_i = ||s_i^1 - s_i^2||.
+def distance_loss(s1: Tensor, s2: Tensor, lam: Tensor, margin: float, pull: Tensor | None = None,
+                  relative: bool = False) -> Tensor:
+    """L_dist = mean over (n, i) of  w_ni D_i + lam_i max(m - delta_i, 0)^2,  delta_i = sqrt(D_i).
 
-    Pulls the pair together in every subspace but the oracle's and pushes it at least m apart there.
+    Pulls the pair together where w (`pull_weights`; default the paper's 1 - lam: every subspace but the
+    oracle's) says, and pushes it at least m apart in the oracle's subspace (Eq. 4).
+    relative=True: D_i is divided by the subspace's mean pairwise squared distance over the batch (both images of
+    every pair), so m is in units of a typical pair's distance and the term cannot be lowered by shrinking the
+    latent (the absolute form shrinks it: measured total variance 0.002-0.2).
     lam is the oracle's decision and is not differentiated here (L_reg is where the oracle gets its gradient).
     """
     lam = lam.detach()
     d2 = subspace_sq_distances(s1, s2)
+    if relative:
+        d2 = d2 / mean_pairwise_sq_distance(torch.cat([s1, s2], dim=0)).clamp_min(1e-8)
     delta = torch.sqrt(d2 + 1e-12)
-    per_pair = ((1.0 - lam) * d2 + lam * torch.relu(margin - delta) ** 2).sum(dim=-1)
-    return per_pair.mean()
+    w = 1.0 - lam if pull is None else pull.detach()
+    return (w * d2 + lam * torch.relu(margin - delta) ** 2).mean()
 
 
 def sparsity_loss(s: Tensor) -> Tensor:
-    """L_spar = sum_i || s_i * sum_{j != i} s_j ||_1: zero iff the subspaces use disjoint coordinates."""
+    """L_spar = sum over subspaces i, mean over images and coordinates c, of |s_i[c] * sum_{j != i} s_j[c]|.
+
+    Zero iff the subspaces use disjoint coordinates."""
     others = s.sum(dim=1, keepdim=True) - s
-    return (s * others).abs().sum(dim=(1, 2)).mean()
+    return (s * others).abs().sum(dim=1).mean()
 
 
 def consistency_loss(s_reencoded: Tensor, s_target: Tensor) -> Tensor:
-    """L_cons term ||p_i(f(x^_i)) - s_i^1||^2 for the swapped subspace i of each row, (B, d) inputs.
+    """L_cons = mean over swapped couples and coordinates of (p_i(f(x^_i)) - s_i^1)^2 (MSE), (B, d) inputs.
 
     x^_i = g(s_i^1 + sum_{j != i} s_j^2): subspace i of x1 swapped into x2, decoded and re-encoded; projector i
-    must give s_i^1 back. The caller sums over swapped subspaces (or scales a sample of them by k/n).
-    """
-    return (s_reencoded - s_target).pow(2).sum(dim=-1).mean()
+    must give s_i^1 back."""
+    return (s_reencoded - s_target).pow(2).mean()
 
 
 def oracle_balance_loss(lam: Tensor) -> Tensor:
-    """L_reg = sum_j (mean_n lam[n, j] - 1/k)^2: the oracle's choices spread evenly over the k subspaces.
+    """L_reg = mean_j (mean_n lam[n, j] - 1/k)^2: the oracle's choices spread evenly over the k subspaces.
 
-    lam must carry its gradient (the authors' code detached it, which made L_reg a constant).
-    """
+    lam must carry its gradient (the authors' code detached it, which made L_reg a constant)."""
     k = lam.shape[-1]
-    return ((lam.mean(dim=0) - 1.0 / k) ** 2).sum()
+    return ((lam.mean(dim=0) - 1.0 / k) ** 2).mean()
+
+
+def principal_loss(logits: Tensor, y1: Tensor, y2: Tensor) -> Tensor:
+    """L_prin = mean cross-entropy of a linear classifier on s_alpha over both images of every pair.
+
+    Not in the paper: stage 1 knows the principal labels (the oracle compares them), and this is their most
+    direct use. Measured: without it the encoder does not encode the principal factor at all at CPU budgets."""
+    return F.cross_entropy(logits, torch.cat([y1, y2]))
+
+
+def adversary_loss(logits: Tensor, y1: Tensor, y2: Tensor) -> Tensor:
+    """Classifier side of L_adv: mean over the subspaces j != alpha and both images of the cross-entropy of a
+    classifier predicting the principal label from s_j (detached), logits (k - 1, 2B, C)."""
+    y = torch.cat([y1, y2]).repeat(logits.shape[0])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y)
+
+
+def confusion_loss(logits: Tensor) -> Tensor:
+    """Encoder side of L_adv (domain confusion, Tzeng et al. 2015): mean cross-entropy between the uniform
+    distribution and the frozen classifiers' prediction from s_j, minimal (log C) when s_j says nothing about the
+    principal label. Unlike a reversed gradient, it cannot be lowered by making s_j confidently misleading
+    (measured: with reversal the classifiers went below chance, 3.1 nats vs log 8 = 2.1, and s_j kept the factor)."""
+    return -F.log_softmax(logits, dim=-1).mean()
 
 
 def swap_subspace(s1: Tensor, s2: Tensor, i: Tensor) -> Tensor:

@@ -163,6 +163,21 @@ class MapProjectors(Projectors):
         return (torch.einsum("bcp,bce->bep", h, self.w2[i]) + self.b2[i][:, :, None]).flatten(1)
 
 
+class SubspaceClassifiers(nn.Module):
+    """m linear classifiers, one per subspace, on batch-standardised inputs: s (B, m, d) -> logits (m, B, C)."""
+
+    def __init__(self, m: int, d: int, n_classes: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(m, d, n_classes) / math.sqrt(d))
+        self.b = nn.Parameter(torch.zeros(m, n_classes))
+
+    def forward(self, s: Tensor, frozen: bool = False) -> Tensor:
+        """frozen: the weights are detached (the encoder's side of an adversarial loss moves s only)."""
+        z = (s - s.mean(0, keepdim=True)) / (s.std(0, keepdim=True) + 1e-5)
+        w, b = (self.w.detach(), self.b.detach()) if frozen else (self.w, self.b)
+        return torch.einsum("bmd,mdc->mbc", z, w) + b[:, None, :]
+
+
 class DisentangleAE(nn.Module):
     """Product-manifold autoencoder with k subspaces.
 
@@ -172,7 +187,8 @@ class DisentangleAE(nn.Module):
     act on the flattened map unchanged.
     """
 
-    def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv"):
+    def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv", n_principal: int = 0,
+                 n_adversary: bool = False):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
@@ -190,6 +206,23 @@ class DisentangleAE(nn.Module):
             self.decoder = ResNetMapDecoder(image_size, latent_dim)
         else:
             raise ValueError(f"unknown autoencoder arch '{arch}'; one of: conv, resnet18")
+        # Linear principal classifier on s_alpha (disentangle.w_principal > 0); stage 2 never uses it. Its input is
+        # batch-standardised (no learned scale), so the cross-entropy cannot be lowered by inflating s_alpha:
+        # measured, a plain linear head grew the latent ~4x during warm-up and the sparsity and consistency terms
+        # then collapsed the reconstruction to the mean image.
+        self.principal_head = (nn.Sequential(nn.BatchNorm1d(self.latent_dim, affine=False), nn.Linear(self.latent_dim, n_principal))
+                               if n_principal > 0 else None)
+        # Principal classifiers on the other subspaces, against which the encoder plays (w_adversary > 0).
+        self.adversary = SubspaceClassifiers(k - 1, self.latent_dim, n_principal) if n_adversary and n_principal > 0 else None
+
+    @classmethod
+    def from_state(cls, state: dict, image_size: int, k: int, latent_dim: int, arch: str = "conv") -> "DisentangleAE":
+        """A model shaped like `state` (with or without its principal head), weights loaded."""
+        head = state.get("principal_head.1.weight")
+        model = cls(image_size, k, latent_dim, arch, n_principal=0 if head is None else int(head.shape[0]),
+                    n_adversary="adversary.w" in state)
+        model.load_state_dict(state)
+        return model
 
     def subspaces(self, x: Tensor) -> Tensor:
         """s = {p_i(f(x))}: (B, k, d)."""

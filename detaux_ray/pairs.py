@@ -7,11 +7,13 @@ import numpy as np
 from .errors import DataError
 
 
-def sample_pairs(labels: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_pairs(labels: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int,
+                 mode: str = "oracle_prob") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions (i1, i2) into `labels` and same (bool): with probability p_differ the two labels differ.
 
     i1 is uniform; i2 is uniform among the other images of i1's class (same) or among all images of other
-    classes (differ). Returns int64, int64, bool arrays of length n_pairs.
+    classes (differ). mode="random": i2 uniform over all images (what the authors' code ran; p_differ ignored).
+    Returns int64, int64, bool arrays of length n_pairs.
     """
     labels = np.asarray(labels)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -37,4 +39,6 @@ def sample_pairs(labels: np.ndarray, n_pairs: int, p_differ: float, seed: int, e
     r_diff = np.floor(u * (n - cnt)).astype(np.int64)
     pos_diff = np.where(r_diff < start[c], r_diff, r_diff + cnt)
     i2 = order[np.where(differ, pos_diff, pos_same)]
+    if mode == "random":
+        i2 = rng.integers(0, n, size=n_pairs)
     return i1.astype(np.int64), i2.astype(np.int64), labels[i1] == labels[i2]

@@ -22,6 +22,7 @@ def build_report(cfg_dict: dict, dataset: dict, stage1: dict, stage2: dict, stag
         "cluster_sizes": diag["cluster_sizes"],
         "factor_scores": diag["factor_scores"],
         "best_factor": diag.get("best_factor"),
+        "scorecard": stage2.get("scorecard"),
         "chosen_subspace": stage2["chosen_subspace"],
         "subspace_criterion": stage2["criterion"],
         "subspace_scores": stage2["subspace_scores"],
@@ -81,6 +82,24 @@ def render_markdown(r: dict) -> str:
                   "|---|---|---|---|---|"]
         for t in r["auxiliary_tasks"]:
             lines.append(f"| {t['task']} | {t['subspace']} | {t['n_classes']} | {t['nmi_principal_aux']:.4f} | {t['best_factor']} |")
+    card = r.get("scorecard")
+    if card:
+        from .scorecard import Scorecard
+
+        sc = Scorecard.from_dict(card)
+        sep = sc.principal_separation()
+        lines += ["", "## Stage 1 scorecard: which subspace holds which factor", "",
+                  f"kNN probe of every subspace (and of the whole latent) for each known factor, scored "
+                  f"(accuracy - majority) / (1 - majority): 0 = chance, 1 = perfect ({sc.n_fit} images to fit, "
+                  f"{sc.n_eval} to score). The principal factor should be high in alpha = subspace {sc.alpha} and low "
+                  f"elsewhere; the chosen subspace should hold one other factor.", "",
+                  f"![scorecard]({r.get('scorecard_png', 'discover/scorecard.png')})", ""]
+        lines += sc.markdown()
+        ratio = "inf" if sep["ratio"] == float("inf") else f"{sep['ratio']:.1f}"
+        lines += ["", f"Principal `{sc.principal}` in alpha: **{sep['in_alpha']:.3f}**; best other subspace "
+                  f"{sep['best_other']:.3f} (ratio {ratio})."]
+        if sc.skipped:
+            lines.append("Not factors: " + "; ".join(f"`{k}` ({v})" for k, v in sc.skipped.items()) + ".")
     lines += [
         "",
         "## Discovered auxiliary task (Table 3 style)",
@@ -98,11 +117,13 @@ def render_markdown(r: dict) -> str:
             mark = " (best match)" if f == r.get("best_factor") else ""
             lines.append(f"| {f}{mark} | {s['homogeneity']:.4f} | {s['completeness']:.4f} | {s['v_measure']:.4f} |")
         lines.append("")
-    lines += ["Per-subspace scores (l_dist: smaller is more disentangled; dot: |<s_j, s_alpha>|, closer to 0 wins):", "",
-              "| subspace | l_dist | dot | variance |", "|---|---|---|---|"]
+    lines += ["Per-subspace criteria (l_dist: smaller wins; dot: |<s_j, s_alpha>|, closer to 0 wins; cluster: "
+              "silhouette x (1 - NMI with the principal), larger wins):", "",
+              "| subspace | l_dist | dot | cluster | variance |", "|---|---|---|---|---|"]
     sc = r["subspace_scores"]
     for j in range(len(sc["variance"])):
-        lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {sc['variance'][j]:.4g} |")
+        cl = f"{sc['cluster'][j]:.4g}" if "cluster" in sc else "-"
+        lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {sc['variance'][j]:.4g} |")
     lines += ["", "## Stages", "", "| stage | wall time (s) | this run |", "|---|---|---|"]
     for name, s in r["stages"].items():
         lines.append(f"| {name} | {s['wall_time_s']} | {'reused' if s['reused'] else 'ran'} |")

@@ -27,11 +27,13 @@ def test_label_bench_small():
     assert out["n_points"] == 4000 and 0 <= out["ari_knn_vs_approximate"] <= 1 and out["knn_label_s"] > 0
 
 
+@pytest.mark.slow
 def test_ray_overhead_bench_small():
     out = _run("bench/ray_overhead.py", "--n-images", "500", "--image-size", "16", "--batch", "32")
     assert out["plain_epoch_s"] > 0 and out["ray_epoch_s"] > 0 and out["n_train_pairs"] > 0
 
 
+@pytest.mark.slow
 def test_stream_bench_small():
     out = _run("bench/stream.py", "--n", "600", "--pairs", "256", "--steps", "1")
     assert out["x1"]["n_images"] == 600 and out["x10"]["n_images"] == 6000

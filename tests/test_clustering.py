@@ -71,3 +71,17 @@ def test_subspace_choice_skips_principal_and_dead_subspaces():
     s[:, 1:] = 0
     with pytest.raises(SingleClusterError, match="dead"):
         choose_subspace(subspace_scores(s, y, 0, 1.0, 0.5, 0), "dot", 0, 0.01)
+
+
+def test_cluster_criterion_prefers_a_clustered_factor_unrelated_to_the_principal():
+    rng = np.random.default_rng(0)
+    n = 2000
+    y, hue = rng.integers(0, 4, n), rng.integers(0, 4, n)
+    s = np.zeros((n, 4, 2))
+    s[:, 0, 0] = y
+    s[:, 1, 0] = 0.001 * (y + 0.05 * rng.normal(size=n))  # the principal again, tiny: scale must not help it
+    s[:, 2] = rng.normal(size=(n, 2))  # no cluster structure
+    s[:, 3, 1] = 50.0 * (hue + 0.05 * rng.normal(size=n))  # a discrete nuisance factor
+    sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
+    assert choose_subspace(sc, "cluster", alpha=0, dead_frac=0.0) == 3
+    assert sc["cluster"][1] < 0.1 < sc["cluster"][3]  # the principal copy clusters well but is discounted

@@ -143,13 +143,14 @@ def test_format_streams_through_ray_data_into_stage1(ray_session, tmp_path, data
     table = pair_table(rows, src.principal, 64, 0.5, 0, 0, batch_size=16)
     d = cfg.disentangle
     size = cfg.data.image_size
-    model = DisentangleAE(size, d.k, d.latent_dim, d.arch)  # cars: the ResNet-18 feature-map autoencoder
+    model = DisentangleAE(size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes)  # cars: ResNet-18 map AE
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     steps = 0
     for batch in pair_stream(table, images, 0.25, 16).iter_batches(batch_size=16, batch_format="numpy"):
         assert batch["x1"].shape == (16, size, size, 3) and batch["x1"].dtype == np.uint8
         x1, x2 = to_float_images(torch.from_numpy(batch["x1"])), to_float_images(torch.from_numpy(batch["x2"]))
-        loss, _, _ = detaux_loss(model, x1, x2, torch.from_numpy(batch["same"]), beta_schedule(d.epochs - 1, d), d)
+        y1, y2 = torch.from_numpy(batch["y1"]).long(), torch.from_numpy(batch["y2"]).long()
+        loss, _, _ = detaux_loss(model, x1, x2, torch.from_numpy(batch["same"]), beta_schedule(d.epochs - 1, d), d, y1=y1, y2=y2)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -219,6 +220,7 @@ def test_missing_path_and_unsafe_pickle(tmp_path):
         build_source(cfg.data, 0)
 
 
+@pytest.mark.slow
 def test_parquet_runs_the_whole_pipeline_streamed(ray_session, tmp_path, capsys):
     import json
     import sys
@@ -239,3 +241,19 @@ def test_parquet_runs_the_whole_pipeline_streamed(ray_session, tmp_path, capsys)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["dataset"]["name"] == "parquet" and report["dataset"]["n_test"] == 24
     assert report["n_aux_classes"] == 3 and 0.0 <= report["mtl_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "faces", "cifar10", "svhn", "parquet", "shapes3d"])
+def test_native_ids_are_the_datasets_own_identifiers(tmp_path, dataset):
+    _, src = source_for(dataset, tmp_path)
+    rows = np.arange(len(src))
+    ids = src.native_ids(rows)
+    assert len(ids) == len(src)
+    if dataset in ("imagefolder", "faces"):  # the file path relative to the root
+        assert all(isinstance(i, str) and not i.startswith("/") and i.lower().endswith((".png", ".jpg", ".jpeg")) for i in ids)
+        assert len(set(ids)) == len(ids)
+    elif dataset in ("cifar10", "svhn"):  # the index within its file: restarts at 0 in each file
+        n_files = 6 if dataset == "cifar10" else 2  # data_batch_1..5 + test_batch; train + test .mat
+        assert ids.min() == 0 and (ids == 0).sum() == n_files and ids.max() < len(src) // n_files * 2
+    else:  # parquet: the table row; shapes3d: the combination index (its row in 3dshapes.h5)
+        assert ids.tolist() == src.ids.tolist()

@@ -58,6 +58,7 @@ def ray_head():
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_the_pipeline(ray_head, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"

@@ -13,8 +13,9 @@ def test_sparsity_zero_for_disjoint_supports_positive_otherwise():
     disjoint = torch.tensor([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, -3.0]]])  # (B=1, k=3, d=3)
     assert losses.sparsity_loss(disjoint).item() == 0.0
     overlap = torch.tensor([[[1.0, 1.0, 0], [0, 2.0, 0], [0, 0, 3.0]]])
-    # s_0 * (s_1 + s_2) = [0, 2, 0]; s_1 * (s_0 + s_2) = [0, 2, 0]; s_2 * (s_0 + s_1) = 0  -> 4
-    assert losses.sparsity_loss(overlap).item() == pytest.approx(4.0)
+    # s_0 * (s_1 + s_2) = [0, 2, 0]; s_1 * (s_0 + s_2) = [0, 2, 0]; s_2 * (s_0 + s_1) = 0: summed over the
+    # subspaces [0, 4, 0], then the mean over the image and its 3 coordinates (the authors' reduction) -> 4/3
+    assert losses.sparsity_loss(overlap).item() == pytest.approx(4.0 / 3.0)
 
 
 def test_oracle_principal_when_labels_differ_farthest_other_when_equal():
@@ -36,7 +37,8 @@ def test_distance_loss_pulls_and_pushes():
     s2 = torch.tensor([[[0.3], [2.0]]])
     lam = torch.tensor([[1.0, 0.0]])  # push subspace 0 (delta 0.3 < m = 1), pull subspace 1 (delta 2)
     value = losses.distance_loss(s1, s2, lam, margin=1.0)
-    assert value.item() == pytest.approx((1 - 0.3) ** 2 + 2.0**2, rel=1e-5)
+    # mean over (pair, subspace): (push (1 - 0.3)^2 in subspace 0 + pull 2^2 in subspace 1) / 2
+    assert value.item() == pytest.approx(((1 - 0.3) ** 2 + 2.0**2) / 2, rel=1e-5)
     s2 = s2.clone().requires_grad_(True)
     losses.distance_loss(s1, s2, lam, margin=1.0).backward()
     assert s2.grad[0, 0, 0] < 0  # descending the loss moves the pushed pair apart (0.3 grows)
@@ -76,9 +78,52 @@ def test_reg_carries_a_gradient_and_is_zero_when_balanced():
     assert s1.grad.abs().sum() > 0  # the authors' code detached lam here
 
 
-def test_reconstruction_is_summed_squared_error():
+def test_reconstruction_is_the_mean_squared_error():
     x = torch.zeros(2, 3, 4, 4)
-    assert losses.reconstruction_loss(x, x + 0.5).item() == pytest.approx(0.25 * 48)
+    x_rec = x.clone()
+    x_rec[0, 0, 0, 0] = 2.0  # one pixel value off by 2 among 96
+    assert losses.reconstruction_loss(x, x_rec).item() == pytest.approx(4.0 / 96)
+
+
+def test_distance_loss_differing_pairs_and_relative_distances():
+    s1 = torch.zeros(2, 2, 1)
+    s2 = torch.tensor([[[3.0], [2.0]], [[0.5], [1.0]]])
+    lam = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    same = torch.tensor([False, True])
+    # pair 0 differs: pushed in subspace 0 (3 > m = 1: 0); pair 1 is the same class: pushed in subspace 1
+    # ((1 - 1)^2 = 0). Pulls: `all` (the paper) pulls pair 0 in subspace 1 (2^2) and pair 1 in subspace 0 (0.5^2);
+    # `same` only pair 1 there; `principal` pulls same-label pairs in alpha = 0 only and differing pairs elsewhere.
+    def value(pulls):
+        return losses.distance_loss(s1, s2, lam, 1.0, losses.pull_weights(lam, same, 0, pulls)).item()
+
+    assert value("all") == pytest.approx((0.25 + 4.0) / 4)
+    assert value("same") == pytest.approx(0.25 / 4)
+    assert value("principal") == pytest.approx((0.25 + 4.0) / 4)
+    assert losses.pull_weights(lam, same, 0, "principal").tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert losses.distance_loss(s1, s2, lam, 1.0).item() == pytest.approx(value("all"))  # the default is the paper's
+    # relative: distances over each subspace's batch spread, so scaling the whole latent changes nothing
+    a = losses.distance_loss(s1, s2, lam, 1.0, relative=True)
+    b = losses.distance_loss(10 * s1, 10 * s2, lam, 1.0, relative=True)
+    assert a.item() == pytest.approx(b.item(), rel=1e-5) and a.item() > 0
+    spread = losses.mean_pairwise_sq_distance(torch.cat([s1, s2]))  # 4 points per subspace
+    pts = torch.tensor([0.0, 0.0, 3.0, 0.5])
+    assert spread[0].item() == pytest.approx(((pts[:, None] - pts[None]) ** 2).mean().item())
+
+
+def test_consistency_and_balance_are_means():
+    assert losses.consistency_loss(torch.zeros(2, 4), torch.ones(2, 4)).item() == pytest.approx(1.0)
+    lam = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 4)  # every pick on subspace 0 of k = 4
+    expected = ((1 - 0.25) ** 2 + 3 * 0.25**2) / 4
+    assert losses.oracle_balance_loss(lam).item() == pytest.approx(expected)
+
+
+def test_principal_loss_is_cross_entropy_over_both_images():
+    logits = torch.tensor([[10.0, 0.0], [0.0, 10.0], [10.0, 0.0], [10.0, 0.0]])
+    y1, y2 = torch.tensor([0, 1]), torch.tensor([0, 1])  # rows 0-1 are x1, rows 2-3 are x2: the last is wrong
+    value = losses.principal_loss(logits, y1, y2).item()
+    wrong = -torch.log_softmax(torch.tensor([10.0, 0.0]), 0)[1].item()
+    right = -torch.log_softmax(torch.tensor([10.0, 0.0]), 0)[0].item()
+    assert value == pytest.approx((3 * right + wrong) / 4, rel=1e-5)
 
 
 def test_beta_schedule():
@@ -94,10 +139,20 @@ def test_full_objective_backpropagates_and_traversal_shape():
     cfg = DisentangleConfig(k=4, latent_dim=6, epochs=4)
     model = DisentangleAE(16, cfg.k, cfg.latent_dim)
     x1, x2 = torch.rand(5, 3, 16, 16), torch.rand(5, 3, 16, 16)
-    loss, terms, lam = detaux_loss(model, x1, x2, torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool), beta_schedule(3.5, cfg), cfg)
+    paper = DisentangleConfig(k=4, latent_dim=6, epochs=4, variant="paper")
+    loss, terms, lam = detaux_loss(model, x1, x2, torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool), beta_schedule(3.5, paper), paper)
     assert set(terms) == {"rec", "dist", "spar", "reg", "cons"} and lam.shape == (5, 4)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    # the default adds the principal head on s_alpha, which needs the labels and a model with the head
+    with_head = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=3)
+    y1, y2 = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 2, 2, 1, 1])
+    loss, terms, _ = detaux_loss(with_head, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg, y1=y1, y2=y2)
+    assert "prin" in terms
+    loss.backward()
+    assert with_head.principal_head[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="principal"):
+        detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg)
     assert latent_traversal(model, x1[0], x2[0], steps=6).shape == (4 * 6, 3, 16, 16)
 
 
@@ -110,3 +165,31 @@ def test_batched_projectors_match_a_loop_over_mlps():
         assert torch.allclose(out[:, i], ref, atol=1e-6)
     idx = torch.tensor([0, 1, 2, 0, 1, 2, 0])
     assert torch.allclose(proj.project_one(z, idx), out[torch.arange(7), idx], atol=1e-6)
+
+
+def test_adversary_classifiers_learn_on_detached_subspaces_and_confusion_moves_only_the_subspaces():
+    from detaux_ray.models import SubspaceClassifiers
+
+    torch.manual_seed(0)
+    heads = SubspaceClassifiers(2, 3, 4)
+    s = torch.randn(8, 2, 3, requires_grad=True)
+    y1, y2 = torch.randint(0, 4, (4,)), torch.randint(0, 4, (4,))
+    adv = losses.adversary_loss(heads(s.detach()), y1, y2)
+    logits = heads(s.detach())  # mean cross-entropy over both subspaces and both images of every pair
+    manual = torch.stack([torch.nn.functional.cross_entropy(logits[j], torch.cat([y1, y2])) for j in range(2)]).mean()
+    assert adv.item() == pytest.approx(manual.item(), rel=1e-6)
+    conf = losses.confusion_loss(heads(s, frozen=True))
+    conf.backward()
+    assert s.grad.abs().sum() > 0 and heads.w.grad is None  # the encoder side never trains the classifiers
+    # the confusion loss is smallest, log C, when the prediction is uniform
+    assert losses.confusion_loss(torch.zeros(2, 8, 4)).item() == pytest.approx(math.log(4))
+    assert losses.confusion_loss(torch.tensor([[[5.0, 0, 0, 0]]])).item() > math.log(4)
+
+
+def test_swap_plan_samples_a_fraction_of_the_pairs():
+    from detaux_ray.disentangle import swap_plan
+
+    rows, idx = swap_plan(64, 5, 1, "cpu", fraction=0.25)
+    assert len(rows) == len(idx) == 16 and len(set(rows.tolist())) == 16 and int(idx.max()) < 5
+    rows, idx = swap_plan(8, 3, 3, "cpu")  # every subspace of every pair
+    assert rows.tolist() == [r for r in range(8) for _ in range(3)] and idx.tolist() == [0, 1, 2] * 8

@@ -154,7 +154,7 @@ def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     from detaux_ray.models import MapProjectors
 
     d = load_config("quick", ["disentangle.k=3", "disentangle.latent_dim=4"]).disentangle
-    model = DisentangleAE(64, 3, 4, arch="resnet18")
+    model = DisentangleAE(64, 3, 4, arch="resnet18", n_principal=2)
     assert model.latent_dim == 4 * 2 * 2 and isinstance(model.projectors, MapProjectors)
     x1, x2 = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
     s, rec = model(x1)
@@ -165,9 +165,10 @@ def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     one = torch.relu(torch.einsum("c,ce->e", z.view(4, 4, 4)[0, :, 2], p.w1[1]) + p.b1[1]) @ p.w2[1] + p.b2[1]
     assert torch.allclose(s.view(4, 3, 4, 4)[0, 1, :, 2], one, atol=1e-5)
     assert torch.allclose(p.project_one(z, torch.tensor([1, 0, 2, 1])), s[torch.arange(4), torch.tensor([1, 0, 2, 1])], atol=1e-5)
-    loss, terms, _ = detaux_loss(model, x1, x2, torch.tensor([True, False, True, False]), beta_schedule(d.epochs - 1, d), d)
+    y1, y2 = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 0, 0])
+    loss, terms, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(d.epochs - 1, d), d, y1=y1, y2=y2)
     loss.backward()
-    assert torch.isfinite(loss) and set(terms) >= {"rec", "dist", "spar", "cons", "reg"}
+    assert torch.isfinite(loss) and set(terms) >= {"rec", "prin", "dist", "spar", "cons", "reg"}
     assert model.encoder.trunk[0].weight.grad is not None and model.projectors.w1.grad is not None
     with pytest.raises(ValueError, match="multiples of 32"):
         DisentangleAE(48, 3, 4, arch="resnet18")

@@ -39,6 +39,7 @@ def scalars(tb_dir, tag):
     return steps, tags
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert run(run_dir, "debug.nan_epoch=1") == 5
@@ -58,15 +59,26 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert 0.0 <= report["stl_accuracy"] <= 1.0 and report["n_aux_classes"] == 4
     assert set(report["factor_scores"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     assert all(set(v) >= {"homogeneity", "completeness"} for v in report["factor_scores"].values())
-    assert report["subspace_criterion"] == "l_dist" and report["chosen_subspace"] in (1, 2)
-    assert (run_dir / "report.md").read_text().startswith("# Detaux run report")
-    for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet",
-              "discover/diagnostics.json", "mtl/results.json"):
+    assert report["subspace_criterion"] == "cluster" and report["chosen_subspace"] in (1, 2)
+    md = (run_dir / "report.md").read_text()
+    assert md.startswith("# Detaux run report") and "## Stage 1 scorecard" in md and "![scorecard](scorecard.png)" in md
+    for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet", "discover/subspaces.parquet",
+              "discover/diagnostics.json", "discover/scorecard.png", "scorecard.png", "mtl/results.json"):
         assert (run_dir / f).is_file(), f
+    card = report["scorecard"]  # every subspace (and the whole latent) x the principal and every hidden factor
+    assert card["rows"] == ["0", "1", "2", "all"] and card["factors"][0] == "scale"
+    assert set(card["factors"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+    assert all(-1.0 <= v <= 1.0 for row in card["scores"] for v in row)
+    sub = pq.read_table(run_dir / "discover" / "subspaces.parquet")
+    lab = pq.read_table(run_dir / "discover" / "labels.parquet")
+    assert sub.column_names == ["id", "subspace_0", "subspace_1", "subspace_2"] and sub.num_rows == lab.num_rows
+    assert sub.column("id").to_pylist() == lab.column("id").to_pylist()  # shapes: the combination index
+    assert sub.schema.field("subspace_1").type.list_size == 10
     steps, tags = scalars(run_dir / "tensorboard" / "disentangle", "loss/total")
     assert sorted(steps) == [0, 1]  # epoch 0 from the first run, epoch 1 from the resumed one: nothing redone
-    assert {"loss/rec", "loss/dist", "loss/spar", "loss/cons", "loss/reg", "beta/beta1", "oracle/pick_subspace_0",
-            "reconstruction", "latent_traversal"} <= tags
+    assert {"loss/rec", "loss/prin", "loss/dist", "loss/spar", "loss/cons", "loss/reg", "beta/beta1",
+            "oracle/pick_subspace_0", "reconstruction", "latent_traversal", "scorecard/principal_in_alpha",
+            "scorecard/scale/subspace_0", "scorecard/wall_hue/subspace_2"} <= tags
     _, mtl_tags = scalars(run_dir / "tensorboard" / "mtl", "")
     assert {"stl/test_principal_accuracy", "hps/test_principal_accuracy"} <= mtl_tags
     labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()

@@ -73,6 +73,7 @@ def test_absent_dataset_says_how_to_provide_it(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_tune_resume_reuse_and_export(ray_session, tmp_path, capsys):
     spec = write_spec(tmp_path / "tiny.yaml")
     run_dir = tmp_path / "tune"

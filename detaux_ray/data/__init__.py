@@ -62,6 +62,16 @@ class ImageSource:
             return ShapesRenderer(self.image_size, self.noise, self.noise_seed).render(self.ids[rows])
         raise DataError(f"no image reader for dataset '{self.name}'")
 
+    def native_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The dataset's own identifier of each row: the combination index (shapes, shapes3d), the file path
+        relative to the root (imagefolder, faces, cars), the table row (parquet), the index within its file
+        (CIFAR-10, SVHN)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = self.ids[rows] if self.ids is not None else rows
+        if self.reader is not None and hasattr(self.reader, "native_ids"):
+            return self.reader.native_ids(ids)
+        return ids
+
     @property
     def nbytes(self) -> int:
         return len(self) * self.image_size * self.image_size * 3

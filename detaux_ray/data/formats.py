@@ -145,6 +145,11 @@ class CifarReader:
     size: int
     resize: str
 
+    def native_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The index of each row within its file (the dataset's own identifier)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows - np.asarray(self.offsets)[np.searchsorted(self.offsets, rows, side="right") - 1]
+
     def read(self, rows: np.ndarray) -> np.ndarray:
         fs, root = filesystem(self.path)
         rows = np.asarray(rows, dtype=np.int64)
@@ -220,6 +225,11 @@ class SvhnReader:
     offsets: list[int]
     size: int
     resize: str
+
+    def native_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The index of each row within its file (the dataset's own identifier)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows - np.asarray(self.offsets)[np.searchsorted(self.offsets, rows, side="right") - 1]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
@@ -313,6 +323,10 @@ class FileReader:
     files: list[str]  # relative to path, one per row
     size: int
     resize: str
+
+    def native_ids(self, rows: np.ndarray) -> np.ndarray:
+        """The file path of each row relative to the dataset root."""
+        return np.asarray([self.files[r] for r in np.asarray(rows, dtype=np.int64)], dtype=object)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         fs, root = filesystem(self.path)

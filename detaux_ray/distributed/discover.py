@@ -19,8 +19,7 @@ class Embedder:
                  amp: str = "none"):
         state = ray.get(state_ref[0])  # refs in constructor args are not resolved by Ray Data
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = DisentangleAE(image_size, k, latent_dim, arch).to(self.device, memory_format=torch.channels_last)
-        self.model.load_state_dict(state)
+        self.model = DisentangleAE.from_state(state, image_size, k, latent_dim, arch).to(self.device, memory_format=torch.channels_last)
         self.model.eval()
         self.cache, self.amp = cache, amp
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..data import ImageSource, build_source
 from ..discovery import auxiliary_tasks, diagnostics, rank_subspaces, subspace_scores
 from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
+from ..scorecard import heatmap, scorecard
 from . import train_disentangle, train_mtl
 from .discover import embed
 from .streams import ImageCache, SourceImages, images_for
@@ -93,6 +95,12 @@ class Pipeline:
                    "n_train": len(src.train_rows()), "n_val": len(src.val_rows()), "n_test": len(src.test_rows()),
                    "image_size": src.image_size}
         report = build_report(self.cfg.to_dict(), dataset, s1, s2, s3, self.stages)
+        png = self.stage_dir("discover") / "scorecard.png"
+        if png.is_file():  # beside report.md, which shows it
+            tmp = self.run_dir / ".scorecard.png.tmp"
+            shutil.copyfile(png, tmp)
+            os.replace(tmp, self.run_dir / "scorecard.png")
+            report["scorecard_png"] = "scorecard.png"
         write_report(self.run_dir, report)
         _say(f"report: {self.run_dir / 'report.md'}")
         return report
@@ -126,11 +134,21 @@ class Pipeline:
         rows = self.source.train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
-                                    self.run_dir)
+                                    self.run_dir, probe=self._probe())
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
         return {"model": "model.pt", "epochs": res["epoch"] + 1, "steps": res["steps"], "metrics": res["metrics"],
                 "architecture": {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim}}
+
+    def _probe(self) -> dict:
+        """A seeded sample of training images for the TensorBoard scorecard (at most ~256 MB of pixels)."""
+        src, d = self.source, self.cfg.disentangle
+        rows = src.train_rows()
+        cap = max(64, (256 << 20) // (3 * src.image_size ** 2))
+        n = min(len(rows), d.scorecard_images, cap)
+        pick = np.sort(np.random.default_rng([self.cfg.seed, 19]).choice(rows, n, replace=False))
+        return {"rows": pick, "principal_name": src.principal_name, "principal": src.principal[pick],
+                "factors": {f: v[pick] for f, v in src.factors.items()}}
 
     # Stage 2 ----------------------------------------------------------------------------------------------
     def _embed(self, state: dict) -> np.ndarray:
@@ -156,9 +174,9 @@ class Pipeline:
         rows = src.train_rows()
         s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
         principal = src.principal[rows]
-        scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed)
+        scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
         chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
-        columns = {"row": rows, "id": src.ids[rows] if src.ids is not None else rows, "principal": principal}
+        columns = {"row": rows, "id": src.native_ids(rows), "principal": principal}
         tasks = []
         for task, j in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
             result, diag = self._cluster(s[:, j], f"{task}: subspace {j} (criterion {disc.criterion})")
@@ -169,11 +187,18 @@ class Pipeline:
         emb = s[:, chosen[0]].astype(np.float32)
         pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
                        out / "embeddings.parquet")
+        pq.write_table(subspaces_table(columns["id"], s), out / "subspaces.parquet")
+        card = scorecard(s, src.principal_name, principal, {f: v[rows] for f, v in src.factors.items()},
+                         d.principal_subspace, cfg.seed)
+        heatmap(card, out / "scorecard.png", title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)")
+        sep = card.principal_separation()
+        _say(f"scorecard: principal '{src.principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
+             + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in chosen))
         first = tasks[0]
         info = {"chosen_subspace": first["subspace"], "criterion": disc.criterion, "clusterer": first["clusterer"],
                 "clusterer_params": first["clusterer_params"], "has_noise_label": first["has_noise_label"],
                 "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": first["diagnostics"],
-                "auxiliary_tasks": tasks}
+                "auxiliary_tasks": tasks, "scorecard": card.to_dict(), "scorecard_png": "scorecard.png"}
         write_json(out / "diagnostics.json", info)
         return info
 
@@ -236,7 +261,7 @@ class Pipeline:
         """Paper Sec. 5.3: the same autoencoder trained on L_rec alone (warm-up for every epoch: no oracle, no
         disentangling terms); its latent sum_i s_i (the decoder's input) is clustered and mtl.model trained on it."""
         cfg, src = self.cfg, self.source
-        ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0))
+        ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0, w_principal=0.0))
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
         res = train_disentangle.run(ae_cfg, src.train_rows(), src.principal, self.cache,
                                     self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir)
@@ -249,6 +274,15 @@ class Pipeline:
         fit = self._fit(cfg, cfg.mtl.model, train, n, "mtl_entangled", "entangled")
         fit["labels"] = "entangled autoencoder"
         return {"result": fit, "diagnostics": diag, "clusterer": result.method, "ae_steps": res["steps"]}
+
+
+def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
+    """`id` plus subspace_0 .. subspace_{k-1}, each a fixed-size list of d float32 (every training image)."""
+    n, k, d = s.shape
+    cols = {"id": ids}
+    for i in range(k):
+        cols[f"subspace_{i}"] = pa.FixedSizeListArray.from_arrays(pa.array(s[:, i].astype(np.float32).reshape(-1)), d)
+    return pa.table(cols)
 
 
 def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:

@@ -86,7 +86,8 @@ def gather(cache: ImageCache | SourceImages, rows: np.ndarray) -> np.ndarray:
 
 
 def _gather_pairs(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
-    return {"x1": gather(cache, batch["i1"]), "x2": gather(cache, batch["i2"]), "same": batch["same"]}
+    return {"x1": gather(cache, batch["i1"]), "x2": gather(cache, batch["i2"]), "same": batch["same"],
+            "y1": batch["y1"], "y2": batch["y2"]}
 
 
 def _gather_rows(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
@@ -96,15 +97,17 @@ def _gather_rows(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, n
 
 
 def pair_table(train_rows: np.ndarray, principal: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int,
-               rank: int = 0, world_size: int = 1, batch_size: int = 1) -> pa.Table:
-    """This rank's share of epoch `epoch`'s pairs (i1, i2 are dataset rows), the same for every rank count split.
+               rank: int = 0, world_size: int = 1, batch_size: int = 1, mode: str = "oracle_prob") -> pa.Table:
+    """This rank's share of epoch `epoch`'s pairs (i1, i2 are dataset rows; y1, y2 their principal labels), the
+    same for every rank count split.
 
     Every rank gets the same number of whole batches, so DDP ranks take the same number of steps.
     """
-    p1, p2, same = sample_pairs(principal[train_rows], n_pairs, p_differ, seed, epoch)
+    p1, p2, same = sample_pairs(principal[train_rows], n_pairs, p_differ, seed, epoch, mode)
     per_rank = (n_pairs // world_size) // batch_size * batch_size
     sl = slice(rank, rank + per_rank * world_size, world_size)
-    return pa.table({"i1": train_rows[p1[sl]], "i2": train_rows[p2[sl]], "same": same[sl]})
+    i1, i2 = train_rows[p1[sl]], train_rows[p2[sl]]
+    return pa.table({"i1": i1, "i2": i2, "same": same[sl], "y1": principal[i1], "y2": principal[i2]})
 
 
 def table_dataset(table: pa.Table) -> ray.data.Dataset:
@@ -115,7 +118,7 @@ def table_dataset(table: pa.Table) -> ray.data.Dataset:
 
 
 def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int) -> ray.data.Dataset:
-    """(x1, x2, same) batches gathered from the cache by Ray Data tasks."""
+    """(x1, x2, same, y1, y2) batches gathered from the cache by Ray Data tasks."""
     return table_dataset(table).map_batches(
         _gather_pairs, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
 

@@ -22,6 +22,7 @@ from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
 from ..errors import NonFiniteLossError
 from ..models import DisentangleAE, autocast, set_torch_threads, to_device, to_float_images
+from ..scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state
 from .faults import maybe_kill
 from .streams import gather, pair_stream, pair_table
@@ -38,7 +39,9 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
 
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch).to(device, memory_format=torch.channels_last)
+    n_principal = config["n_principal"] if d.formulation()[0] > 0 else 0
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal,
+                          n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     start_epoch, global_step = 0, 0
     state = load_resume_state(ray.train.get_checkpoint())
@@ -51,7 +54,11 @@ def train_loop_per_worker(config: dict) -> None:
     train_rows, principal, cache = config["train_rows"], config["principal"], config["cache"]
     n_pairs = d.pairs_per_epoch or len(train_rows)
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
-    fixed = torch.from_numpy(gather(cache, train_rows[:8])) if rank == 0 else None
+    # 8 images spread over the data for the reconstruction / traversal grids (the first rows are near-identical).
+    spread_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(train_rows, min(8, len(train_rows)), replace=False))
+    fixed = torch.from_numpy(gather(cache, spread_rows)) if rank == 0 else None
+    probe = config.get("probe") if rank == 0 and d.scorecard_every > 0 else None
+    probe_images = gather(cache, probe["rows"]) if probe else None
     if writer and start_epoch:
         print(f"[disentangle] resuming from epoch {start_epoch}")
 
@@ -61,7 +68,7 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, d.epochs):
         t_epoch = time.time()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
-        table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size)
+        table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size, d.pair_mode)
         steps = max(1, table.num_rows // d.batch_size)
         sums: dict[str, torch.Tensor] = {}
         picks = torch.zeros(d.k, device=device)
@@ -72,8 +79,9 @@ def train_loop_per_worker(config: dict) -> None:
             x1 = to_float_images(to_device(torch.from_numpy(batch["x1"]), device))
             x2 = to_float_images(to_device(torch.from_numpy(batch["x2"]), device))
             same = to_device(torch.from_numpy(batch["same"]), device)
+            y1, y2 = (to_device(torch.from_numpy(batch[y]).long(), device) for y in ("y1", "y2"))
             with autocast(device, res.amp):
-                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d)
+                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
@@ -101,6 +109,8 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
+                if probe and ((epoch + 1) % d.scorecard_every == 0 or epoch == d.epochs - 1):
+                    metrics.update(_log_scorecard(writer, model, probe, probe_images, device, epoch, cfg))
                 save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                                                       "step": global_step})
                 checkpoint = Checkpoint.from_directory(tmp)
@@ -131,15 +141,38 @@ def _log_epoch(writer: SummaryWriter, model: DisentangleAE, fixed: torch.Tensor,
     writer.flush()
 
 
+def _log_scorecard(writer: SummaryWriter, model: DisentangleAE, probe: dict, images: np.ndarray, device, epoch: int,
+                   cfg: Config) -> dict:
+    """The scorecard on the probe images: one scalar per (factor, subspace) and the heatmap, so the curve shows."""
+    model.eval()
+    with torch.no_grad():
+        s = np.concatenate([model.subspaces(to_float_images(to_device(torch.from_numpy(images[i:i + 512]), device))).float().cpu().numpy()
+                            for i in range(0, len(images), 512)])
+    model.train()
+    card = scorecard(s, probe["principal_name"], probe["principal"], probe["factors"], cfg.disentangle.principal_subspace,
+                     cfg.seed, n_fit=len(s) // 2, n_eval=len(s) - len(s) // 2)
+    for f_i, factor in enumerate(card.factors):
+        for r_i, row in enumerate(card.rows):
+            writer.add_scalar(f"scorecard/{factor}/subspace_{row}", float(card.scores[r_i, f_i]), epoch)
+    sep = card.principal_separation()
+    writer.add_scalar("scorecard/principal_in_alpha", sep["in_alpha"], epoch)
+    writer.add_scalar("scorecard/principal_best_other", sep["best_other"], epoch)
+    writer.add_figure("scorecard", heatmap(card, title=f"stage 1, epoch {epoch + 1}"), epoch)
+    return {"scorecard/principal_in_alpha": sep["in_alpha"], "scorecard/principal_best_other": sep["best_other"]}
+
+
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        status_dir: Path) -> dict:
-    """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics."""
+        status_dir: Path, probe: dict | None = None) -> dict:
+    """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics.
+
+    probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
     res = cfg.resources
     raise_if_diverged(status_dir, clear=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
-                           "tb_dir": str(tb_dir), "status_dir": str(status_dir)},
+                           "tb_dir": str(tb_dir), "status_dir": str(status_dir), "probe": probe,
+                           "n_principal": int(principal.max()) + 1},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name=f"disentangle-{cfg.stage_hash('disentangle')}", storage_path=str(storage),

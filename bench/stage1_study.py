@@ -1,0 +1,166 @@
+"""Stage-1 study harness: plain PyTorch (no Ray) on a preset's data, scored on the scorecard.
+
+Trains the stage-1 model exactly as the Ray stage does (same core: pairs, objective, schedule), takes the
+scorecard (kNN probe of every subspace x known factor) every `--every` epochs, and at the end runs discovery
+with every subspace criterion (KMeans++ on the chosen subspace; homogeneity / completeness per factor, NMI with
+the principal labels). One JSON row per run, so variants can be compared one change at a time:
+
+    python bench/stage1_study.py --name head --set disentangle.w_principal=1 --out bench/results/stage1/head.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detaux_ray.clustering import cluster  # noqa: E402
+from detaux_ray.config import CRITERIA, load_config  # noqa: E402
+from detaux_ray.data import build_source  # noqa: E402
+from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, detaux_loss  # noqa: E402
+from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
+from detaux_ray.pairs import sample_pairs  # noqa: E402
+from detaux_ray.scorecard import scorecard  # noqa: E402
+
+
+@torch.no_grad()
+def embed(model: DisentangleAE, images: np.ndarray, batch: int = 1024) -> np.ndarray:
+    model.eval()
+    out = [model.subspaces(to_float_images(torch.from_numpy(images[i:i + batch]))).numpy() for i in range(0, len(images), batch)]
+    model.train()
+    return np.concatenate(out)
+
+
+def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
+    s = embed(model, images)
+    factors = {f: v[rows] for f, v in src.factors.items() if f != src.principal_name}
+    card = scorecard(s, src.principal_name, src.principal[rows], factors, cfg.disentangle.principal_subspace, cfg.seed,
+                     n_fit=3000 if full else 1500, n_eval=2000 if full else 1000)
+    out = {"scorecard": card.to_dict(), "variance": (2 * ((s - s.mean(0)) ** 2).sum(-1).mean(0) / 2).round(5).tolist()}
+    if not full:
+        return out
+    d, disc = cfg.disentangle, cfg.discover
+    scores = subspace_scores(s, src.principal[rows], d.principal_subspace, d.margin, d.oracle_prob, cfg.seed,
+                             n_clusters=disc.n_clusters)
+    out["subspace_scores"] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
+    out["discovery"] = {}
+    for crit in CRITERIA:
+        j = choose_subspace(scores, crit, d.principal_subspace, disc.dead_subspace_frac)
+        res = cluster(s[:, j], disc, cfg.seed)
+        diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
+        best = diag.get("best_factor")
+        fs = diag["factor_scores"].get(best, {})
+        out["discovery"][crit] = {"subspace": j, "best_factor": best, "homogeneity": round(fs.get("homogeneity", 0), 4),
+                                  "completeness": round(fs.get("completeness", 0), 4),
+                                  "nmi_principal_aux": round(diag["nmi_principal_aux"], 4), "n_clusters": diag["n_aux_classes"],
+                                  "subspace_best_probe": card.best_factor(j)}
+    return out
+
+
+def table(paths: list[str]) -> str:
+    """Markdown table of finished runs (JSON rows): the scorecard targets and each criterion's discovery."""
+    lines = ["| run | changes vs quick preset | steps | principal in alpha | best other | best factor per subspace (probe) | "
+             "cluster: subspace -> factor H / C, NMI | l_dist | dot |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        f = r["final"]
+        card = f["scorecard"]
+        sep = card["principal_separation"]
+        best = []
+        for i, row in enumerate(card["scores"][:-1]):
+            j = int(np.argmax(row[1:])) + 1  # the best non-principal factor
+            best.append(f"{i}: {card['factors'][j]} {row[j]:.2f}")
+        disc = []
+        for crit in ("cluster", "l_dist", "dot"):
+            d = f["discovery"].get(crit)
+            disc.append(f"{d['subspace']} -> {d['best_factor']} {d['homogeneity']:.2f} / {d['completeness']:.2f}, "
+                        f"{d['nmi_principal_aux']:.3f}" if d else "-")
+        lines.append(f"| {r['name']} | {', '.join(o.split('.', 1)[1] for o in r['overrides']) or '-'} | {r['steps']} | "
+                     f"{sep['in_alpha']:.2f} | {sep['best_other']:.2f} | {'; '.join(best)} | " + " | ".join(disc) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--table"]:
+        print(table(sys.argv[2:]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--name", default="run")
+    ap.add_argument("--every", type=int, default=5, help="epochs between scorecards")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.preset, args.overrides)
+    d = cfg.disentangle
+    torch.manual_seed(cfg.seed)
+    src = build_source(cfg.data, cfg.seed)
+    rows = src.train_rows()
+    t0 = time.time()
+    images = src.images(rows)
+    print(f"[{args.name}] {len(rows)} images in {time.time() - t0:.1f}s", flush=True)
+    labels = torch.from_numpy(src.principal[rows])
+    w_principal = d.formulation()[0]
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes if w_principal > 0 else 0,
+                          n_adversary=d.w_adversary > 0)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    n_pairs = d.pairs_per_epoch or len(rows)
+    curve, step = [], 0
+    t_train = time.time()
+    for epoch in range(d.epochs):
+        p1, p2, same = sample_pairs(src.principal[rows], n_pairs, d.oracle_prob, cfg.seed, epoch, d.pair_mode)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009)
+        steps = n_pairs // d.batch_size
+        sums: dict[str, float] = {}
+        for b in range(steps):
+            sl = slice(b * d.batch_size, (b + 1) * d.batch_size)
+            x1 = to_float_images(torch.from_numpy(images[p1[sl]]))
+            x2 = to_float_images(torch.from_numpy(images[p2[sl]]))
+            betas = beta_schedule(epoch + b / steps, d)
+            loss, terms, _ = detaux_loss(model, x1, x2, torch.from_numpy(same[sl]), betas, d,
+                                         y1=labels[p1[sl]], y2=labels[p2[sl]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if not np.isfinite(float(loss.detach())):
+            raise SystemExit(f"[{args.name}] non-finite loss in epoch {epoch}")
+        msg = " ".join(f"{k}={v / steps:.4g}" for k, v in sums.items())
+        if (epoch + 1) % args.every == 0 or epoch == d.epochs - 1:
+            ev = evaluate(cfg, model, images, src, rows, full=epoch == d.epochs - 1)
+            sep = ev["scorecard"]["principal_separation"]
+            curve.append({"epoch": epoch + 1, "step": step, "time_s": round(time.time() - t_train, 1), **ev})
+            msg += f" | principal in alpha {sep['in_alpha']:.3f}, best other {sep['best_other']:.3f}"
+        print(f"[{args.name}] epoch {epoch + 1}/{d.epochs} {msg}", flush=True)
+    final = curve[-1]
+    row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "steps": step,
+           "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+           "date": time.strftime("%Y-%m-%d"), "final": final, "curve": curve}
+    for crit, r in final["discovery"].items():
+        print(f"[{args.name}] {crit}: subspace {r['subspace']} -> {r['best_factor']} H {r['homogeneity']:.3f} "
+              f"C {r['completeness']:.3f} NMI(principal) {r['nmi_principal_aux']:.3f}")
+    card = final["scorecard"]
+    print(f"[{args.name}] scorecard ({', '.join(card['factors'])}):")
+    for r, vals in zip(card["rows"], card["scores"]):
+        print(f"  {r:>4}: " + " ".join(f"{v:5.2f}" for v in vals))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
