@@ -8,6 +8,7 @@ from sklearn import metrics
 
 from .errors import SingleClusterError
 from .pairs import sample_pairs
+from .scorecard import is_identifier
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 
@@ -95,6 +96,8 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
         "factor_scores": {},
     }
     for name, values in (factors or {}).items():
+        if is_identifier(values):  # homogeneity against an id is trivially 1: never a "best match"
+            continue
         h, c, v = metrics.homogeneity_completeness_v_measure(values, aux)
         out["factor_scores"][name] = {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
     if out["factor_scores"]:

@@ -92,7 +92,7 @@ def factor_columns(principal_name: str, principal: np.ndarray, factors: dict[str
         uniq = np.unique(values[~_missing(values)]) if values.dtype.kind in "fc" else np.unique(values.astype(str))
         if len(uniq) < 2:
             skipped[name] = "a single value"
-        elif values.dtype.kind not in "fc" and len(uniq) > ID_FRACTION * n and len(uniq) > MAX_CATEGORIES:
+        elif is_identifier(values):
             skipped[name] = f"{len(uniq)} distinct values in {n} images: an identifier, not a factor"
         elif values.dtype.kind in "iuf" and len(uniq) > MAX_CATEGORIES:  # a measurement: deciles
             edges = np.nanquantile(values.astype(float), np.linspace(0, 1, 11)[1:-1])
@@ -100,6 +100,15 @@ def factor_columns(principal_name: str, principal: np.ndarray, factors: dict[str
         else:
             out[name] = _codes(values)
     return out, skipped
+
+
+def is_identifier(values: np.ndarray) -> bool:
+    """An integer or text column with about one value per image (a file name, an id): never a factor."""
+    values = np.asarray(values)
+    if values.dtype.kind in "fc":
+        return False
+    n_unique = len(np.unique(values.astype(str)))
+    return n_unique > ID_FRACTION * len(values) and n_unique > MAX_CATEGORIES
 
 
 def _missing(values: np.ndarray) -> np.ndarray:

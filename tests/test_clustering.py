@@ -85,3 +85,10 @@ def test_cluster_criterion_prefers_a_clustered_factor_unrelated_to_the_principal
     sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
     assert choose_subspace(sc, "cluster", alpha=0, dead_frac=0.0) == 3
     assert sc["cluster"][1] < 0.1 < sc["cluster"][3]  # the principal copy clusters well but is discounted
+
+
+def test_diagnostics_never_match_an_identifier_column():
+    rng = np.random.default_rng(0)
+    aux = rng.integers(0, 4, 500)
+    d = diagnostics(aux, rng.integers(0, 3, 500), {"file": np.array([f"img_{i}.png" for i in range(500)]), "hue": aux.copy()})
+    assert set(d["factor_scores"]) == {"hue"} and d["best_factor"] == "hue"
