@@ -44,9 +44,11 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
     quality = np.zeros(k)
     for i in range(k):
         x = s[sub, i].astype(np.float64)
-        if spread[i] <= 1e-12 or len(np.unique(x.round(6), axis=0)) <= n_clusters:
+        if spread[i] <= 1e-12 or len(np.unique(x.round(6), axis=0)) <= max(2, n_clusters):
             continue
-        lab = KMeans(n_clusters, n_init=2, random_state=seed).fit_predict(x)
+        lab = KMeans(max(2, n_clusters), n_init=2, random_state=seed).fit_predict(x)
+        if len(np.unique(lab)) < 2:  # no split at all: nothing to score
+            continue
         quality[i] = metrics.silhouette_score(x, lab) * (1.0 - metrics.normalized_mutual_info_score(principal_labels[sub], lab))
     return {"l_dist": l_dist, "dot": dot, "cluster": quality, "variance": spread / 2.0}
 

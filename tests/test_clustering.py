@@ -92,3 +92,10 @@ def test_diagnostics_never_match_an_identifier_column():
     aux = rng.integers(0, 4, 500)
     d = diagnostics(aux, rng.integers(0, 3, 500), {"file": np.array([f"img_{i}.png" for i in range(500)]), "hue": aux.copy()})
     assert set(d["factor_scores"]) == {"hue"} and d["best_factor"] == "hue"
+
+
+def test_cluster_criterion_with_one_cluster_asked_scores_two():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(300, 3, 2))
+    sc = subspace_scores(s, rng.integers(0, 2, 300), alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=1)
+    assert np.isfinite(sc["cluster"]).all()
