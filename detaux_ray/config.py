@@ -221,13 +221,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(exc, 'problem', None) or exc}{where}"
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content; ConfigError (not a traceback) when it cannot be read or parsed."""
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Preset YAML, then `section.key=value` overrides, validated into a Config."""
-    with open(preset_path(preset)) as fh:
-        values = yaml.safe_load(fh) or {}
+    values = read_yaml(preset_path(preset), "preset") or {}
     for item in overrides:
         keys, value = parse_override(item)
         node = values
@@ -241,70 +260,126 @@ def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = 
     return cfg
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric key's allowed interval; None = unbounded, `open_lo` / `open_hi` exclude the bound."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return ((self.lo is None or (v > self.lo if self.open_lo else v >= self.lo))
+                and (self.hi is None or (v < self.hi if self.open_hi else v <= self.hi)))
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.open_lo or self.lo is None else '['}{lo}, {hi}{')' if self.open_hi or self.hi is None else ']'}"
+
+
+_POS, _NONNEG, _UNIT, _FRAC = Range(0, open_lo=True), Range(0), Range(0, 1), Range(0, 1, open_hi=True)
+
+
+def _at_least(n: int) -> Range:
+    return Range(n)
+
+
+# The allowed range of every numeric key (a test checks that none is missing; docs/config.md is generated from it).
+RANGES: dict[str, Range] = {
+    "seed": _NONNEG,
+    "data.image_size": _at_least(8), "data.n_images": _NONNEG, "data.noise": _FRAC,
+    "data.val_frac": Range(0, 0.5, open_hi=True), "data.test_frac": Range(0, 1, True, True),
+    "disentangle.k": _at_least(2), "disentangle.latent_dim": _at_least(1), "disentangle.principal_subspace": _NONNEG,
+    "disentangle.epochs": _at_least(1), "disentangle.pairs_per_epoch": _NONNEG, "disentangle.batch_size": _at_least(2),
+    "disentangle.lr": _POS, "disentangle.weight_decay": _NONNEG, "disentangle.oracle_prob": _UNIT,
+    "disentangle.oracle_temperature": _POS, "disentangle.w_principal": _NONNEG, "disentangle.w_adversary": _NONNEG,
+    "disentangle.margin": _NONNEG, "disentangle.warmup_frac": _UNIT, "disentangle.beta_rise": _POS,
+    "disentangle.beta1_center": _UNIT, "disentangle.beta2_center": _UNIT, "disentangle.w_dist": _NONNEG,
+    "disentangle.w_spar": _NONNEG, "disentangle.w_cons": _NONNEG, "disentangle.w_reg": _NONNEG,
+    "disentangle.cons_swaps": _at_least(1), "disentangle.cons_fraction": Range(0, 1, open_lo=True),
+    "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
+    "disentangle.scorecard_images": _at_least(64),
+    "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
+    "discover.n_clusters": _at_least(1), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
+    "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
+    "discover.n_auxiliary": _at_least(1),
+    "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
+    "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,
+    "mtl.auxiliary_weight": _NONNEG,
+    "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
+    "resources.torch_threads": _NONNEG, "resources.max_failures": _NONNEG,
+    "debug.nan_epoch": _at_least(-1),
+}
+
+# The allowed values of every key that names a choice (for list keys: of each item), written once.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.resize": ("none", "resize", "center_crop"),
+    "data.cache": ("auto", "memory", "stream"),
+    "disentangle.arch": ("conv", "resnet18"),
+    "disentangle.variant": ("detaux", "paper"),
+    "disentangle.pulls": ("all", "same", "principal"),
+    "disentangle.pair_mode": ("oracle_prob", "random"),
+    "discover.criterion": CRITERIA,
+    "discover.clusterer": ("hdbscan", "kmeans", "kmeans++", "meanshift"),
+    "discover.backend": ("auto", "cpu", "cuml"),
+    "discover.predict": ("knn", "approximate"),
+    "mtl.model": ("hps", "nddr", "mti"),
+    "mtl.compare": ("hps", "nddr", "mti"),
+    "mtl.backbone": ("conv", "resnet18"),
+    "mtl.loss_weighting": ("fixed", "uncertainty"),
+    "resources.amp": ("none", "bf16"),
+}
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    out = {}
+    for key, value in cfg.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def validate(cfg: Config) -> None:
-    """Checks that span several keys; raise ConfigError with the offending key named."""
+    """Every key's range or choice (RANGES, CHOICES), then the rules that span several keys; a ConfigError names
+    the offending key."""
+    for key, value in _flat(cfg).items():
+        if key in RANGES and value not in RANGES[key]:
+            raise ConfigError(f"{key}={value} is out of range: it must be in {RANGES[key]}")
+        for item in (value if isinstance(value, list) else [value]) if key in CHOICES else []:
+            if item not in CHOICES[key]:
+                raise ConfigError(f"{key} takes {', '.join(CHOICES[key])}; got '{item}'")
     d = cfg.disentangle
-    if not 0 <= d.principal_subspace < d.k:
+    if d.principal_subspace >= d.k:
         raise ConfigError(f"disentangle.principal_subspace={d.principal_subspace} must be in [0, k={d.k})")
-    if d.arch not in ("conv", "resnet18"):
-        raise ConfigError(f"disentangle.arch must be conv or resnet18, got '{d.arch}'")
     if d.arch == "resnet18" and (cfg.data.image_size < 64 or cfg.data.image_size % 32):
         raise ConfigError(f"disentangle.arch=resnet18 needs data.image_size a multiple of 32 and >= 64, got {cfg.data.image_size}")
-    if d.k < 2:
-        raise ConfigError(f"disentangle.k must be >= 2, got {d.k}")
-    if not 0.0 <= d.oracle_prob <= 1.0:
-        raise ConfigError(f"disentangle.oracle_prob must be in [0, 1], got {d.oracle_prob}")
-    if d.variant not in ("detaux", "paper"):
-        raise ConfigError(f"disentangle.variant must be detaux or paper, got '{d.variant}'")
-    if d.pair_mode not in ("oracle_prob", "random"):
-        raise ConfigError(f"disentangle.pair_mode must be oracle_prob or random, got '{d.pair_mode}'")
-    if d.pulls not in ("all", "same", "principal"):
-        raise ConfigError(f"disentangle.pulls must be all, same or principal, got '{d.pulls}'")
-    if d.w_principal < 0:
-        raise ConfigError(f"disentangle.w_principal must be >= 0, got {d.w_principal}")
-    if not 0.0 < d.cons_fraction <= 1.0:
-        raise ConfigError(f"disentangle.cons_fraction must be in (0, 1], got {d.cons_fraction}")
-    if not 1 <= d.cons_swaps <= d.k:
+    if d.cons_swaps > d.k:
         raise ConfigError(f"disentangle.cons_swaps must be in [1, k={d.k}], got {d.cons_swaps}")
-    if cfg.discover.criterion not in CRITERIA:
-        raise ConfigError(f"discover.criterion must be one of {', '.join(CRITERIA)}, got '{cfg.discover.criterion}'")
-    if cfg.discover.clusterer not in ("hdbscan", "kmeans", "kmeans++", "meanshift"):
-        raise ConfigError(f"discover.clusterer must be hdbscan, kmeans, kmeans++ or meanshift, got '{cfg.discover.clusterer}'")
-    if cfg.discover.backend not in ("auto", "cpu", "cuml"):
-        raise ConfigError(f"discover.backend must be auto, cpu or cuml, got '{cfg.discover.backend}'")
-    if cfg.discover.predict not in ("knn", "approximate"):
-        raise ConfigError(f"discover.predict must be 'knn' or 'approximate', got '{cfg.discover.predict}'")
-    if not 0.0 < cfg.discover.min_cluster_frac < 0.5:
-        raise ConfigError(f"discover.min_cluster_frac must be in (0, 0.5), got {cfg.discover.min_cluster_frac}")
-    if cfg.data.resize not in ("none", "resize", "center_crop"):
-        raise ConfigError(f"data.resize must be none, resize or center_crop, got '{cfg.data.resize}'")
-    if cfg.data.cache not in ("auto", "memory", "stream"):
-        raise ConfigError(f"data.cache must be auto, memory or stream, got '{cfg.data.cache}'")
-    if not 0.0 < cfg.data.test_frac < 1.0:
-        raise ConfigError(f"data.test_frac must be in (0, 1), got {cfg.data.test_frac}")
-    if not 0.0 <= cfg.data.val_frac < 0.5:
-        raise ConfigError(f"data.val_frac must be in [0, 0.5), got {cfg.data.val_frac}")
-    for name in [cfg.mtl.model] + cfg.mtl.compare:
-        if name not in ("hps", "nddr", "mti"):
-            raise ConfigError(f"mtl.model and mtl.compare take hps, nddr or mti; got '{name}'")
-    if cfg.mtl.backbone not in ("conv", "resnet18"):
-        raise ConfigError(f"mtl.backbone must be conv or resnet18, got '{cfg.mtl.backbone}'")
+    if cfg.discover.n_auxiliary > d.k - 1:
+        raise ConfigError(f"discover.n_auxiliary must be in [1, k-1={d.k - 1}], got {cfg.discover.n_auxiliary}")
     if cfg.mtl.pretrained and cfg.mtl.backbone != "resnet18":
         raise ConfigError("mtl.pretrained is for mtl.backbone=resnet18")
     if cfg.mtl.pretrained and not Path(cfg.mtl.pretrained).is_file():
         raise ConfigError(f"mtl.pretrained: weights file not found: {cfg.mtl.pretrained}")
-    if cfg.mtl.seeds < 1:
-        raise ConfigError(f"mtl.seeds must be >= 1, got {cfg.mtl.seeds}")
-    if not 1 <= cfg.discover.n_auxiliary <= d.k - 1:
-        raise ConfigError(f"discover.n_auxiliary must be in [1, k-1={d.k - 1}], got {cfg.discover.n_auxiliary}")
-    if cfg.mtl.loss_weighting not in ("fixed", "uncertainty"):
-        raise ConfigError(f"mtl.loss_weighting must be fixed or uncertainty, got '{cfg.mtl.loss_weighting}'")
     if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:
         raise ConfigError(f"debug.kill_at must look like stage:epoch:step, got '{cfg.debug.kill_at}'")
-    if cfg.resources.amp not in ("none", "bf16"):
-        raise ConfigError(f"resources.amp must be 'none' or 'bf16', got '{cfg.resources.amp}'")
-    if cfg.resources.num_workers < 1:
-        raise ConfigError(f"resources.num_workers must be >= 1, got {cfg.resources.num_workers}")
+
+
+def ranges_table() -> str:
+    """docs/config.md's table: every numeric key's range and every choice key's values (generated; a test keeps
+    the file equal to this)."""
+    defaults = _flat(Config())
+    lines = ["| key | default | allowed |", "|---|---|---|"]
+    for key in defaults:
+        if key in RANGES:
+            lines.append(f"| `{key}` | {defaults[key]} | {RANGES[key]} |")
+        elif key in CHOICES:
+            lines.append(f"| `{key}` | {defaults[key]} | {' / '.join(CHOICES[key])} |")
+    return "\n".join(lines) + "\n"
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

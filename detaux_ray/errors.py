@@ -1,5 +1,7 @@
 """User-facing errors. Each maps to its own exit code so scripts can tell failures apart."""
 
+import re
+
 
 class DetauxError(Exception):
     exit_code = 1
@@ -27,3 +29,31 @@ class NonFiniteLossError(DetauxError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
     exit_code = 5
+
+
+class RunDirError(DetauxError):
+    """The run directory cannot be used (a file, not writable) or holds an artifact this project cannot read."""
+
+    exit_code = 6
+
+
+INTERRUPTED_EXIT = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
+def find_data_error(exc: BaseException) -> str | None:
+    """The message of a DataError anywhere in `exc`'s chain (causes, contexts, Ray's wrapped task errors), or None.
+
+    Ray re-raises a remote DataError as a class deriving from both RayTaskError and DataError whose text is the
+    remote traceback; the original exception is its `.cause`, whose text is the one-line message we want."""
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(e, DataError) and not isinstance(cause, BaseException):
+            return str(e)
+        stack += [x for x in (cause, e.__cause__, e.__context__) if isinstance(x, BaseException)]
+    m = re.search(r"DataError: (.+)", str(exc))  # a chain that crossed a process boundary as text only
+    return m.group(1).strip() if m else None

@@ -23,7 +23,14 @@ from typing import Any
 
 import yaml
 
-from .config import CONFIG_DIR, Config, config_from_dict, load_config, parse_override
+from .config import (
+    CONFIG_DIR,
+    Config,
+    config_from_dict,
+    load_config,
+    parse_override,
+    read_yaml,
+)
 from .errors import ConfigError
 
 SEARCH_DIR = CONFIG_DIR / "search"
@@ -66,8 +73,9 @@ def search_path(name_or_path: str) -> Path:
 
 def load_search_spec(name_or_path: str, space_overrides: list[str] | tuple[str, ...] = ()) -> SearchSpec:
     """Read and check a search spec; `space_overrides` are `key={choice: [...]}`-style CLI replacements."""
-    with open(search_path(name_or_path)) as fh:
-        raw = yaml.safe_load(fh) or {}
+    raw = read_yaml(search_path(name_or_path), "search space") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"search space {search_path(name_or_path)} must be a mapping of spec keys")
     known = {f.name for f in dataclasses.fields(SearchSpec)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -108,8 +116,7 @@ def _check_domain(key: str, domain: Any, base: dict) -> None:
         raise ConfigError(f"search space '{key}': {kind} takes {'a list of values' if kind == 'choice' else '[low, high]'}, got {args!r}")
     if kind == "loguniform" and min(args) <= 0:
         raise ConfigError(f"search space '{key}': loguniform bounds must be > 0, got {args}")
-    values = args if kind == "choice" else [args[0]]
-    for v in values:  # each value must type-check as that config key
+    for v in args:  # each value (or both bounds) must be valid for that config key
         trial = {s: dict(v2) if isinstance(v2, dict) else v2 for s, v2 in base.items()}
         trial[section][name] = v
         try:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout / ray job working dir
 
+from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
-from detaux_ray.errors import DetauxError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,15 +29,30 @@ def main(argv: list[str] | None = None) -> int:
                          "this config are reused, new ones are added to it")
     args = ap.parse_args(argv)
     t0 = time.time()
-    try:
+    state = {"run_dir": Path(args.run_dir or Path("runs") / Path(args.preset).stem), "pipeline": None}
+
+    def body() -> int:
         cfg = load_config(args.preset, args.overrides)
-        run_dir = Path(args.run_dir or Path("runs") / Path(args.preset).stem)
         from detaux_ray.distributed.pipeline import Pipeline  # Ray is imported only once the config is valid
 
-        report = Pipeline(cfg, run_dir, stage_store=args.stage_store).run()
-    except DetauxError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        state["pipeline"] = Pipeline(cfg, state["run_dir"], stage_store=args.stage_store)
+        _summary(state["pipeline"].run(), t0)
+        return 0
+
+    def interrupted() -> str:
+        p = state["pipeline"]
+        if p is not None:
+            from detaux_ray.distributed.pipeline import silence_worker_logs
+
+            silence_worker_logs()
+        where = f"during stage '{p.current_stage}'" if p is not None and p.current_stage else "before any stage ran"
+        return (f"stopped {where}. Finished stages and the newest checkpoint are kept in {state['run_dir']}; "
+                f"run the same command again to resume.")
+
+    return run_cli(body, interrupted)
+
+
+def _summary(report: dict, t0: float) -> None:
     best = report.get("best_factor")
     fs = report["factor_scores"].get(best, {}) if best else {}
     stl = f"STL accuracy {report['stl_accuracy']:.4f} | " if report["stl_accuracy"] is not None else ""
@@ -45,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['n_aux_classes']} auxiliary classes, NMI(principal, aux) {report['nmi_principal_aux']:.4f}"
           + (f" | best factor {best}: homogeneity {fs['homogeneity']:.3f}, completeness {fs['completeness']:.3f}" if fs else "")
           + f" | {time.time() - t0:.0f}s")
-    return 0
 
 
 if __name__ == "__main__":

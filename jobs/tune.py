@@ -18,9 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout / ray job working dir
 
+from detaux_ray.artifacts import check_writable_dir  # noqa: E402
+from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import CONFIG_DIR  # noqa: E402
 from detaux_ray.data import DATASETS, build_source  # noqa: E402
-from detaux_ray.errors import DataError, DetauxError  # noqa: E402
+from detaux_ray.errors import DataError  # noqa: E402
 from detaux_ray.search import METRIC, SEARCH_DIR, load_search_spec  # noqa: E402
 
 
@@ -43,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_samples < 1:
         ap.error("--num-samples must be >= 1")
     t0 = time.time()
-    try:
+    run_dir = Path(args.run_dir or Path("runs") / f"tune-{args.dataset}")
+    out = {}
+
+    def body() -> int:
         if args.dataset not in DATASETS:
             raise DataError(f"unknown dataset '{args.dataset}'; known: {', '.join(DATASETS)}")
         search = args.search or (args.dataset if (SEARCH_DIR / f"{args.dataset}.yaml").is_file() else "shapes")
@@ -53,14 +58,25 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [f"data.dataset={args.dataset}"] + ([f"data.path={args.data_path}"] if args.data_path else [])
         base = spec.base_config(overrides + args.overrides)
         build_source(base.data, base.seed)  # a missing or unreadable dataset fails here, before Ray starts
-        run_dir = Path(args.run_dir or Path("runs") / f"tune-{args.dataset}")
+        check_writable_dir(run_dir)
         from detaux_ray.distributed.tune import STAGES, run_search  # Ray is imported only once the inputs are valid
 
-        summary = run_search(spec, base, run_dir, args.num_samples, seed=args.seed, max_concurrent=args.concurrent,
-                             resume=args.resume)
-    except DetauxError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        out["stages"] = STAGES
+        out["spec"], out["summary"] = spec, run_search(spec, base, run_dir, args.num_samples, seed=args.seed,
+                                                       max_concurrent=args.concurrent, resume=args.resume)
+        return 0
+
+    def interrupted() -> str:
+        if "stages" in out:
+            from detaux_ray.distributed.pipeline import silence_worker_logs
+
+            silence_worker_logs()
+        return f"finished trials are kept in {run_dir}; continue with the same command and --resume."
+
+    code = run_cli(body, interrupted)
+    if code:
+        return code
+    spec, summary, STAGES = out["spec"], out["summary"], out["stages"]
     best = summary["best"]
     counts = {}
     for t in summary["trials"]:

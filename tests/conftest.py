@@ -10,7 +10,20 @@ def ray_session():
     """One real local Ray for the whole test session (ray.init costs ~8 s here)."""
     import ray
 
+    from detaux_ray.distributed.pipeline import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+
+
+def pytest_configure(config):
+    # Test modules in subfolders import the fixture writers in tests/ and the entry points in jobs/.
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for p in (here, here.parent / "jobs"):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))

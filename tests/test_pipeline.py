@@ -114,20 +114,31 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary", "nddr/log_sigma2_auxiliary_1",
             "mti/test_principal_accuracy"} <= nddr_tags
 
-    # 3. Third run: every stage reused, identical auxiliary labels.
+    # 3. Third run: every stage reused, identical auxiliary labels; an artifact changed since it was written is
+    #    caught by its checksum and its stage recomputed (the same labels again).
     capsys.readouterr()
     assert run(run_dir) == 0
     out = capsys.readouterr().out
     assert out.count("already complete for this config") == 3
     assert pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict() == labels
     assert all(s["reused"] for s in json.loads((run_dir / "report.json").read_text())["stages"].values())
+    (run_dir / "discover" / "labels.parquet").write_bytes(b"garbage")
+    assert run(run_dir) == 0
+    out = capsys.readouterr().out
+    assert "artifact labels.parquet changed since it was written (checksum mismatch); running it again" in out
+    assert out.count("already complete for this config") == 2
+    assert pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict() == labels
 
     # 4. A discovery that finds one cluster stops with its own exit code, before MTL, leaving no artifact.
+    #    The previous run's report and resolved config stay, and still describe the same run.
     single = tmp_path / "single"
-    shutil.copytree(run_dir, single, ignore=shutil.ignore_patterns("discover", "mtl", "report.*"))
+    shutil.copytree(run_dir, single, ignore=shutil.ignore_patterns("discover", "mtl"))
     assert run(single, "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
     assert "found 1 cluster" in capsys.readouterr().err
-    assert not (single / "discover").exists() and not (single / "mtl").exists() and not (single / "report.json").exists()
+    assert not (single / "discover").exists() and not (single / "mtl").exists()
+    import yaml
+
+    assert yaml.safe_load((single / "config.yaml").read_text()) == json.loads((single / "report.json").read_text())["config"]
 
 
 @pytest.mark.parametrize("argv,code,msg", [

@@ -159,6 +159,8 @@ def _real_source(cfg: DataConfig, seed: int) -> ImageSource:
         principal, names = loaded.principal, loaded.class_names
     else:
         options = (["label"] if len(loaded.class_names) else []) + sorted(loaded.factors)
+        if not options:
+            raise DataError(f"'{cfg.dataset}' at {cfg.path} has no labels and no factors: nothing can be the principal task")
         raise DataError(f"principal '{cfg.principal}' does not exist in '{cfg.dataset}'; choose data.principal from: "
                         f"{', '.join(options)}")
     ids = np.arange(n_all)
@@ -180,5 +182,7 @@ def _real_source(cfg: DataConfig, seed: int) -> ImageSource:
     n_cls = len(np.unique(src.principal[src.train_rows()]))
     if n_cls < 2:
         raise DataError(f"'{cfg.dataset}' has {n_cls} principal class(es) in its training split: at least 2 are needed")
+    if hasattr(loaded.reader, "scan"):  # files: every header now (format, size), so a bad file fails before Ray
+        loaded.reader.scan(ids)
     src.images(src.train_rows()[:4])  # the first images decode at this size: a bad size / resize rule fails now
     return src

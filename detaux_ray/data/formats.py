@@ -101,8 +101,18 @@ def _fit_batch(x: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
     return np.stack([fit_image(im, size, resize, where) for im in x])
 
 
-def _classes(values: list[str] | np.ndarray) -> tuple[np.ndarray, list[str]]:
-    names, inverse = np.unique(np.asarray(values), return_inverse=True)
+def _classes(values: list[Any] | np.ndarray, what: str = "labels") -> tuple[np.ndarray, list[str]]:
+    """Class ids 0..C-1 (in sorted order of the values) and the class names. Missing values (None, NaN, empty
+    strings) are a DataError that says how many and where, not a TypeError from np.unique."""
+    values = list(values)
+    if not values:
+        raise DataError(f"{what}: no rows")
+    missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v) or v == ""]
+    if missing:
+        raise DataError(f"{what}: {len(missing)} of {len(values)} value(s) missing (first at row {missing[0]}); "
+                        f"drop or fill those rows")
+    names, inverse = np.unique(np.asarray([str(v) for v in values] if len({type(v) for v in values}) > 1 else values),
+                               return_inverse=True)
     return inverse.astype(np.int64), [str(n) for n in names]
 
 
@@ -328,6 +338,28 @@ class FileReader:
         """The file path of each row relative to the dataset root."""
         return np.asarray([self.files[r] for r in np.asarray(rows, dtype=np.int64)], dtype=object)
 
+    def scan(self, rows: np.ndarray) -> None:
+        """Check every image's header up front (format, and size when data.resize is 'none'): a DataError naming
+        the first bad file, before any training starts. Reads only the first bytes of each file."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from PIL import Image, UnidentifiedImageError
+
+        fs, root = filesystem(self.path)
+
+        def check(r: int) -> None:
+            name = self.files[r]
+            try:
+                with fs.open_input_file(_join(root, name)) as fh, Image.open(fh) as img:
+                    w, h = img.size
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise DataError(f"corrupt or unreadable image {name}: {exc}") from None
+            if self.resize == "none" and (w, h) != (self.size, self.size):
+                fit_image(np.zeros((h, w, 3), np.uint8), self.size, self.resize, name)  # raises the size message
+
+        with ThreadPoolExecutor(16) as pool:  # file opens dominate: overlap them (local disks and object stores)
+            list(pool.map(check, (int(r) for r in np.asarray(rows, dtype=np.int64))))
+
     def read(self, rows: np.ndarray) -> np.ndarray:
         fs, root = filesystem(self.path)
         return np.stack([decode_image(_read_bytes(fs, _join(root, self.files[r])), self.size, self.resize, self.files[r])
@@ -353,7 +385,7 @@ def load_imagefolder(path: str, size: int, resize: str, extra_csv: str = "", tes
         raise DataError(f"imagefolder: expected root/<class>/<image>{' under train/ and test/' if split_layout else ''}; "
                         + (f"found {bad[0]}" if bad else f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}"))
     classes = [f.split("/")[depth - 2] for f in files]
-    y, names = _classes(classes)
+    y, names = _classes(classes, "imagefolder: class folders")
     is_test = np.array([f.startswith(f"{test_dir}/") for f in files]) if split_layout else np.zeros(len(files), bool)
     factors = _extra_columns(fs, root, extra_csv, files) if extra_csv else {}
     return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
@@ -366,7 +398,10 @@ def _extra_columns(fs: pafs.FileSystem, root: str, csv_name: str, files: list[st
     p = csv_name if csv_name.startswith("/") else _join(root, csv_name)
     if not _exists(fs, p):
         raise DataError(f"imagefolder: the extra-columns CSV {p} does not exist")
-    t = pacsv.read_csv(io.BytesIO(_read_bytes(fs, p))).to_pydict()
+    try:
+        t = pacsv.read_csv(io.BytesIO(_read_bytes(fs, p))).to_pydict()
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"imagefolder: {p} is not a readable CSV: {str(exc).splitlines()[0]}") from None
     if "file" not in t:
         raise DataError(f"imagefolder: {p} needs a 'file' column (image path relative to the root)")
     index = {f: i for i, f in enumerate(t["file"])}
@@ -374,7 +409,7 @@ def _extra_columns(fs: pafs.FileSystem, root: str, csv_name: str, files: list[st
     if missing:
         raise DataError(f"imagefolder: {p} has no row for {len(missing)} image(s), e.g. {missing[0]}")
     order = [index[f] for f in files]
-    return {k: _classes([v[i] for i in order])[0] for k, v in t.items() if k != "file"}
+    return {k: _classes([v[i] for i in order], f"imagefolder: column '{k}' of {p}")[0] for k, v in t.items() if k != "file"}
 
 
 FACES_NAME = re.compile(r"^(?P<id>\d+)_(?P<age>[a-z])_(?P<gender>[a-z])_(?P<expression>[a-z]+)_(?P<set>[a-z])\.jpe?g$", re.I)
@@ -394,8 +429,8 @@ def load_faces(path: str, size: int, resize: str) -> Loaded:
         if len(parts) != 2 or parts[0] not in ("train", "test") or not m:
             raise DataError(f"faces: {f} does not match <train|test>/<id>_<age>_<gender>_<expression>_<set>.jpg")
         parsed.append(m.groupdict() | {"split": parts[0]})
-    y, names = _classes([p["expression"] for p in parsed])
-    factors = {k: _classes([p[k] for p in parsed])[0] for k in ("age", "gender", "set")}
+    y, names = _classes([p["expression"] for p in parsed], "faces: expression")
+    factors = {k: _classes([p[k] for p in parsed], f"faces: {k}")[0] for k in ("age", "gender", "set")}
     is_test = np.array([p["split"] == "test" for p in parsed])
     return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
 
@@ -486,7 +521,9 @@ def load_parquet(path: str, size: int, resize: str, image_column: str, label_col
                             f"data.label_column / data.split_column")
     cols = [label_column] + ([split_column] if split_column else [])
     t = pf.read(columns=cols)  # labels only: the image column stays on disk
-    y, class_names = _classes(t.column(label_column).to_pylist())
+    if t.num_rows == 0:
+        raise DataError(f"parquet: {p} has no rows")
+    y, class_names = _classes(t.column(label_column).to_pylist(), f"parquet: label column '{label_column}' of {p}")
     is_test = (np.asarray([str(v) == "test" for v in t.column(split_column).to_pylist()]) if split_column
                else np.zeros(len(y), bool))
     offsets = list(np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])[:-1])

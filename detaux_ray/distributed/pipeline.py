@@ -16,7 +16,17 @@ import pyarrow.parquet as pq
 import ray
 import yaml
 
-from ..artifacts import load_torch, manifest, save_torch, stage_complete, staging_dir, write_json, write_text
+from ..artifacts import (
+    check_writable_dir,
+    clean_stale_temporaries,
+    load_torch,
+    manifest,
+    save_torch,
+    staging_dir,
+    verify_stage,
+    write_json,
+    write_text,
+)
 from ..clustering import cluster
 from ..config import Config
 from ..data import ImageSource, build_source
@@ -29,13 +39,49 @@ from .discover import embed
 from .streams import ImageCache, SourceImages, images_for
 
 
-def ensure_ray(address: str = "") -> None:
-    """Connect to `address` / RAY_ADDRESS (a cluster or `ray job submit`), else start a local Ray."""
+def ensure_ray(address: str = "", **init_kwargs) -> None:
+    """Connect to `address` / RAY_ADDRESS (a cluster, `ray job submit`, or "auto" for the latest `ray start`),
+    else start a private local Ray instance, never an unasked-for join of another instance on this machine."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
-    ray.init(address=address or None, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, **init_kwargs)
+        _say(f"connected to the Ray cluster at {address}")
+    else:
+        gcs = start_local_ray(**init_kwargs)
+        _say(f"started a local Ray instance (GCS {gcs}); to use a running cluster set resources.address or RAY_ADDRESS")
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def start_local_ray(**init_kwargs) -> str:
+    """A new local Ray instance whose address every one of its processes knows (RAY_ADDRESS in their
+    environment), so nothing inside Ray (Train's cleaner actors, the state API) searches the machine for "the"
+    instance and fails when another one runs there ("Found multiple active Ray instances"). Returns the GCS
+    address. The GCS port is chosen up front for that, as `ray start --port` would."""
+    import socket
+
+    with socket.socket() as sock:  # a free port now; the GCS binds it a moment later
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    gcs = f"{ray.util.get_node_ip_address()}:{port}"
+    os.environ["RAY_ADDRESS"] = gcs  # inherited by the raylet and every worker; ignored by address="local"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address="local", **{"logging_level": logging.WARNING, **init_kwargs})
+    except BaseException:
+        os.environ.pop("RAY_ADDRESS", None)
+        raise
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    return gcs
+
+
+def silence_worker_logs() -> None:
+    """Stop printing Ray workers' output in this driver. Called on Ctrl-C: as the driver goes away, the run's
+    actors (Ray Train's placement-group cleaner, ...) print tracebacks that are not the user's concern."""
+    if ray.is_initialized():
+        ray._private.worker._worker_logs_enabled = False  # the switch Ray's own debugger uses (private API)
 
 
 def _say(msg: str) -> None:
@@ -69,6 +115,7 @@ class Pipeline:
                               f"use disentangle.arch=resnet18 for larger images")
         self._cache: ImageCache | SourceImages | None = None
         self.stages: dict[str, dict] = {}
+        self.current_stage = ""  # the stage running now (an interrupted run says which)
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
 
     @property
@@ -84,8 +131,13 @@ class Pipeline:
         return self._cache
 
     def run(self) -> dict:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        check_writable_dir(self.run_dir)
+        if self.stage_store is not None:
+            check_writable_dir(self.stage_store, "stage store")
+        for folder in [self.run_dir] + ([self.stage_store / s for s in ("disentangle", "discover", "mtl")] if self.stage_store else []):
+            removed = clean_stale_temporaries(folder) if folder.is_dir() else []
+            if removed:
+                _say(f"removed {len(removed)} leftover(s) of an interrupted run in {folder}: {', '.join(removed)}")
         ensure_ray(self.cfg.resources.address)
         s1 = self._stage("disentangle", self._disentangle)
         s2 = self._stage("discover", self._discover)
@@ -101,7 +153,11 @@ class Pipeline:
             shutil.copyfile(png, tmp)
             os.replace(tmp, self.run_dir / "scorecard.png")
             report["scorecard_png"] = "scorecard.png"
+        # The resolved config is written with the report (never before the stages), so the two always describe
+        # the same run: a rerun that fails leaves the previous run's pair untouched.
+        write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         write_report(self.run_dir, report)
+        self.current_stage = ""
         _say(f"report: {self.run_dir / 'report.md'}")
         return report
 
@@ -113,7 +169,10 @@ class Pipeline:
     def _stage(self, name: str, fn) -> dict:
         stage_dir = self.stage_dir(name)
         h = self.cfg.stage_hash(name)
-        done = stage_complete(stage_dir, h)
+        self.current_stage = name
+        done, why_not = verify_stage(stage_dir, h)
+        if why_not:
+            _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
         if done:
             _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
             self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True, "hash": h}
@@ -123,11 +182,11 @@ class Pipeline:
         # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
         with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
             info = fn(tmp)
-            m = manifest(name, h, time.time() - t0, **info)
+            m = manifest(name, h, time.time() - t0, tmp, **info)
             write_json(tmp / "manifest.json", m)
         self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
-        return stage_complete(stage_dir, h) or m
+        return verify_stage(stage_dir, h)[0] or m
 
     # Stage 1 ----------------------------------------------------------------------------------------------
     def _disentangle(self, out: Path) -> dict:

@@ -13,14 +13,15 @@ import pyarrow as pa
 import ray
 
 from ..data import ImageSource
+from ..errors import DataError, find_data_error
 from ..pairs import sample_pairs
 
 CHUNK = 2048  # rows per object-store chunk
 
 
-@ray.remote
-def _render_chunk(source: ImageSource, start: int, stop: int) -> np.ndarray:
-    return source.images(np.arange(start, stop))
+@ray.remote(num_returns=2)
+def _render_chunk(source: ImageSource, start: int, stop: int) -> tuple[np.ndarray, bool]:
+    return source.images(np.arange(start, stop)), True  # the flag: a tiny object that says the chunk is fine
 
 
 @dataclass
@@ -33,10 +34,16 @@ class ImageCache:
     @staticmethod
     def build(source: ImageSource, cpus_per_task: float = 0.25) -> "ImageCache":
         src_ref = ray.put(source)
-        refs = [_render_chunk.options(num_cpus=cpus_per_task, scheduling_strategy="DEFAULT").remote(src_ref, s, min(s + CHUNK, len(source)))
-                for s in range(0, len(source), CHUNK)]
-        ray.wait(refs, num_returns=len(refs), fetch_local=False)
-        return ImageCache(refs, len(source))
+        refs, flags = zip(*[_render_chunk.options(num_cpus=cpus_per_task, scheduling_strategy="DEFAULT").remote(
+            src_ref, s, min(s + CHUNK, len(source))) for s in range(0, len(source), CHUNK)])
+        try:
+            ray.get(list(flags))  # an unreadable image fails here, on the driver, not later inside a training worker
+        except Exception as exc:
+            message = find_data_error(exc)
+            if message:
+                raise DataError(message) from None
+            raise
+        return ImageCache(list(refs), len(source))
 
 
 _LOCAL_CHUNKS: dict[tuple, list[np.ndarray]] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -12,25 +11,39 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from ..artifacts import save_torch, write_json
+from ..artifacts import save_torch
 from ..config import Config, config_from_dict
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
-from ..errors import NonFiniteLossError
-from ..models import DisentangleAE, autocast, set_torch_threads, to_device, to_float_images
+from ..models import (
+    DisentangleAE,
+    autocast,
+    set_torch_threads,
+    to_device,
+    to_float_images,
+)
 from ..scorecard import heatmap, scorecard
-from .checkpoints import load_resume_state
+from .checkpoints import fit, load_resume_state, run_guarded, run_path
 from .faults import maybe_kill
+from .status import DIVERGED, raise_if_failed, record
 from .streams import gather, pair_stream, pair_table
-
-DIVERGED = "diverged.json"  # written by rank 0 when the loss goes non-finite
 
 
 def train_loop_per_worker(config: dict) -> None:
+    run_guarded(_train, config)  # a diverged loss or a bad image stops the stage instead of restarting it
+
+
+def _train(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     d, res = cfg.disentangle, cfg.resources
     set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
@@ -44,7 +57,7 @@ def train_loop_per_worker(config: dict) -> None:
                           n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     start_epoch, global_step = 0, 0
-    state = load_resume_state(ray.train.get_checkpoint())
+    state = load_resume_state(ray.train.get_checkpoint(), config["run_path"])
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -60,7 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
     probe = config.get("probe") if rank == 0 and d.scorecard_every > 0 else None
     probe_images = gather(cache, probe["rows"]) if probe else None
     if writer and start_epoch:
-        print(f"[disentangle] resuming from epoch {start_epoch}")
+        print(f"[disentangle] resuming after epoch {start_epoch}/{d.epochs} (the newest checkpoint)", flush=True)
 
     # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
     # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
@@ -98,9 +111,9 @@ def train_loop_per_worker(config: dict) -> None:
             # Not an exception: Ray Train would restart the worker group and diverge again. All ranks see the
             # NaN (DDP shares the parameters), stop here; the driver reads the marker and reports it.
             if rank == 0:
-                write_json(Path(config["status_dir"]) / DIVERGED, {"message": (
+                record(config["status_dir"], DIVERGED, (
                     f"stage 1 loss became non-finite in epoch {epoch} ({means}); training stopped, the last good "
-                    f"checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data.")})
+                    f"checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data."))
             return
         pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
         metrics = {"epoch": epoch, "epoch_time_s": time.time() - t_epoch, "pairs": steps * d.batch_size * world,
@@ -167,29 +180,21 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
     res = cfg.resources
-    raise_if_diverged(status_dir, clear=True)
+    raise_if_failed(status_dir, clear=True)
+    name = f"disentangle-{cfg.stage_hash('disentangle')}"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
                            "tb_dir": str(tb_dir), "status_dir": str(status_dir), "probe": probe,
-                           "n_principal": int(principal.max()) + 1},
+                           "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=RunConfig(name=f"disentangle-{cfg.stage_hash('disentangle')}", storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
     )
-    result = trainer.fit()
-    raise_if_diverged(status_dir)
-    state = load_resume_state(result.checkpoint)
+    try:
+        result = fit(trainer)
+    finally:
+        raise_if_failed(status_dir)  # a recorded failure explains a failed fit() better than Ray's traceback
+    state = load_resume_state(result.checkpoint, run_path(storage, name))
     return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {})}
-
-
-def raise_if_diverged(status_dir: Path, clear: bool = False) -> None:
-    """Raise NonFiniteLossError if a training loop left the divergence marker (or just clear a stale one)."""
-    marker = Path(status_dir) / DIVERGED
-    if not marker.is_file():
-        return
-    message = json.loads(marker.read_text())["message"]
-    marker.unlink()
-    if not clear:
-        raise NonFiniteLossError(message)

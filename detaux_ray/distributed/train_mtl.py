@@ -12,21 +12,32 @@ import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
-from ..artifacts import save_torch, write_json
+from ..artifacts import save_torch
 from ..config import Config, config_from_dict
 from ..models import autocast, count_parameters, set_torch_threads, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
-from .checkpoints import load_resume_state
+from .checkpoints import fit, load_resume_state, run_guarded, run_path
 from .faults import maybe_kill
+from .status import DIVERGED, raise_if_failed, record
 from .streams import ImageCache, row_stream
-from .train_disentangle import DIVERGED, raise_if_diverged
 
 
 def train_loop_per_worker(config: dict) -> None:
+    run_guarded(_train, config)  # a diverged loss or a bad image stops the stage instead of restarting it
+
+
+def _train(config: dict) -> None:
     cfg = config_from_dict(config["cfg"])
     m, res = cfg.mtl, cfg.resources
     set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
@@ -38,11 +49,13 @@ def train_loop_per_worker(config: dict) -> None:
                             m.pretrained).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     start_epoch = 0
-    state = load_resume_state(ray.train.get_checkpoint())
+    state = load_resume_state(ray.train.get_checkpoint(), config["run_path"])
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        if rank == 0:
+            print(f"[mtl:{kind}] resuming after epoch {start_epoch}/{m.epochs} (the newest checkpoint)", flush=True)
     ddp_model = ray.train.torch.prepare_model(model)
     tasks = list(config["n_classes"]) if kind != "stl" else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
@@ -72,9 +85,9 @@ def train_loop_per_worker(config: dict) -> None:
         train_loss = float(total) / max(n_batches, 1)
         if not np.isfinite(train_loss):
             if rank == 0:
-                write_json(Path(config["status_dir"]) / DIVERGED, {"message": (
+                record(config["status_dir"], DIVERGED, (
                     f"stage 3 ({kind}) loss became non-finite in epoch {epoch}; the last good checkpoint "
-                    f"(epoch {epoch - 1}) is kept. Lower mtl.lr.")})
+                    f"(epoch {epoch - 1}) is kept. Lower mtl.lr."))
             return
         metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": time.time() - t0}
         with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +135,8 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     model and config on different labels (the entangled ablation), whose checkpoints must not be shared.
     """
     res = cfg.resources
-    raise_if_diverged(status_dir, clear=True)
+    raise_if_failed(status_dir, clear=True)
+    name = f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}"
     datasets = {"train": row_stream(train_table, cache, res.data_cpus), "test": row_stream(test_table, cache, res.data_cpus)}
     if val_table is not None:
         datasets["val"] = row_stream(val_table, cache, res.data_cpus)
@@ -130,17 +144,20 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
-                           "status_dir": str(status_dir), "has_val": val_table is not None},
+                           "status_dir": str(status_dir), "has_val": val_table is not None,
+                           "run_path": run_path(storage, name)},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}", storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures),
                              callbacks=callbacks or []),
     )
-    result = trainer.fit()
-    raise_if_diverged(status_dir)
+    try:
+        result = fit(trainer)
+    finally:
+        raise_if_failed(status_dir)
     tasks = n_classes if kind != "stl" else {"principal": n_classes["principal"]}
     return {
         "model": kind,

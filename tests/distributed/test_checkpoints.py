@@ -1,0 +1,144 @@
+import pytest
+import torch
+
+from detaux_ray.artifacts import save_torch
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from ray.train import Checkpoint
+
+    from detaux_ray.distributed.checkpoints import load_resume_state
+
+    run = tmp_path / "disentangle-abc"
+    for i, name in enumerate(["checkpoint_2026-01-01_00-00-01.000000", "checkpoint_2026-01-01_00-00-02.000000"]):
+        save_torch(run / name / "state.pt", {"epoch": i, "model": {"w": torch.full((64, 64), float(i))}})
+    newest = run / "checkpoint_2026-01-01_00-00-02.000000" / "state.pt"
+    assert load_resume_state(Checkpoint(str(newest.parent)))["epoch"] == 1
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated upload
+    assert load_resume_state(Checkpoint(str(newest.parent)))["epoch"] == 0
+    assert load_resume_state(None) is None
+
+
+def test_resume_takes_the_newest_checkpoint_on_disk_even_when_ray_offers_an_older_one(tmp_path):
+    # After the driver is killed, Ray's record of the latest checkpoint can lag the folders on disk.
+    from ray.train import Checkpoint
+
+    from detaux_ray.distributed.checkpoints import load_resume_state
+
+    run = tmp_path / "mtl-stl-abc"
+    names = [f"checkpoint_2026-01-01_00-00-0{i}.000000" for i in range(1, 4)]
+    for i, name in enumerate(names):
+        save_torch(run / name / "state.pt", {"epoch": i})
+    offered = Checkpoint(str(run / names[0]))
+    assert load_resume_state(offered, str(run))["epoch"] == 2
+    assert load_resume_state(None, str(run))["epoch"] == 2  # Ray offers none: still resume
+    assert load_resume_state(None, str(tmp_path / "never-ran")) is None
+
+
+def test_checkpoints_refuse_arbitrary_pickles(tmp_path):
+    import pickle
+
+    import pytest
+
+    from detaux_ray.artifacts import load_torch
+    from detaux_ray.errors import RunDirError
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "state.pt"
+    torch.save({"x": Evil()}, path, pickle_module=pickle)
+    with pytest.raises(RunDirError, match="is not a file this project wrote") as err:
+        load_torch(path)
+    assert "weights_only" not in str(err.value)  # PyTorch's advice to unpickle anyway is never passed on
+    path.write_bytes(b"garbage")
+    with pytest.raises(RunDirError, match="state.pt is not a file this project wrote"):
+        load_torch(path)
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import os
+
+    from detaux_ray.artifacts import _HOST, clean_stale_temporaries
+
+    dead = tmp_path / f".disentangle.tmp-{_HOST}-999999999-abc"
+    live = tmp_path / f".discover.tmp-{_HOST}-{os.getpid()}-abc"
+    other_host = tmp_path / ".mtl.tmp-otherhost-999999999-abc"
+    for d in (dead, live, other_host):
+        d.mkdir()
+    (tmp_path / f".report.json.tmp-{_HOST}-999999999-x").write_text("{")
+    assert sorted(clean_stale_temporaries(tmp_path)) == sorted([dead.name, f".report.json.tmp-{_HOST}-999999999-x"])
+    assert live.exists() and other_host.exists() and not dead.exists()
+
+
+def test_manifests_verify_every_artifact(tmp_path):
+    from detaux_ray.artifacts import manifest, verify_stage, write_json
+
+    stage = tmp_path / "discover"
+    stage.mkdir()
+    (stage / "labels.parquet").write_bytes(b"labels")
+    write_json(stage / "manifest.json", manifest("discover", "h1", 1.0, stage))
+    assert verify_stage(stage, "h1") == (verify_stage(stage, "h1")[0], "") and verify_stage(stage, "h1")[0]
+    assert verify_stage(stage, "h2")[1].startswith("it was computed for another config")
+    (stage / "labels.parquet").write_bytes(b"garbage")
+    assert verify_stage(stage, "h1") == (None, "artifact labels.parquet changed since it was written (checksum mismatch)")
+    (stage / "labels.parquet").unlink()
+    assert verify_stage(stage, "h1") == (None, "artifact labels.parquet is missing")
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_session, tmp_path):
+    """Real signals to a real driver, while this test session's Ray is a second instance on the machine."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(root / "jobs" / "full_pipeline.py"), "--run-dir", str(run_dir)]
+    for item in ["data.n_images=1200", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=6",
+                 "disentangle.pairs_per_epoch=256", "disentangle.batch_size=32", "disentangle.scorecard_every=0",
+                 "discover.clusterer=kmeans++", "discover.n_clusters=4", "mtl.epochs=1", "mtl.width=8",
+                 "resources.cpus_per_worker=0.5"]:
+        argv += ["--set", item]
+
+    def run_until(pattern: str | None, sig: int) -> tuple[int, str]:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own instance beside this session's
+        p = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if pattern and re.search(pattern, line):
+                p.send_signal(sig)
+                break
+        rest, _ = p.communicate(timeout=300)
+        return p.returncode, "".join(lines) + rest
+
+    code, out = run_until(r"\[disentangle\] epoch 3/6", signal.SIGINT)
+    assert code == 130, out[-3000:]
+    assert "interrupted: stopped during stage 'disentangle'" in out and "run the same command again to resume" in out
+    assert "Traceback" not in out and "Found multiple active Ray instances" not in out
+    assert "started a local Ray instance" in out
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "report.json").exists()
+
+    def newest_on_disk() -> int:
+        from detaux_ray.distributed.checkpoints import load_resume_state
+
+        (ckpts,) = (run_dir / "checkpoints").glob("disentangle-*")
+        return load_resume_state(None, str(ckpts))["epoch"] + 1
+
+    done = newest_on_disk()
+    assert done >= 2
+    code, out = run_until(r"\[disentangle\] epoch 5/6", signal.SIGKILL)  # a killed driver cleans up nothing
+    assert f"resuming after epoch {done}/6 (the newest checkpoint)" in out, out[-3000:]
+    assert list(run_dir.glob(".disentangle.tmp-*")), "the killed driver left its staging folder"
+
+    done = newest_on_disk()
+    code, out = run_until(None, 0)
+    assert code == 0, out[-3000:]
+    assert f"resuming after epoch {done}/6" in out and "removed 1 leftover(s) of an interrupted run" in out
+    assert not list(run_dir.glob(".*tmp-*")) and (run_dir / "report.json").is_file()

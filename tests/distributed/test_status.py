@@ -1,0 +1,25 @@
+"""A data error met inside a training worker (an image that passes the up-front header scan but cannot be
+decoded) stops the stage with exit 3 and one line naming the file; Ray does not retry it."""
+
+import pytest
+from test_formats import _img, _png, write_imagefolder
+
+import full_pipeline
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_met_mid_run_is_exit_3_and_not_retried(ray_session, tmp_path, capfd):
+    (tmp_path / "folder").mkdir()
+    root = write_imagefolder(tmp_path / "folder")
+    png = _png(_img())
+    (root / "class_1" / "7.png").write_bytes(png[: len(png) // 2])  # header intact, pixel data truncated
+    argv = ["--run-dir", str(tmp_path / "run")]
+    for item in ["data.dataset=imagefolder", f"data.path={root}", "data.principal=label", "data.n_images=0",
+                 "data.cache=stream", "disentangle.k=3", "disentangle.epochs=2", "disentangle.batch_size=16",
+                 "mtl.epochs=1", "resources.max_failures=2", "resources.cpus_per_worker=0.5"]:
+        argv += ["--set", item]
+    assert full_pipeline.main(argv) == 3
+    out, err = capfd.readouterr()
+    assert err.strip().splitlines()[-1] == "error: corrupt or unreadable image class_1/7.png: image file is truncated"
+    assert "Traceback" not in out + err and "RETRY" not in out + err  # one attempt, no retries
+    assert not (tmp_path / "run" / "disentangle").exists() and not (tmp_path / "run" / "report.json").exists()
