@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,3 +40,40 @@ def test_stream_bench_small():
     assert out["x1"]["n_images"] == 600 and out["x10"]["n_images"] == 6000
     assert out["x1"]["stream_pairs_per_s"] > 0 and out["step_pairs_per_s"] > 0
     assert out["stream_over_step"] == pytest.approx(out["x1"]["stream_pairs_per_s"] / out["step_pairs_per_s"], rel=0.02)
+
+
+def test_gpu_check_tiny_on_cpu(tmp_path):
+    """bench/gpu_check.py end to end at a tiny size on the CPU: the script the GPU run uses, every part present."""
+    out_path = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(out_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads(out_path.read_text())
+    assert r["tiny"] and r["torch"] and r["settings"]["k"] == 3
+    p = r["precision"]
+    assert p["none"]["pairs_per_s"] > 0 and p["bf16"]["pairs_per_s"] > 0
+    assert p["bf16_speedup"] == pytest.approx(p["bf16"]["pairs_per_s"] / p["none"]["pairs_per_s"], rel=0.01)
+    assert p["loss_difference"]["relative"] < 0.2  # same start, same batches: bf16 stays close to fp32
+    s1 = r["stage1"]
+    assert s1["steps"] > 0 and s1["curve"] and s1["curve"][-1]["step"] == s1["steps"]
+    assert s1["scorecard"]["rows"][-1] == "all" and s1["chosen_subspace"] != 0
+    assert set(s1["labels"]["factor_scores"]) == {"floor_hue", "wall_hue", "object_hue", "shape", "orientation"}
+    c = r["clustering"]
+    assert c["cpu"]["kmeans_s"] > 0 and c["accelerator"]["kmeans_s"] > 0
+    assert c["knn_same_labels_share"] >= 0.99  # exact neighbours on both sides: the same labels
+    assert (tmp_path / "gpu.png").stat().st_size > 1000
+
+
+def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import adjusted_rand_score
+
+    from detaux_ray.clustering import kmeans_torch, label_by_neighbours, label_by_neighbours_torch
+
+    x, y = make_blobs(3000, n_features=10, centers=6, random_state=0)
+    labels, centres = kmeans_torch(x, 6, seed=0)
+    assert centres.shape == (6, 10) and adjusted_rand_score(y, labels) > 0.99
+    assert adjusted_rand_score(KMeans(6, n_init=10, random_state=0).fit_predict(x), labels) > 0.99
+    noisy = np.random.default_rng(1).integers(-1, 5, 1000)  # noise label -1 included; ties broken alike
+    assert np.array_equal(label_by_neighbours(x[:1000], noisy, x), label_by_neighbours_torch(x[:1000], noisy, x, chunk=700))
