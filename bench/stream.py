@@ -52,9 +52,10 @@ def stream_run(h5: str, pairs: int, batch: int, data_cpus: float) -> dict:
 
     from detaux_ray.config import load_config
     from detaux_ray.data import build_source
+    from detaux_ray.distributed.pipeline import start_local_ray
     from detaux_ray.distributed.streams import images_for, pair_stream, pair_table
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")  # its own instance, whatever RAY_ADDRESS says
     ray.data.DataContext.get_current().enable_progress_bars = False
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     peak = {"rss": 0, "store": 0}

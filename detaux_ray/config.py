@@ -96,11 +96,13 @@ class DiscoverConfig:
 @dataclass
 class MTLConfig:
     model: str = "hps"  # multi-task model compared with STL: hps | nddr | mti
-    compare: list[str] = field(default_factory=list)  # more multi-task models trained on the same labels and reported
+    # More models, reported beside it: hps | nddr | mti on the same discovered labels, and the peers that learn
+    # their own auxiliary labels instead (Table 1): maxl (Liu et al. 2019), auxilearn (Navon et al. 2021).
+    compare: list[str] = field(default_factory=list)
     backbone: str = "conv"  # conv (small VGG-style, 16-64 px) | resnet18 (torchvision, random init)
     pretrained: str = ""  # resnet18 only: a local state_dict file to start from (nothing is downloaded)
     baseline: bool = True  # also train the STL baseline (tuning trials skip it: their objective is the MTL model)
-    seeds: int = 1  # > 1: repeat STL and `model` over this many seeds; report mean, std and a Welch t-test
+    seeds: int = 1  # > 1: repeat STL, `model` and `compare` over this many seeds; mean, std, Welch t-test vs STL
     entangled_ablation: bool = False  # also cluster a plain (L_rec only) autoencoder's latent and train `model` on it
     epochs: int = 150
     batch_size: int = 32
@@ -110,6 +112,14 @@ class MTLConfig:
     loss_weighting: str = "fixed"  # fixed (the weights below) | uncertainty (Kendall et al., learned)
     principal_weight: float = 1.0
     auxiliary_weight: float = 0.5
+    # maxl / auxilearn (detaux_ray/auxlearn.py): the label generator and its meta step.
+    psi: int = 5  # auxiliary sub-classes per principal class (MAXL's psi; C * psi auxiliary classes)
+    meta_lr: float = 1e-3  # Adam learning rate of the label generator
+    meta_alpha: float = 0.1  # MAXL's virtual SGD step / the Neumann series' step size (AuxiLearn)
+    meta_every: int = 5  # training steps between generator updates (AuxiLearn's code: 30; MAXL: 1)
+    entropy_weight: float = 0.2  # weight of the label-collapse regulariser sum_c gbar_c log gbar_c (MAXL: 0.2)
+    neumann_steps: int = 3  # terms of the Neumann series for the inverse Hessian (AuxiLearn: 3)
+    aux_split: float = 0.1  # auxilearn: share of the training split held out for the generator's updates
 
 
 @dataclass
@@ -307,7 +317,9 @@ RANGES: dict[str, Range] = {
     "discover.n_auxiliary": _at_least(1),
     "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,
-    "mtl.auxiliary_weight": _NONNEG,
+    "mtl.auxiliary_weight": _NONNEG, "mtl.psi": _at_least(2), "mtl.meta_lr": _POS, "mtl.meta_alpha": _POS,
+    "mtl.meta_every": _at_least(1), "mtl.entropy_weight": _NONNEG, "mtl.neumann_steps": _at_least(0),
+    "mtl.aux_split": Range(0, 0.5, True, True),
     "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
     "resources.torch_threads": _NONNEG, "resources.max_failures": _NONNEG,
     "debug.nan_epoch": _at_least(-1),
@@ -326,7 +338,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "discover.backend": ("auto", "cpu", "cuml"),
     "discover.predict": ("knn", "approximate"),
     "mtl.model": ("hps", "nddr", "mti"),
-    "mtl.compare": ("hps", "nddr", "mti"),
+    "mtl.compare": ("hps", "nddr", "mti", "maxl", "auxilearn"),
     "mtl.backbone": ("conv", "resnet18"),
     "mtl.loss_weighting": ("fixed", "uncertainty"),
     "resources.amp": ("none", "bf16"),

@@ -57,19 +57,18 @@ def render_markdown(r: dict) -> str:
     order = ["stl", "mtl"] + sorted(k for k in r["models"] if k not in ("stl", "mtl", "entangled")) + ["entangled"]
     for key in [k for k in order if k in r["models"]]:  # STL, the MTL model, the compared ones, the ablation
         m = r["models"][key]
-        name = ("STL" if key == "stl" else f"MTL-{m['model'].upper()} + entangled-AE labels (ablation)" if key == "entangled"
-                else f"MTL-{m['model'].upper()} + Detaux")
+        name = model_name(key, m["model"])
         val = f"{m['val_principal_accuracy']:.4f}" if "val_principal_accuracy" in m else "-"
         lines.append(f"| {name} | {', '.join(m['tasks'])} | {m['test_principal_accuracy']:.4f} | {val} | {m['parameters']:,} | {m['wall_time_s']} |")
     seeds = r.get("seeds")
     if seeds:
-        line = (f"\nOver {len(seeds['seeds'])} seeds ({', '.join(map(str, seeds['seeds']))}): MTL-{seeds['model'].upper()} "
-                f"{seeds['mtl_mean']:.4f} +/- {seeds['mtl_std']:.4f}")
-        if "stl_mean" in seeds:
-            line += f", STL {seeds['stl_mean']:.4f} +/- {seeds['stl_std']:.4f}"
-        if "p_value" in seeds:
-            line += f"; Welch t-test MTL vs STL: t = {seeds['t_statistic']:.3f}, p = {seeds['p_value']:.3g}"
-        lines.append(line + " (mean +/- sample std of the principal test accuracy).")
+        lines += ["", f"Over {len(seeds['seeds'])} seeds ({', '.join(map(str, seeds['seeds']))}): mean +/- sample std of "
+                  "the principal test accuracy, and a Welch t-test of each model against STL:", "",
+                  "| model | accuracy | t | p |", "|---|---|---|---|"]
+        for key in [k for k in order if k in seeds.get("models", {})]:
+            row = seeds["models"][key]
+            test = f"{row['t_statistic']:.3f} | {row['p_value']:.3g}" if "p_value" in row else "- | -"
+            lines.append(f"| {model_name(key, r['models'][key]['model'])} | {row['mean']:.4f} +/- {row['std']:.4f} | {test} |")
     abl = r.get("entangled_ablation")
     if abl:
         d = abl["diagnostics"]
@@ -134,3 +133,14 @@ def render_markdown(r: dict) -> str:
 def write_report(run_dir: Path, report: dict) -> None:
     write_json(Path(run_dir) / "report.json", report)
     write_text(Path(run_dir) / "report.md", render_markdown(report))
+
+
+def model_name(key: str, kind: str) -> str:
+    """A report row's name: STL, the Detaux models, the peers that learn their own labels, the ablation."""
+    if key == "stl":
+        return "STL"
+    if key == "entangled":
+        return f"MTL-{kind.upper()} + entangled-AE labels (ablation)"
+    if kind in ("maxl", "auxilearn"):
+        return {"maxl": "MAXL (learned labels)", "auxilearn": "AuxiLearn (learned labels)"}[kind]
+    return f"MTL-{kind.upper()} + Detaux"

@@ -94,7 +94,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     between = tmp_path / "between"
     shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*", "tensorboard"))
     assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
-               "mtl.compare=[mti]", "mtl.seeds=2", "mtl.entangled_ablation=true") == 0
+               "mtl.compare=[mti, maxl, auxilearn]", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2") == 0
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
     r = json.loads((between / "report.json").read_text())
@@ -102,7 +102,12 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert r["models"]["mtl"]["tasks"] == ["auxiliary", "auxiliary_1", "principal"]
     assert r["models"]["mtl"]["parameters"] > r["models"]["stl"]["parameters"] * 3  # a backbone per task
     assert [t["subspace"] for t in r["auxiliary_tasks"]] in ([1, 2], [2, 1])
-    assert set(r["models"]) == {"stl", "mtl", "mti", "entangled"} and r["models"]["mti"]["model"] == "mti"
+    assert set(r["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn", "entangled"} and r["models"]["mti"]["model"] == "mti"
+    # The peers learn their own labels (C * psi classes), with their generator in the parameter count.
+    assert r["models"]["maxl"]["auxiliary_classes"] == 8 * 5 and r["models"]["auxilearn"]["auxiliary_split_images"] > 0
+    assert r["models"]["maxl"]["parameters"] > r["models"]["stl"]["parameters"] * 1.9
+    assert set(r["seeds"]["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn"}
+    assert all("p_value" in v for k, v in r["seeds"]["models"].items() if k != "stl")
     assert all(0.0 <= m["test_principal_accuracy"] <= 1.0 and m["parameters"] > 0 for m in r["models"].values())
     seeds = r["seeds"]
     assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
@@ -110,9 +115,11 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 2 // 32)  # same budget as stage 1
     md = (between / "report.md").read_text()
     assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
+    assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md
     _, nddr_tags = scalars(between / "tensorboard" / "mtl", "")
     assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary", "nddr/log_sigma2_auxiliary_1",
-            "mti/test_principal_accuracy"} <= nddr_tags
+            "mti/test_principal_accuracy", "maxl/meta_loss", "maxl/label_entropy", "maxl/label_diversity",
+            "auxilearn/meta_loss", "auxilearn/label_entropy"} <= nddr_tags
 
     # 3. Third run: every stage reused, identical auxiliary labels; an artifact changed since it was written is
     #    caught by its checksum and its stage recomputed (the same labels again).

@@ -95,12 +95,12 @@ def test_tune_resume_reuse_and_export(ray_session, tmp_path, capsys):
         proc.wait()
     assert not (run_dir / "best.yaml").exists() and not list((run_dir / "trials").glob("*/report.json"))
     (first,) = [t for t, status in trial_status(run_dir / "tune").items() if status == "TERMINATED"]
-    first_started = (run_dir / "trials" / first / "config.yaml").stat().st_mtime_ns
+    first_started = (run_dir / "trials" / first / "trial.json").stat().st_mtime_ns
 
     # 2. Resume: trial 1 is kept, trial 2 runs again, reusing trial 1's stage 1, and completes.
     assert tune_job.main(argv + ["--resume"]) == 0
     out = capsys.readouterr().out
-    assert (run_dir / "trials" / first / "config.yaml").stat().st_mtime_ns == first_started  # not redone
+    assert (run_dir / "trials" / first / "trial.json").stat().st_mtime_ns == first_started  # not redone
     table = (run_dir / "trials.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("trial,outcome,val_principal_accuracy")
     rows = [dict(zip(table[0].split(","), line.split(","))) for line in table[1:]]

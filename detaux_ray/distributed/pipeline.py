@@ -303,16 +303,15 @@ class Pipeline:
         return info
 
     def _seeds(self, train: pa.Table, n_classes: dict[str, int], first: dict) -> dict:
-        """STL and mtl.model over seeds seed..seed+N-1 (model init and data order; the labels stay the same)."""
+        """STL, mtl.model and every mtl.compare model over seeds seed..seed+N-1 (model init and data order; the
+        labels stay the same)."""
         cfg = self.cfg
-        acc = {"stl": [first["stl"]["test_principal_accuracy"]] if "stl" in first else [],
-               "mtl": [first["mtl"]["test_principal_accuracy"]]}
+        kinds = {key: res["model"] for key, res in first.items()}  # result key -> model kind, e.g. mtl -> hps
+        acc = {key: [res["test_principal_accuracy"]] for key, res in first.items()}
         seeds = [cfg.seed + i for i in range(cfg.mtl.seeds)]
         for seed in seeds[1:]:
             c = dataclasses.replace(cfg, seed=seed)
-            for key, kind in (("stl", "stl"), ("mtl", cfg.mtl.model)):
-                if key == "stl" and not cfg.mtl.baseline:
-                    continue
+            for key, kind in kinds.items():
                 acc[key].append(self._fit(c, kind, train, n_classes, f"seeds/{seed}", f"seed {seed}")["test_principal_accuracy"])
         return seed_statistics(seeds, acc, cfg.mtl.model)
 
@@ -345,15 +344,20 @@ def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
 
 
 def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:
-    """Mean and sample std per model and Welch's two-sample t-test (MTL vs STL) on the per-seed accuracies."""
+    """Mean and sample std per model and Welch's two-sample t-test of each model against STL on the per-seed
+    accuracies ("mtl" = mtl.model's keys at the top level; every model under "models")."""
     from scipy.stats import ttest_ind
 
-    out = {"seeds": seeds, "model": model, "accuracy": acc}
+    out = {"seeds": seeds, "model": model, "accuracy": acc, "models": {}}
     for key, values in acc.items():
-        if values:
-            out[f"{key}_mean"] = float(np.mean(values))
-            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    if len(acc.get("stl", [])) > 1 and len(acc["mtl"]) > 1:
-        t, p = ttest_ind(acc["mtl"], acc["stl"], equal_var=False)
-        out["t_statistic"], out["p_value"] = float(t), float(p)  # NaN when both samples have zero variance
+        if not values:
+            continue
+        row = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+        if key != "stl" and len(acc.get("stl", [])) > 1 and len(values) > 1:
+            t, p = ttest_ind(values, acc["stl"], equal_var=False)
+            row.update(t_statistic=float(t), p_value=float(p))  # NaN when both samples have zero variance
+        out["models"][key] = row
+        out[f"{key}_mean"], out[f"{key}_std"] = row["mean"], row["std"]
+        if key == "mtl" and "p_value" in row:
+            out["t_statistic"], out["p_value"] = row["t_statistic"], row["p_value"]
     return out

@@ -24,6 +24,8 @@ from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
 from ..artifacts import save_torch
+from ..auxlearn import LEARNERS, AuxLabelLearner, build_learner
+from ..auxlearn import train_loss as learner_loss
 from ..config import Config, config_from_dict
 from ..models import autocast, count_parameters, set_torch_threads, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
@@ -45,8 +47,15 @@ def _train(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
-                            m.pretrained).to(device, memory_format=torch.channels_last)
+    learner = None
+    if kind in LEARNERS:  # MAXL / AuxiLearn: the multi-task net learns labels that a generator makes
+        model, gen = build_learner(config["n_classes"]["principal"], m.psi, m.width, m.backbone, cfg.data.image_size)
+        learner = AuxLabelLearner(kind, gen.to(device, memory_format=torch.channels_last), m.meta_lr, m.meta_alpha,
+                                  m.auxiliary_weight, m.entropy_weight, m.neumann_steps)
+        model = model.to(device, memory_format=torch.channels_last)
+    else:
+        model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
+                                m.pretrained).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     start_epoch = 0
     state = load_resume_state(ray.train.get_checkpoint(), config["run_path"])
@@ -54,21 +63,24 @@ def _train(config: dict) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"] + 1
+        if learner is not None:
+            learner.load_state_dict(state["learner"])
         if rank == 0:
             print(f"[mtl:{kind}] resuming after epoch {start_epoch}/{m.epochs} (the newest checkpoint)", flush=True)
     ddp_model = ray.train.torch.prepare_model(model)
-    tasks = list(config["n_classes"]) if kind != "stl" else ["principal"]
+    tasks = list(config["n_classes"]) if kind not in ("stl", *LEARNERS) else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
         t: m.principal_weight if t == "principal" else m.auxiliary_weight for t in tasks}
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
     train_shard = ray.train.get_dataset_shard("train")
     test_shard = ray.train.get_dataset_shard("test")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    meta_batches = _forever(ray.train.get_dataset_shard("meta"), m.batch_size, device) if kind == "auxilearn" else None
 
     for epoch in range(start_epoch, m.epochs):
         t0 = time.time()
         ddp_model.train()
-        total, n_batches = torch.zeros((), device=device), 0
+        total, n_batches, meta_sums, n_meta = torch.zeros((), device=device), 0, {}, 0
         for step, batch in enumerate(train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
                                                     local_shuffle_seed=cfg.seed * 100_003 + epoch, drop_last=True,
                                                     device=device, pin_memory=device.type == "cuda")):
@@ -76,12 +88,22 @@ def _train(config: dict) -> None:
             x = to_float_images(batch["image"])
             targets = {t: batch[t].long() for t in tasks}
             with autocast(device, res.amp):
-                loss, _ = multitask_loss(ddp_model(x), targets, weights)
+                if learner is None:
+                    loss, _ = multitask_loss(ddp_model(x), targets, weights)
+                else:
+                    y = targets["principal"]
+                    loss = learner_loss(ddp_model(x), y, learner.targets(x, y), m.auxiliary_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.detach()
             n_batches += 1
+            if learner is not None and step % m.meta_every == 0:  # the generator's step (fp32: second order)
+                extra = next(meta_batches) if meta_batches is not None else None
+                aux = (to_float_images(extra["image"]), extra["principal"].long()) if extra is not None else (None, None)
+                for k, v in learner.meta_step(model, x, targets["principal"], *aux).items():
+                    meta_sums[k] = meta_sums.get(k, 0.0) + v
+                n_meta += 1
         train_loss = float(total) / max(n_batches, 1)
         if not np.isfinite(train_loss):
             if rank == 0:
@@ -101,8 +123,14 @@ def _train(config: dict) -> None:
                         writer.add_scalar(f"{kind}/{name}", value, epoch)
                 for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
                     writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
+                if learner is not None:  # the meta losses and how the generated labels spread over C * psi classes
+                    for k, v in meta_sums.items():
+                        writer.add_scalar(f"{kind}/{k}", v / max(n_meta, 1), epoch)
+                    for k, v in learner.label_stats(x, targets["principal"]).items():
+                        writer.add_scalar(f"{kind}/{k}", v, epoch)
                 writer.flush()
-                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch})
+                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                                                      **({"learner": learner.state_dict()} if learner is not None else {})})
                 checkpoint = Checkpoint.from_directory(tmp)
                 print(f"[mtl:{kind}] epoch {epoch + 1}/{m.epochs} loss={train_loss:.4f} "
                       f"test_principal_acc={metrics['test_principal_accuracy']:.4f}"
@@ -110,6 +138,13 @@ def _train(config: dict) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
     if writer:
         writer.close()
+
+
+def _forever(shard, batch_size: int, device):
+    """Batches of a dataset shard, pass after pass (AuxiLearn's auxiliary split, read alongside the training split)."""
+    while True:
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
+            yield batch
 
 
 @torch.no_grad()
@@ -137,9 +172,14 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     res = cfg.resources
     raise_if_failed(status_dir, clear=True)
     name = f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}"
+    meta_table = None
+    if kind == "auxilearn":  # its generator learns on a held-out share of the training split
+        train_table, meta_table = auxiliary_split(train_table, cfg.mtl.aux_split, cfg.seed)
     datasets = {"train": row_stream(train_table, cache, res.data_cpus), "test": row_stream(test_table, cache, res.data_cpus)}
     if val_table is not None:
         datasets["val"] = row_stream(val_table, cache, res.data_cpus)
+    if meta_table is not None:
+        datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -158,16 +198,35 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         result = fit(trainer)
     finally:
         raise_if_failed(status_dir)
-    tasks = n_classes if kind != "stl" else {"principal": n_classes["principal"]}
+    tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS
+             else n_classes)
     return {
         "model": kind,
         "test_principal_accuracy": float(result.metrics["test_principal_accuracy"]),
         **({"val_principal_accuracy": float(result.metrics["val_principal_accuracy"])} if val_table is not None else {}),
         "epochs": int(result.metrics["epoch"]) + 1,
-        "parameters": count_parameters(build_mtl_model(kind, n_classes, cfg.mtl.width, backbone=cfg.mtl.backbone,
-                                                       image_size=cfg.data.image_size)),
+        "parameters": parameter_count(kind, n_classes, cfg),
         "backbone": cfg.mtl.backbone,
         "loss_weighting": "fixed" if kind == "stl" else cfg.mtl.loss_weighting,
         "tasks": sorted(tasks),
+        **({"auxiliary_classes": n_classes["principal"] * cfg.mtl.psi} if kind in LEARNERS else {}),
+        **({"auxiliary_split_images": meta_table.num_rows} if meta_table is not None else {}),
         "wall_time_s": round(time.time() - t0, 1),
     }
+
+
+def parameter_count(kind: str, n_classes: dict[str, int], cfg: Config) -> int:
+    """Trainable parameters of the model, with a learner's label generator counted in."""
+    m = cfg.mtl
+    if kind in LEARNERS:
+        return sum(count_parameters(mod) for mod in build_learner(n_classes["principal"], m.psi, m.width, m.backbone,
+                                                                  cfg.data.image_size))
+    return count_parameters(build_mtl_model(kind, n_classes, m.width, backbone=m.backbone, image_size=cfg.data.image_size))
+
+
+def auxiliary_split(table: pa.Table, frac: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """(training rows, auxiliary-split rows): a seeded `frac` of the table held out (AuxiLearn's auxiliary set)."""
+    n = table.num_rows
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng([seed, 23]).choice(n, max(1, int(round(frac * n))), replace=False)] = True
+    return table.filter(pa.array(~held)), table.filter(pa.array(held))

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from ..artifacts import write_text
+from ..artifacts import write_json, write_text
 from ..config import Config, config_from_dict
 from ..errors import ConfigError, DetauxError, NonFiniteLossError, SingleClusterError
 from ..search import METRIC, SearchSpec, apply_params, start_points
@@ -74,6 +74,8 @@ def trial_fn(params: dict, base: dict, store: str) -> None:
     trial_dir = Path(store).parent / "trials" / tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False
     pipe = None
+    write_json(trial_dir / "trial.json", {"trial_id": tune.get_context().get_trial_id(), "params": params,
+                                          "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     try:
         cfg = apply_params(base, params)
         pipe = Pipeline(cfg, trial_dir, stage_store=Path(store), mtl_callbacks=[TuneReportCallback()])
