@@ -1,5 +1,5 @@
 """Every real-dataset loader through the whole pipeline (disentangle -> discover -> STL / MTL) on a tiny fixture
-written in the format's exact on-disk layout (the writers of tests/test_formats.py), streamed through Ray Data.
+written in the format's exact on-disk layout (the writers of detaux_ray/data/fixtures.py), streamed through Ray Data.
 
 Prints one line per format (exit code, wall time, STL / MTL accuracy, auxiliary classes); the last line is JSON.
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "jobs")]
+sys.path[:0] = [str(ROOT), str(ROOT / "jobs")]
 
 TINY = ["data.n_images=0", "data.cache=stream", "disentangle.k=3", "disentangle.epochs=2", "disentangle.pairs_per_epoch=128",
         "disentangle.batch_size=16", "discover.clusterer=kmeans++", "discover.n_clusters=3", "mtl.epochs=1", "mtl.width=8",
@@ -25,13 +25,14 @@ TINY = ["data.n_images=0", "data.cache=stream", "disentangle.k=3", "disentangle.
 
 def main() -> None:
     import full_pipeline
-    import ray
-    from test_formats import FORMATS
+
+    from detaux_ray.data.fixtures import FORMATS
+    from detaux_ray.distributed.pipeline import start_local_ray
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default=",".join(sorted(FORMATS)))
     args = ap.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_local_ray(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     figures = {"bench": "formats_pipeline", "settings": TINY, "formats": {}}
     for name in args.formats.split(","):
         writer, overrides = FORMATS[name]

@@ -11,7 +11,9 @@ import pytest
 
 from detaux_ray.config import CHOICES, RANGES, Config, _flat, load_config, ranges_table
 from detaux_ray.errors import ConfigError
-from test_formats import _img, _png, write_imagefolder
+from detaux_ray.data.fixtures import png_bytes as _png
+from detaux_ray.data.fixtures import random_image as _img
+from detaux_ray.data.fixtures import write_imagefolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
 import full_pipeline  # noqa: E402

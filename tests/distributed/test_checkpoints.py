@@ -103,7 +103,7 @@ def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_sess
     for item in ["data.n_images=1200", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=6",
                  "disentangle.pairs_per_epoch=256", "disentangle.batch_size=32", "disentangle.scorecard_every=0",
                  "discover.clusterer=kmeans++", "discover.n_clusters=4", "mtl.epochs=1", "mtl.width=8",
-                 "resources.cpus_per_worker=0.5"]:
+                 "mtl.baseline=false", "resources.cpus_per_worker=0.5"]:
         argv += ["--set", item]
 
     def run_until(pattern: str | None, sig: int) -> tuple[int, str]:

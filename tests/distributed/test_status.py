@@ -4,7 +4,9 @@ decoded) stops the stage with exit 3 and one line naming the file; Ray does not 
 import re
 
 import pytest
-from test_formats import _img, _png, write_imagefolder
+from detaux_ray.data.fixtures import png_bytes as _png
+from detaux_ray.data.fixtures import random_image as _img
+from detaux_ray.data.fixtures import write_imagefolder
 
 import full_pipeline
 
