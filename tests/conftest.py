@@ -27,3 +27,14 @@ def pytest_configure(config):
     for p in (here, here.parent / "jobs"):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
+
+
+def driver_lines(text: str) -> str:
+    """The lines our own process printed, without the worker output Ray forwards ("(RayTrainWorker pid=...)").
+
+    Ray's forwarded lines are Ray's business (under load its own actors log tracebacks of internal timeouts);
+    the tests hold our process to "no traceback"."""
+    import re
+
+    forwarded = re.compile(r"^(\x1b\[\d+m)?\((\w[\w.]* )?pid=\d+")
+    return "\n".join(line for line in text.splitlines() if not forwarded.match(line))
