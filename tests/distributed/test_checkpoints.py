@@ -110,6 +110,7 @@ def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_sess
 
     def run_until(pattern: str | None, sig: int) -> tuple[int, str]:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own instance beside this session's
+        env["RAY_DEDUP_LOGS"] = "0"  # Ray folds "similar" lines (epoch 2/6, 3/6, ...) into one: we wait for them
         p = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         for line in p.stdout:
@@ -120,7 +121,7 @@ def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_sess
         rest, _ = p.communicate(timeout=300)
         return p.returncode, "".join(lines) + rest
 
-    code, out = run_until(r"\[disentangle\] epoch 3/6", signal.SIGINT)
+    code, out = run_until(r"\[disentangle\] epoch [2-5]/6", signal.SIGINT)
     assert code == 130, out[-3000:]
     assert "interrupted: stopped during stage 'disentangle'" in out and "run the same command again to resume" in out
     assert "Traceback" not in driver_lines(out) and "Found multiple active Ray instances" not in out
@@ -141,8 +142,10 @@ def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_sess
     # The newest checkpoint when we look; the stopped driver's workers may still finish one more epoch before they
     # go, so the rerun resumes from this one or a newer one, never from an older record.
     done = newest_on_disk()
-    assert done >= 2
-    code, out = run_until(r"\[disentangle\] epoch 5/6", signal.SIGKILL)  # a killed driver cleans up nothing
+    assert done >= 1
+    # Killed as soon as stage 1 has resumed (an epoch line might never come: the stopped driver's workers may have
+    # finished every epoch before they went). A killed driver cleans up nothing.
+    code, out = run_until(r"\[disentangle\] resuming after epoch", signal.SIGKILL)
     assert resumed_after(out) >= done
     assert list(run_dir.glob(".disentangle.tmp-*")), "the killed driver left its staging folder"
 
