@@ -163,11 +163,6 @@ def read_manifest(stage_dir: Path) -> dict | None:
         return None
 
 
-def stage_complete(stage_dir: Path, config_hash: str) -> dict | None:
-    """The stage's manifest if it finished with this config hash and its artifacts are intact, else None."""
-    return verify_stage(stage_dir, config_hash)[0]
-
-
 def verify_stage(stage_dir: Path, config_hash: str) -> tuple[dict | None, str]:
     """(manifest, "") when the stage finished with this config hash and every artifact still has the checksum the
     manifest recorded; else (None, why not) with why = "" when there is simply nothing to reuse."""

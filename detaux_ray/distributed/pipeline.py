@@ -21,6 +21,7 @@ from ..artifacts import (
     clean_stale_temporaries,
     load_torch,
     manifest,
+    read_manifest,
     save_torch,
     staging_dir,
     verify_stage,
@@ -186,7 +187,7 @@ class Pipeline:
             write_json(tmp / "manifest.json", m)
         self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
-        return verify_stage(stage_dir, h)[0] or m
+        return read_manifest(stage_dir) or m  # a concurrent run's copy in a shared store, if it won
 
     # Stage 1 ----------------------------------------------------------------------------------------------
     def _disentangle(self, out: Path) -> dict:
