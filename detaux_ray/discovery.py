@@ -1,14 +1,25 @@
-"""Stage-2 core (no Ray): choose the auxiliary subspace, and the diagnostics of the discovered labels."""
+"""Stage-2 core (no Ray): choose the auxiliary subspace, cluster it, and the diagnostics of the discovered labels.
+
+`discover` is the whole stage on the stage-1 embeddings; the Ray layer only computes the embeddings."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from scipy.stats import chi2_contingency
 from sklearn import metrics
 
+from .artifacts import write_json
+from .clustering import ClusterResult, cluster
+from .config import Config, DiscoverConfig
 from .errors import SingleClusterError
 from .pairs import sample_pairs
-from .scorecard import is_identifier
+from .scorecard import heatmap, is_identifier, scorecard
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 
@@ -106,3 +117,62 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
         best = max(out["factor_scores"], key=lambda f: out["factor_scores"][f]["v_measure"])
         out["best_factor"] = best
     return out
+
+
+def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, principal: np.ndarray,
+                         factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print
+                         ) -> tuple[ClusterResult, dict]:
+    """Cluster the points x (N, d) with discover.clusterer and diagnose the labels against the principal task and
+    the known factors."""
+    say(f"{what}: clustering {len(x)} points with {disc.clusterer}")
+    t0 = time.time()
+    result = cluster(x, disc, seed)
+    say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
+        f"in {time.time() - t0:.1f}s")
+    return result, diagnostics(result.labels, principal, factors)
+
+
+def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
+    """`id` plus subspace_0 .. subspace_{k-1}, each a fixed-size list of d float32 (every training image)."""
+    n, k, d = s.shape
+    cols = {"id": ids}
+    for i in range(k):
+        cols[f"subspace_{i}"] = pa.FixedSizeListArray.from_arrays(pa.array(s[:, i].astype(np.float32).reshape(-1)), d)
+    return pa.table(cols)
+
+
+def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: str, principal: np.ndarray,
+             factors: dict[str, np.ndarray], cfg: Config, out: Path, title: str = "",
+             say: Callable[[str], None] = print) -> dict:
+    """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
+    discover.n_auxiliary of them by discover.criterion, cluster each into an auxiliary task, and write
+    labels.parquet, embeddings.parquet (the first chosen subspace), subspaces.parquet, the scorecard
+    (scorecard.png) and diagnostics.json into `out`. Returns the diagnostics."""
+    d, disc = cfg.disentangle, cfg.discover
+    scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
+    chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
+    columns = {"row": rows, "id": ids, "principal": principal}
+    tasks = []
+    for task, j in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
+        result, diag = cluster_and_diagnose(s[:, j], disc, cfg.seed, principal, factors,
+                                            f"{task}: subspace {j} (criterion {disc.criterion})", say)
+        columns[task] = result.labels
+        tasks.append({"task": task, "subspace": j, "clusterer": result.method, "clusterer_params": result.params,
+                      "has_noise_label": result.has_noise_label, "diagnostics": diag})
+    pq.write_table(pa.table(columns), out / "labels.parquet")
+    emb = s[:, chosen[0]].astype(np.float32)
+    pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
+                   out / "embeddings.parquet")
+    pq.write_table(subspaces_table(ids, s), out / "subspaces.parquet")
+    card = scorecard(s, principal_name, principal, factors, d.principal_subspace, cfg.seed)
+    heatmap(card, out / "scorecard.png", title=title)
+    sep = card.principal_separation()
+    say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
+        + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in chosen))
+    first = tasks[0]
+    info = {"chosen_subspace": first["subspace"], "criterion": disc.criterion, "clusterer": first["clusterer"],
+            "clusterer_params": first["clusterer_params"], "has_noise_label": first["has_noise_label"],
+            "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": first["diagnostics"],
+            "auxiliary_tasks": tasks, "scorecard": card.to_dict(), "scorecard_png": "scorecard.png"}
+    write_json(out / "diagnostics.json", info)
+    return info

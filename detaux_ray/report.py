@@ -144,3 +144,13 @@ def model_name(key: str, kind: str) -> str:
     if kind in ("maxl", "auxilearn"):
         return {"maxl": "MAXL (learned labels)", "auxilearn": "AuxiLearn (learned labels)"}[kind]
     return f"MTL-{kind.upper()} + Detaux"
+
+
+def summary_line(r: dict) -> str:
+    """One line for the terminal: the principal accuracies and what the discovered task is."""
+    best = r.get("best_factor")
+    fs = r["factor_scores"].get(best, {}) if best else {}
+    stl = f"STL accuracy {r['stl_accuracy']:.4f} | " if r["stl_accuracy"] is not None else ""
+    return (f"{stl}MTL-{r['mtl_model'].upper()} accuracy {r['mtl_accuracy']:.4f} | {r['n_aux_classes']} auxiliary "
+            f"classes, NMI(principal, aux) {r['nmi_principal_aux']:.4f}"
+            + (f" | best factor {best}: homogeneity {fs['homogeneity']:.3f}, completeness {fs['completeness']:.3f}" if fs else ""))

@@ -3,6 +3,8 @@
     python jobs/full_pipeline.py [--preset NAME_OR_YAML] [--run-dir DIR] [--set section.key=value ...]
                                  [--stage-store DIR]   (reuse stages a tuning run already computed)
     ray job submit --working-dir . -- python jobs/full_pipeline.py --preset quick
+
+`detaux` below is the recipe (tuning trials run it too); the pieces live in `detaux_ray.distributed.pipeline`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout / ray job working dir
 
+from detaux_ray.artifacts import write_json  # noqa: E402
 from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
+from detaux_ray.report import summary_line  # noqa: E402
+from detaux_ray.statistics import seed_statistics  # noqa: E402
+
+
+def detaux(p) -> dict:
+    """The recipe over a `Pipeline` p: each stage is skipped when its artifacts exist for the same config."""
+    cfg, m = p.cfg, p.cfg.mtl
+    p.start()  # run dir checked, Ray started or joined
+    s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
+    s2 = p.stage("discover", p.discover)  # 2. choose a subspace, cluster it -> labels.parquet
+
+    def multitask(out: Path) -> dict:  # 3. STL vs multi-task models on (image, principal, auxiliary)
+        train, n_classes = p.labels()
+        kinds = {"stl": "stl"} if m.baseline else {}
+        kinds |= {"mtl": m.model} | {k: k for k in m.compare if k != m.model}  # result key -> model
+        results = {key: p.fit(kind, train, n_classes, tune_reports=key == "mtl") for key, kind in kinds.items()}
+        info = {"results": results, "n_classes": n_classes}
+        if m.seeds > 1:  # every model again with seeds seed+1, ... (init and data order; the same labels)
+            seeds = [cfg.seed + i for i in range(m.seeds)]
+            acc = {key: [r["test_principal_accuracy"]] for key, r in results.items()}
+            for seed in seeds[1:]:
+                for key, kind in kinds.items():
+                    acc[key].append(p.fit(kind, train, n_classes, seed=seed)["test_principal_accuracy"])
+            info["seeds"] = seed_statistics(seeds, acc, m.model)
+        if m.entangled_ablation:  # paper Sec. 5.3: labels from a plain autoencoder's latent instead
+            info["entangled_ablation"] = p.entangled_ablation(out, n_classes)
+            results["entangled"] = info["entangled_ablation"]["result"]
+        write_json(out / "results.json", info)
+        return info
+
+    s3 = p.stage("mtl", multitask)
+    return p.finish(s1, s2, s3)  # report.md / report.json, config.yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,41 +60,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set disentangle.epochs=10 (repeatable)")
     ap.add_argument("--stage-store", default=None, metavar="DIR",
-                    help="a shared stage store (a tune run's <run-dir>/stages): stages already computed there for "
-                         "this config are reused, new ones are added to it")
+                    help="a tune run's <run-dir>/stages: stages computed there for this config are reused")
     args = ap.parse_args(argv)
-    t0 = time.time()
-    state = {"run_dir": Path(args.run_dir or Path("runs") / Path(args.preset).stem), "pipeline": None}
+    t0, run_dir, pipe = time.time(), Path(args.run_dir or Path("runs") / Path(args.preset).stem), []
 
     def body() -> int:
         cfg = load_config(args.preset, args.overrides)
         from detaux_ray.distributed.pipeline import Pipeline  # Ray is imported only once the config is valid
 
-        state["pipeline"] = Pipeline(cfg, state["run_dir"], stage_store=args.stage_store)
-        _summary(state["pipeline"].run(), t0)
+        pipe.append(Pipeline(cfg, run_dir, stage_store=args.stage_store))
+        print(f"{summary_line(detaux(pipe[0]))} | {time.time() - t0:.0f}s")
         return 0
 
     def interrupted() -> str:
-        p = state["pipeline"]
-        if p is not None:
+        if pipe:
             from detaux_ray.distributed.pipeline import silence_worker_logs
 
             silence_worker_logs()
-        where = f"during stage '{p.current_stage}'" if p is not None and p.current_stage else "before any stage ran"
-        return (f"stopped {where}. Finished stages and the newest checkpoint are kept in {state['run_dir']}; "
-                f"run the same command again to resume.")
+        stage = pipe[0].current_stage if pipe else ""
+        return (f"stopped {f'during stage {stage!r}' if stage else 'before any stage ran'}. Finished stages and the "
+                f"newest checkpoint are kept in {run_dir}; run the same command again to resume.")
 
     return run_cli(body, interrupted)
-
-
-def _summary(report: dict, t0: float) -> None:
-    best = report.get("best_factor")
-    fs = report["factor_scores"].get(best, {}) if best else {}
-    stl = f"STL accuracy {report['stl_accuracy']:.4f} | " if report["stl_accuracy"] is not None else ""
-    print(f"{stl}MTL-{report['mtl_model'].upper()} accuracy {report['mtl_accuracy']:.4f} | "
-          f"{report['n_aux_classes']} auxiliary classes, NMI(principal, aux) {report['nmi_principal_aux']:.4f}"
-          + (f" | best factor {best}: homogeneity {fs['homogeneity']:.3f}, completeness {fs['completeness']:.3f}" if fs else "")
-          + f" | {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from detaux_ray.config import CONFIG_DIR  # noqa: E402
 from detaux_ray.data import DATASETS, build_source  # noqa: E402
 from detaux_ray.errors import DataError  # noqa: E402
 from detaux_ray.search import METRIC, SEARCH_DIR, load_search_spec  # noqa: E402
+from full_pipeline import detaux  # noqa: E402  (the recipe every trial runs; this script's folder is on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         from detaux_ray.distributed.tune import STAGES, run_search  # Ray is imported only once the inputs are valid
 
         out["stages"] = STAGES
-        out["spec"], out["summary"] = spec, run_search(spec, base, run_dir, args.num_samples, seed=args.seed,
+        out["spec"], out["summary"] = spec, run_search(spec, base, run_dir, args.num_samples, detaux, seed=args.seed,
                                                        max_concurrent=args.concurrent, resume=args.resume)
         return 0
 

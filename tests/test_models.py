@@ -136,18 +136,6 @@ def test_resnet18_backbone_and_local_pretrained_weights(tmp_path):
         ResNet18Backbone(32, str(bad))
 
 
-def test_seed_statistics_welch_t_test():
-    from scipy.stats import ttest_ind
-
-    from detaux_ray.distributed.pipeline import seed_statistics
-
-    acc = {"stl": [0.80, 0.82, 0.81], "mtl": [0.86, 0.85, 0.88]}
-    out = seed_statistics([0, 1, 2], acc, "hps")
-    assert out["mtl_mean"] == pytest.approx(0.8633333) and out["stl_std"] == pytest.approx(0.01)
-    assert out["p_value"] == pytest.approx(ttest_ind(acc["mtl"], acc["stl"], equal_var=False).pvalue)
-    assert out["p_value"] < 0.05
-
-
 def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     from detaux_ray.config import load_config
     from detaux_ray.disentangle import beta_schedule, detaux_loss

@@ -1,5 +1,6 @@
-"""The Detaux pipeline on Ray: disentangle -> discover -> multi-task learning, each stage reading the previous
-stage's artifacts from the run directory and skipped when already complete for the same config."""
+"""The pieces of the Detaux pipeline on Ray that a recipe (`jobs/full_pipeline.py`) puts together: Ray start-up, a
+stage runner (config hash, reuse, staging) and the stages' bodies (stage 1 and 3 on Ray Train, stage 2's embedding
+on Ray Data, the rest in the core). Each stage reads the previous stage's artifacts from the run directory."""
 
 from __future__ import annotations
 
@@ -28,13 +29,11 @@ from ..artifacts import (
     write_json,
     write_text,
 )
-from ..clustering import cluster
 from ..config import Config
 from ..data import ImageSource, build_source
-from ..discovery import auxiliary_tasks, diagnostics, rank_subspaces, subspace_scores
+from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
 from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
-from ..scorecard import heatmap, scorecard
 from . import train_disentangle, train_mtl
 from .discover import embed
 from .streams import ImageCache, SourceImages, images_for
@@ -90,11 +89,11 @@ def _say(msg: str) -> None:
 
 
 class Pipeline:
-    """Runs the three stages into `run_dir`.
+    """The run directory, the data and the stages of one pipeline run; `jobs/full_pipeline.py` is the recipe.
 
     Each stage's artifacts go to `run_dir/<stage>`, or, with a `stage_store`, to `stage_store/<stage>/<hash>`, a
     store that several runs share (tuning trials): a stage whose config hash is already there is reused.
-    `mtl_callbacks` are handed to the multi-task model's Ray Train trainer (Tune reporting).
+    `mtl_callbacks` are handed to the Ray Train trainer of the fit marked `tune_reports` (Tune reporting).
     """
 
     def __init__(self, cfg: Config, run_dir: Path, stage_store: Path | None = None, mtl_callbacks: list | None = None):
@@ -131,7 +130,9 @@ class Pipeline:
                 _say(f"streaming {len(self.source)} images from {self.cfg.data.path or 'the renderer'} (read per batch)")
         return self._cache
 
-    def run(self) -> dict:
+    # The stage runner ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check the run directory (and store), remove leftovers of killed runs, connect to / start Ray."""
         check_writable_dir(self.run_dir)
         if self.stage_store is not None:
             check_writable_dir(self.stage_store, "stage store")
@@ -140,9 +141,38 @@ class Pipeline:
             if removed:
                 _say(f"removed {len(removed)} leftover(s) of an interrupted run in {folder}: {', '.join(removed)}")
         ensure_ray(self.cfg.resources.address)
-        s1 = self._stage("disentangle", self._disentangle)
-        s2 = self._stage("discover", self._discover)
-        s3 = self._stage("mtl", self._mtl)
+
+    def stage_dir(self, name: str) -> Path:
+        if self.stage_store is not None:
+            return self.stage_store / name / self.cfg.stage_hash(name)
+        return self.run_dir / name
+
+    def stage(self, name: str, body) -> dict:
+        """Run `body(folder)` as stage `name`, unless its artifacts are complete for this config already; the
+        folder is a staging copy renamed into place when the body returns. Returns the stage's manifest."""
+        stage_dir = self.stage_dir(name)
+        h = self.cfg.stage_hash(name)
+        self.current_stage = name
+        done, why_not = verify_stage(stage_dir, h)
+        if why_not:
+            _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
+        if done:
+            _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
+            self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True, "hash": h}
+            return done
+        _say(f"stage '{name}' starting (config hash {h})")
+        t0 = time.time()
+        # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
+        with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
+            info = body(tmp)
+            m = manifest(name, h, time.time() - t0, tmp, **info)
+            write_json(tmp / "manifest.json", m)
+        self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
+        _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
+        return read_manifest(stage_dir) or m  # a concurrent run's copy in a shared store, if it won
+
+    def finish(self, s1: dict, s2: dict, s3: dict) -> dict:
+        """report.md / report.json / scorecard.png and the resolved config.yaml into the run directory."""
         src = self.source
         dataset = {"name": src.name, "principal": src.principal_name, "n_principal_classes": src.n_principal_classes,
                    "n_train": len(src.train_rows()), "n_val": len(src.val_rows()), "n_test": len(src.test_rows()),
@@ -162,35 +192,9 @@ class Pipeline:
         _say(f"report: {self.run_dir / 'report.md'}")
         return report
 
-    def stage_dir(self, name: str) -> Path:
-        if self.stage_store is not None:
-            return self.stage_store / name / self.cfg.stage_hash(name)
-        return self.run_dir / name
-
-    def _stage(self, name: str, fn) -> dict:
-        stage_dir = self.stage_dir(name)
-        h = self.cfg.stage_hash(name)
-        self.current_stage = name
-        done, why_not = verify_stage(stage_dir, h)
-        if why_not:
-            _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
-        if done:
-            _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
-            self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True, "hash": h}
-            return done
-        _say(f"stage '{name}' starting (config hash {h})")
-        t0 = time.time()
-        # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
-        with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
-            info = fn(tmp)
-            m = manifest(name, h, time.time() - t0, tmp, **info)
-            write_json(tmp / "manifest.json", m)
-        self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
-        _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
-        return read_manifest(stage_dir) or m  # a concurrent run's copy in a shared store, if it won
-
     # Stage 1 ----------------------------------------------------------------------------------------------
-    def _disentangle(self, out: Path) -> dict:
+    def disentangle(self, out: Path) -> dict:
+        """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt."""
         rows = self.source.train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
@@ -211,6 +215,16 @@ class Pipeline:
                 "factors": {f: v[pick] for f, v in src.factors.items()}}
 
     # Stage 2 ----------------------------------------------------------------------------------------------
+    def discover(self, out: Path) -> dict:
+        """Embed every training image with stage 1's encoder (Ray Data), then the core's `discovery.discover`."""
+        src, rows = self.source, self.source.train_rows()
+        s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
+        return discover(s, rows, src.native_ids(rows), src.principal_name, src.principal[rows], self._factors(rows),
+                        self.cfg, out, title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)", say=_say)
+
+    def _factors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {f: v[rows] for f, v in self.source.factors.items()}
+
     def _embed(self, state: dict) -> np.ndarray:
         cfg, d, rows = self.cfg, self.cfg.disentangle, self.source.train_rows()
         t0 = time.time()
@@ -219,50 +233,15 @@ class Pipeline:
         _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s")
         return s
 
-    def _cluster(self, x: np.ndarray, what: str) -> tuple:
-        disc, src, rows = self.cfg.discover, self.source, self.source.train_rows()
-        _say(f"{what}: clustering {len(rows)} points with {disc.clusterer}")
-        t0 = time.time()
-        result = cluster(x, disc, self.cfg.seed)
-        _say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
-             f"in {time.time() - t0:.1f}s")
-        return result, diagnostics(result.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items()})
-
-    def _discover(self, out: Path) -> dict:
-        cfg, src = self.cfg, self.source
-        d, disc = cfg.disentangle, cfg.discover
-        rows = src.train_rows()
-        s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
-        principal = src.principal[rows]
-        scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
-        chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
-        columns = {"row": rows, "id": src.native_ids(rows), "principal": principal}
-        tasks = []
-        for task, j in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
-            result, diag = self._cluster(s[:, j], f"{task}: subspace {j} (criterion {disc.criterion})")
-            columns[task] = result.labels
-            tasks.append({"task": task, "subspace": j, "clusterer": result.method, "clusterer_params": result.params,
-                          "has_noise_label": result.has_noise_label, "diagnostics": diag})
-        pq.write_table(pa.table(columns), out / "labels.parquet")
-        emb = s[:, chosen[0]].astype(np.float32)
-        pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
-                       out / "embeddings.parquet")
-        pq.write_table(subspaces_table(columns["id"], s), out / "subspaces.parquet")
-        card = scorecard(s, src.principal_name, principal, {f: v[rows] for f, v in src.factors.items()},
-                         d.principal_subspace, cfg.seed)
-        heatmap(card, out / "scorecard.png", title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)")
-        sep = card.principal_separation()
-        _say(f"scorecard: principal '{src.principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
-             + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in chosen))
-        first = tasks[0]
-        info = {"chosen_subspace": first["subspace"], "criterion": disc.criterion, "clusterer": first["clusterer"],
-                "clusterer_params": first["clusterer_params"], "has_noise_label": first["has_noise_label"],
-                "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": first["diagnostics"],
-                "auxiliary_tasks": tasks, "scorecard": card.to_dict(), "scorecard_png": "scorecard.png"}
-        write_json(out / "diagnostics.json", info)
-        return info
-
     # Stage 3 ----------------------------------------------------------------------------------------------
+    def labels(self) -> tuple[pa.Table, dict[str, int]]:
+        """Stage 2's labels as the multi-task training table (row, principal, auxiliary...) and each task's classes."""
+        labels = pq.read_table(self.stage_dir("discover") / "labels.parquet")
+        tasks = auxiliary_tasks(self.cfg.discover.n_auxiliary)
+        n_classes = {"principal": self.source.n_principal_classes,
+                     **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
+        return labels.select(["row", "principal"] + tasks), n_classes
+
     def _eval_tables(self, tasks: list[str]) -> tuple[pa.Table, pa.Table | None]:
         src = self.source
 
@@ -272,51 +251,21 @@ class Pipeline:
 
         return principal_only(src.test_rows()), principal_only(src.val_rows()) if len(src.val_rows()) else None
 
-    def _fit(self, cfg: Config, kind: str, train: pa.Table, n_classes: dict[str, int], tb: str, key: str = "") -> dict:
+    def fit(self, kind: str, train: pa.Table, n_classes: dict[str, int], seed: int | None = None,
+            tune_reports: bool = False, tb: str = "", tag: str = "") -> dict:
+        """Train model `kind` (stl, hps, nddr, mti, maxl, auxilearn) on Ray Train; its held-out accuracy, size and
+        time. `seed` replaces cfg.seed (init and data order); `tune_reports` hands it the Tune callbacks; `tag` keeps
+        the checkpoints of runs on other labels (the ablation) apart."""
+        cfg = self.cfg if seed is None else dataclasses.replace(self.cfg, seed=seed)
+        tb = tb or ("mtl" if seed is None else f"seeds/{seed}")
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
-        _say(f"training {kind.upper()}{' (' + key + ')' if key else ''} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
+        _say(f"training {kind.upper()}{' (' + tag + ')' if tag else ''} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
-                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if key == "mtl" else None,
-                            tag="entangled" if key == "entangled" else "")
+                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag)
         _say(f"{kind.upper()}: principal test accuracy {res['test_principal_accuracy']:.4f}")
         return res
 
-    def _mtl(self, out: Path) -> dict:
-        cfg, m = self.cfg, self.cfg.mtl
-        labels = pq.read_table(self.stage_dir("discover") / "labels.parquet")
-        tasks = auxiliary_tasks(cfg.discover.n_auxiliary)
-        train = labels.select(["row", "principal"] + tasks)
-        n_classes = {"principal": self.source.n_principal_classes,
-                     **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
-        results = {}
-        if m.baseline:
-            results["stl"] = self._fit(cfg, "stl", train, n_classes, "mtl", "stl")
-        results["mtl"] = self._fit(cfg, m.model, train, n_classes, "mtl", "mtl")
-        for kind in dict.fromkeys(k for k in m.compare if k != m.model):  # further models, same labels
-            results[kind] = self._fit(cfg, kind, train, n_classes, "mtl", kind)
-        info = {"results": results, "n_classes": n_classes}
-        if m.seeds > 1:
-            info["seeds"] = self._seeds(train, n_classes, results)
-        if m.entangled_ablation:
-            info["entangled_ablation"] = self._entangled_ablation(out, n_classes)
-            results["entangled"] = info["entangled_ablation"]["result"]
-        write_json(out / "results.json", info)
-        return info
-
-    def _seeds(self, train: pa.Table, n_classes: dict[str, int], first: dict) -> dict:
-        """STL, mtl.model and every mtl.compare model over seeds seed..seed+N-1 (model init and data order; the
-        labels stay the same)."""
-        cfg = self.cfg
-        kinds = {key: res["model"] for key, res in first.items()}  # result key -> model kind, e.g. mtl -> hps
-        acc = {key: [res["test_principal_accuracy"]] for key, res in first.items()}
-        seeds = [cfg.seed + i for i in range(cfg.mtl.seeds)]
-        for seed in seeds[1:]:
-            c = dataclasses.replace(cfg, seed=seed)
-            for key, kind in kinds.items():
-                acc[key].append(self._fit(c, kind, train, n_classes, f"seeds/{seed}", f"seed {seed}")["test_principal_accuracy"])
-        return seed_statistics(seeds, acc, cfg.mtl.model)
-
-    def _entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> dict:
+    def entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> dict:
         """Paper Sec. 5.3: the same autoencoder trained on L_rec alone (warm-up for every epoch: no oracle, no
         disentangling terms); its latent sum_i s_i (the decoder's input) is clustered and mtl.model trained on it."""
         cfg, src = self.cfg, self.source
@@ -325,40 +274,12 @@ class Pipeline:
         res = train_disentangle.run(ae_cfg, src.train_rows(), src.principal, self.cache,
                                     self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir)
         z = self._embed(res["model"]).sum(axis=1)
-        result, diag = self._cluster(z, "entangled ablation: the plain autoencoder's latent")
         rows = src.train_rows()
+        result, diag = cluster_and_diagnose(z, cfg.discover, cfg.seed, src.principal[rows], self._factors(rows),
+                                            "entangled ablation: the plain autoencoder's latent", _say)
         train = pa.table({"row": rows, "principal": src.principal[rows], "auxiliary": result.labels})
         pq.write_table(train, out / "entangled_labels.parquet")
         n = {"principal": n_classes["principal"], "auxiliary": int(result.labels.max()) + 1}
-        fit = self._fit(cfg, cfg.mtl.model, train, n, "mtl_entangled", "entangled")
+        fit = self.fit(cfg.mtl.model, train, n, tb="mtl_entangled", tag="entangled")
         fit["labels"] = "entangled autoencoder"
         return {"result": fit, "diagnostics": diag, "clusterer": result.method, "ae_steps": res["steps"]}
-
-
-def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
-    """`id` plus subspace_0 .. subspace_{k-1}, each a fixed-size list of d float32 (every training image)."""
-    n, k, d = s.shape
-    cols = {"id": ids}
-    for i in range(k):
-        cols[f"subspace_{i}"] = pa.FixedSizeListArray.from_arrays(pa.array(s[:, i].astype(np.float32).reshape(-1)), d)
-    return pa.table(cols)
-
-
-def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:
-    """Mean and sample std per model and Welch's two-sample t-test of each model against STL on the per-seed
-    accuracies ("mtl" = mtl.model's keys at the top level; every model under "models")."""
-    from scipy.stats import ttest_ind
-
-    out = {"seeds": seeds, "model": model, "accuracy": acc, "models": {}}
-    for key, values in acc.items():
-        if not values:
-            continue
-        row = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-        if key != "stl" and len(acc.get("stl", [])) > 1 and len(values) > 1:
-            t, p = ttest_ind(values, acc["stl"], equal_var=False)
-            row.update(t_statistic=float(t), p_value=float(p))  # NaN when both samples have zero variance
-        out["models"][key] = row
-        out[f"{key}_mean"], out[f"{key}_std"] = row["mean"], row["std"]
-        if key == "mtl" and "p_value" in row:
-            out["t_statistic"], out["p_value"] = row["t_statistic"], row["p_value"]
-    return out

@@ -1,7 +1,7 @@
 """Ray Tune + Optuna over the whole pipeline.
 
 A trial is a plain function (Ray 2.60's Train V2 trainers cannot be handed to `Tuner`): it runs the Detaux
-pipeline on its config with a stage store that all trials share, so a trial whose upstream config equals an
+recipe (`jobs/full_pipeline.py`) on its config with a stage store that all trials share, so a trial whose upstream config equals an
 earlier trial's reuses that stage. The multi-task model's Ray Train run reports every epoch to Tune
 (TuneReportCallback), where ASHA stops weak trials on the validation accuracy; Optuna proposes the configs.
 """
@@ -13,9 +13,10 @@ import dataclasses
 import io
 import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import yaml
@@ -67,8 +68,9 @@ def param_space(spec: SearchSpec) -> dict:
     return out
 
 
-def trial_fn(params: dict, base: dict, store: str) -> None:
-    """One trial: the pipeline on base + params. Unsuccessful outcomes are reported, not raised."""
+def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], dict]) -> None:
+    """One trial: the recipe (jobs/full_pipeline.py's `detaux`) on base + params. Unsuccessful outcomes are
+    reported, not raised."""
     # The trial's pipeline writes beside the stage store, at a path that survives a restart of the trial (Tune's
     # own trial dir is a session-local staging copy), so a resumed trial picks up its Ray Train checkpoints.
     trial_dir = Path(store).parent / "trials" / tune.get_context().get_trial_id()
@@ -79,7 +81,7 @@ def trial_fn(params: dict, base: dict, store: str) -> None:
     try:
         cfg = apply_params(base, params)
         pipe = Pipeline(cfg, trial_dir, stage_store=Path(store), mtl_callbacks=[TuneReportCallback()])
-        report = pipe.run()
+        report = recipe(pipe)
     except (SingleClusterError, NonFiniteLossError, ConfigError) as exc:
         outcome = {SingleClusterError: "single_cluster", NonFiniteLossError: "diverged", ConfigError: "invalid_config"}
         print(f"[tune] trial unsuccessful ({outcome[type(exc)]}): {exc}", flush=True)
@@ -107,9 +109,10 @@ def concurrency(cfg: Config, trial_cpus: float) -> int:
     return max(1, int(total.get("CPU", 1) // need))
 
 
-def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, seed: int = 0,
-               max_concurrent: int = 0, resume: bool = False) -> dict:
-    """Run (or resume) the search; write the trial table and the best config as a preset. Returns a summary."""
+def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, recipe: Callable[[Pipeline], dict],
+               seed: int = 0, max_concurrent: int = 0, resume: bool = False) -> dict:
+    """Run (or resume) the search, each trial running `recipe` on a `Pipeline`; write the trial table and the best
+    config as a preset. Returns a summary."""
     run_dir = Path(run_dir).resolve()
     exp_dir = run_dir / EXPERIMENT
     if resume and (run_dir / "search.yaml").is_file():  # resume with the spec and base the run started with
@@ -118,7 +121,11 @@ def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: i
     # A trial that ends without the objective (single cluster, diverged) reports why instead of the metric.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     ensure_ray(base_cfg.resources.address)
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=base_cfg.to_dict(), store=str(run_dir / STAGES)),
+    module = sys.modules.get(recipe.__module__)
+    if module is not None and not recipe.__module__.startswith("detaux_ray"):  # a script's recipe: ship its code
+        ray.cloudpickle.register_pickle_by_value(module)
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=base_cfg.to_dict(), store=str(run_dir / STAGES),
+                                                         recipe=recipe),
                                     {"cpu": spec.trial_cpus})
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):

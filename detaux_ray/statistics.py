@@ -1,0 +1,28 @@
+"""Statistics of repeated runs (no Ray): per-model mean / std over seeds and Welch's t-test against STL."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:
+    """Mean and sample std per model and Welch's two-sample t-test of each model against STL on the per-seed
+    accuracies ("mtl" = mtl.model's keys at the top level; every model under "models").
+
+    t = (mean_a - mean_b) / sqrt(s_a^2 / n_a + s_b^2 / n_b), with Welch-Satterthwaite degrees of freedom.
+    """
+    from scipy.stats import ttest_ind
+
+    out = {"seeds": seeds, "model": model, "accuracy": acc, "models": {}}
+    for key, values in acc.items():
+        if not values:
+            continue
+        row = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+        if key != "stl" and len(acc.get("stl", [])) > 1 and len(values) > 1:
+            t, p = ttest_ind(values, acc["stl"], equal_var=False)
+            row.update(t_statistic=float(t), p_value=float(p))  # NaN when both samples have zero variance
+        out["models"][key] = row
+        out[f"{key}_mean"], out[f"{key}_std"] = row["mean"], row["std"]
+        if key == "mtl" and "p_value" in row:
+            out["t_statistic"], out["p_value"] = row["t_statistic"], row["p_value"]
+    return out
