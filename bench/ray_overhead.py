@@ -3,10 +3,12 @@ same steps in a plain PyTorch loop over the same pairs, in one run.
 
 Both train the same model on the same epoch's pairs with every loss term on (no warm-up); each runs a first epoch
 to warm up and the second is timed. The Ray figure is the epoch time measured inside the worker (trainer start-up,
-about 30 s here, is reported separately). The last output line is JSON.
+about 30 s here, is reported separately). The two alternate, plain then Ray, for --rounds rounds, so load from
+anything else on the machine hits both alike; the ratio is the median of the per-round ratios. The last output
+line is JSON.
 
     python bench/ray_overhead.py                       # 32x32, the quick preset's 14,000 images, batch 64
-    python bench/ray_overhead.py --n-images 600 --image-size 16   # smoke size
+    python bench/ray_overhead.py --n-images 600 --image-size 16 --rounds 2   # smoke size
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,6 +65,7 @@ def main() -> None:
     ap.add_argument("--n-images", type=int, default=14000)  # the quick preset's dataset
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating (plain, Ray) measurements")
     args = ap.parse_args()
     overrides = [f"data.n_images={args.n_images}", f"data.image_size={args.image_size}", "disentangle.epochs=2",
                  "disentangle.warmup_frac=0", f"disentangle.batch_size={args.batch}", "disentangle.k=5",
@@ -75,21 +79,28 @@ def main() -> None:
     from detaux_ray.distributed.pipeline import ensure_ray
     from detaux_ray.distributed.streams import ImageCache
 
-    t_plain = plain_epoch_time(cfg, source, epoch=1)
     ensure_ray()
     cache = ImageCache.build(source, cfg.resources.data_cpus)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        out = train_disentangle.run(cfg, source.train_rows(), source.principal, cache, Path(tmp) / "tb", str(Path(tmp) / "ckpt"),
-                                    Path(tmp))
-        t_fit = time.perf_counter() - t0
-    t_ray = float(out["metrics"]["epoch_time_s"])
+    plain, ray_epoch, fit_s = [], [], []
+    for r in range(args.rounds):
+        plain.append(plain_epoch_time(cfg, source, epoch=1))
+        with tempfile.TemporaryDirectory() as tmp:  # a fresh run each round: nothing to resume
+            t0 = time.perf_counter()
+            out = train_disentangle.run(cfg, source.train_rows(), source.principal, cache, Path(tmp) / "tb",
+                                        str(Path(tmp) / "ckpt"), Path(tmp))
+            fit_s.append(time.perf_counter() - t0)
+        ray_epoch.append(float(out["metrics"]["epoch_time_s"]))
+        print(f"round {r + 1}/{args.rounds}: plain {plain[-1]:.2f}s, Ray {ray_epoch[-1]:.2f}s "
+              f"-> {ray_epoch[-1] / plain[-1]:.3f}", flush=True)
+    ratios = [t_r / t_p for t_r, t_p in zip(ray_epoch, plain)]
     figures = {"bench": "ray_overhead", "image_size": args.image_size, "n_train_pairs": int(out["metrics"]["pairs"]),
-               "batch": args.batch, "plain_epoch_s": round(t_plain, 2), "ray_epoch_s": round(t_ray, 2),
-               "ratio": round(t_ray / t_plain, 3), "target_ratio": 1.15, "fit_total_s_2_epochs": round(t_fit, 1),
+               "batch": args.batch, "rounds": args.rounds, "plain_epoch_s": [round(t, 2) for t in plain],
+               "ray_epoch_s": [round(t, 2) for t in ray_epoch], "ratios": [round(x, 3) for x in ratios],
+               "ratio": round(float(np.median(ratios)), 3), "target_ratio": 1.15,
+               "fit_total_s_2_epochs": [round(t, 1) for t in fit_s],
                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "ray": ray.__version__}
-    print(f"epoch (steady state): plain PyTorch {t_plain:.1f}s, Ray Data + Ray Train {t_ray:.1f}s "
-          f"-> ratio {figures['ratio']} (whole 2-epoch fit incl. start-up {t_fit:.0f}s)")
+    print(f"epoch (steady state), median of {args.rounds} alternating rounds: ratio Ray / plain {figures['ratio']} "
+          f"(per round {figures['ratios']}; whole 2-epoch fit incl. start-up {np.median(fit_s):.0f}s)")
     print(json.dumps(figures))
 
 

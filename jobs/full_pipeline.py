@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def interrupted() -> str:
         if pipe:
-            from detaux_ray.distributed.pipeline import silence_worker_logs
+            from detaux_ray.distributed.logs import silence_worker_logs
 
             silence_worker_logs()
         stage = pipe[0].current_stage if pipe else ""

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def interrupted() -> str:
         if "stages" in out:
-            from detaux_ray.distributed.pipeline import silence_worker_logs
+            from detaux_ray.distributed.logs import silence_worker_logs
 
             silence_worker_logs()
         return f"finished trials are kept in {run_dir}; continue with the same command and --resume."

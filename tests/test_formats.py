@@ -30,7 +30,9 @@ def test_format_streams_through_ray_data_into_stage1(ray_session, tmp_path, data
     cfg, src = source_for(dataset, tmp_path)
     assert len(src) > 0 and src.test_rows().size and src.train_rows().size and src.n_principal_classes >= 2
     if dataset == "shapes3d":
-        assert set(src.factors) == {"floor_hue", "wall_hue", "object_hue", "scale", "orientation"}
+        # every factor, the principal's own column included (as for shapes): the diagnostics score labels against it
+        assert set(src.factors) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
+        assert np.array_equal(src.factors["shape"], src.principal)
     if dataset == "imagefolder":
         assert "colour" in src.factors
     images = images_for(src, "stream", 0.25)
@@ -44,7 +46,7 @@ def test_format_streams_through_ray_data_into_stage1(ray_session, tmp_path, data
     for batch in pair_stream(table, images, 0.25, 16).iter_batches(batch_size=16, batch_format="numpy"):
         assert batch["x1"].shape == (16, size, size, 3) and batch["x1"].dtype == np.uint8
         x1, x2 = to_float_images(torch.from_numpy(batch["x1"])), to_float_images(torch.from_numpy(batch["x2"]))
-        y1, y2 = torch.from_numpy(batch["y1"]).long(), torch.from_numpy(batch["y2"]).long()
+        y1, y2 = torch.from_numpy(np.array(batch["y1"], np.int64)), torch.from_numpy(np.array(batch["y2"], np.int64))
         loss, _, _ = detaux_loss(model, x1, x2, torch.from_numpy(batch["same"]), beta_schedule(d.epochs - 1, d), d, y1=y1, y2=y2)
         opt.zero_grad()
         loss.backward()

@@ -9,6 +9,7 @@ storage URIs (s3://, gs://) opened through pyarrow's filesystems.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import posixpath
 import re
@@ -21,16 +22,29 @@ import pyarrow.fs as pafs
 
 from ..errors import DataError
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
 
 @dataclass
 class Loaded:
+    """What a loader knows up front: labels, split, known factors; images come later through `reader.read(rows)`."""
+
     principal: np.ndarray  # (N,) int64 in [0, C)
     class_names: list[str]
     is_test: np.ndarray  # (N,) bool
-    reader: Any  # .read(rows) -> uint8 (B, S, S, 3)
+    reader: Any  # .read(rows) -> uint8 (B, S, S, 3); optional .native_ids(rows), .scan(rows), .renders
     factors: dict[str, np.ndarray] = field(default_factory=dict)  # known ground-truth factors (evaluation only)
+    # The held-out hues define the test split (shapes, shapes3d): an empty one is an error, never replaced by a
+    # random split as for a folder or table without a split of its own.
+    fixed_split: bool = False
+
+
+def heldout_hue_split(factors: dict[str, np.ndarray], heldout_hues: list[int]) -> np.ndarray:
+    """The paper's test split of (3D) shapes: floor hue *and* wall hue both among the held-out hues."""
+    held = np.asarray(heldout_hues, dtype=np.int64)
+    return np.isin(factors["floor_hue"], held) & np.isin(factors["wall_hue"], held)
 
 
 # Files ---------------------------------------------------------------------------------------------------
@@ -148,29 +162,44 @@ def _cifar_batch(fs: pafs.FileSystem, path: str) -> dict:
 
 
 @dataclass
-class CifarReader:
+class ArrayFileReader:
+    """Rows of a dataset stored as a few files of image arrays read whole (CIFAR-10's pickled batches, SVHN's .mat
+    files): row r is row r - offsets[i] of files[i]."""
+
+    kind: str  # "cifar10" | "svhn"
     path: str
-    files: list[str]  # batch file of each chunk, in row order
+    files: list[str]  # the file of each block of rows, in row order
     offsets: list[int]  # first row of each file
     size: int
     resize: str
 
+    def _file_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
     def native_ids(self, rows: np.ndarray) -> np.ndarray:
         """The index of each row within its file (the dataset's own identifier)."""
         rows = np.asarray(rows, dtype=np.int64)
-        return rows - np.asarray(self.offsets)[np.searchsorted(self.offsets, rows, side="right") - 1]
+        return rows - np.asarray(self.offsets)[self._file_of(rows)]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        fs, root = filesystem(self.path)
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
-        f = np.searchsorted(self.offsets, rows, side="right") - 1
+        f = self._file_of(rows)
         for i in np.unique(f):
             sel = f == i
-            data = _cached_cifar(self.path, self.files[i])["data"]
-            img = data[rows[sel] - self.offsets[i]].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            local = rows[sel] - self.offsets[i]
+            if self.kind == "cifar10":  # (N, 3072) channel-major rows
+                img = _cached_cifar(self.path, self.files[i])["data"][local].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            else:  # (32, 32, 3, N); a MATLAB v5 file is read whole (it has no row access)
+                img = np.moveaxis(_cached_svhn(self.path, self.files[i])["X"][..., local], 3, 0)
             out[sel] = _fit_batch(img, self.size, self.resize, f"in {self.files[i]}")
         return out
+
+
+def _concat_files(labels: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """The labels of several files as one row order, and each file's first row."""
+    offsets = [int(o) for o in np.cumsum([0] + [len(y) for y in labels])[:-1]]
+    return np.concatenate(labels), offsets
 
 
 @lru_cache(maxsize=6)  # random pairs touch every batch file: keep all six (30 MB each) per reading process
@@ -185,23 +214,17 @@ def load_cifar10(path: str, size: int, resize: str) -> Loaded:
         root, path = _join(root, "cifar-10-batches-py"), posixpath.join(path, "cifar-10-batches-py")
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     _require(fs, root, files, "cifar10", "data_batch_1..5 and test_batch (CIFAR-10's python version)")
-    labels, offsets, n = [], [], 0
-    for f in files:
-        b = _cifar_batch(fs, _join(root, f))  # labels only are kept
-        offsets.append(n)
-        n += len(b["labels"])
-        labels.append(b["labels"])
-    y = np.concatenate(labels)
+    y, offsets = _concat_files([_cifar_batch(fs, _join(root, f))["labels"] for f in files])  # labels only are kept
     names = [str(i) for i in range(int(y.max()) + 1)]
     if _exists(fs, _join(root, "batches.meta")):
         try:
             meta = _SafeUnpickler(io.BytesIO(_read_bytes(fs, _join(root, "batches.meta"))), encoding="latin1").load()
-            names = list(meta.get("label_names", names))
-        except Exception:
-            pass  # names are cosmetic
-    is_test = np.zeros(n, bool)
+            names = [str(n) for n in meta["label_names"]]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:  # names are cosmetic
+            log.warning("cifar10: batches.meta unreadable (%s); classes are named by their index", exc)
+    is_test = np.zeros(len(y), bool)
     is_test[offsets[-1]:] = True
-    return Loaded(y, names, is_test, CifarReader(path, files, offsets, size, resize))
+    return Loaded(y, names, is_test, ArrayFileReader("cifar10", path, files, offsets, size, resize))
 
 
 # SVHN ----------------------------------------------------------------------------------------------------
@@ -228,44 +251,14 @@ def _cached_svhn(path: str, name: str) -> dict:
     return _svhn_mat(fs, _join(root, name))
 
 
-@dataclass
-class SvhnReader:
-    path: str
-    files: list[str]
-    offsets: list[int]
-    size: int
-    resize: str
-
-    def native_ids(self, rows: np.ndarray) -> np.ndarray:
-        """The index of each row within its file (the dataset's own identifier)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return rows - np.asarray(self.offsets)[np.searchsorted(self.offsets, rows, side="right") - 1]
-
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
-        f = np.searchsorted(self.offsets, rows, side="right") - 1
-        for i in np.unique(f):
-            sel = f == i
-            x = _cached_svhn(self.path, self.files[i])["X"]  # a .mat file is read whole (MATLAB v5 has no row access)
-            img = np.moveaxis(x[..., rows[sel] - self.offsets[i]], 3, 0)
-            out[sel] = _fit_batch(img, self.size, self.resize, f"in {self.files[i]}")
-        return out
-
-
 def load_svhn(path: str, size: int, resize: str) -> Loaded:
     fs, root = filesystem(path)
     files = ["train_32x32.mat", "test_32x32.mat"]
     _require(fs, root, files, "svhn", "train_32x32.mat and test_32x32.mat (SVHN format 2, cropped digits)")
-    ys, offsets, n = [], [], 0
-    for f in files:
-        y = _svhn_mat(fs, _join(root, f))["y"]
-        offsets.append(n)
-        n += len(y)
-        ys.append(y)
-    is_test = np.zeros(n, bool)
+    y, offsets = _concat_files([_svhn_mat(fs, _join(root, f))["y"] for f in files])
+    is_test = np.zeros(len(y), bool)
     is_test[offsets[1]:] = True
-    return Loaded(np.concatenate(ys), [str(i) for i in range(10)], is_test, SvhnReader(path, files, offsets, size, resize))
+    return Loaded(y, [str(i) for i in range(10)], is_test, ArrayFileReader("svhn", path, files, offsets, size, resize))
 
 
 # 3D Shapes (DeepMind's h5) --------------------------------------------------------------------------------
@@ -321,9 +314,8 @@ def load_shapes3d(path: str, size: int, resize: str, noise: float, seed: int, he
     if images.shape[0] != lab.shape[0]:
         raise DataError(f"shapes3d: {lab.shape[0]} label rows for {images.shape[0]} images")
     factors = {name: np.unique(lab[:, i], return_inverse=True)[1].astype(np.int64) for i, name in enumerate(SHAPES3D_FACTORS)}
-    held = np.asarray(heldout_hues)
-    is_test = np.isin(factors["floor_hue"], held) & np.isin(factors["wall_hue"], held)  # the paper's split
-    return Loaded(np.zeros(len(lab), np.int64), [], is_test, Shapes3DReader(path, size, resize, noise, seed), factors)
+    return Loaded(np.zeros(len(lab), np.int64), [], heldout_hue_split(factors, heldout_hues),
+                  Shapes3DReader(path, size, resize, noise, seed), factors, fixed_split=True)
 
 
 # Folders of encoded images -------------------------------------------------------------------------------

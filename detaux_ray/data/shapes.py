@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
+
 FACTOR_NAMES: tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 FACTOR_SIZES: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
 N_COMBINATIONS = int(np.prod(FACTOR_SIZES))  # 480,000
@@ -191,3 +193,32 @@ def factor_grid(renderer: ShapesRenderer, n_cols: int = 10, base: tuple[int, ...
         combos[:, f] = values
         rows.append(renderer.render(index_of(combos)))
     return np.stack(rows)
+
+
+@dataclass
+class ShapesReader:
+    """`shapes` images rendered on demand from their combination index: the generated dataset's reader."""
+
+    size: int
+    noise: float
+    seed: int
+    renders = True  # generated, not read from files (the pipeline says "rendered")
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        return ShapesRenderer(self.size, self.noise, self.seed).render(index)
+
+
+def load_shapes(size: int, noise: float, seed: int, heldout_hues: list[int]):
+    """All 480,000 combinations as a loaded dataset: the six factors, the held-out-hue split, the renderer."""
+    from .formats import Loaded, heldout_hue_split
+
+    if size not in (16, 32, 64):
+        raise DataError(f"data.image_size must be 16, 32 or 64 for 'shapes', got {size}")
+    bad = [h for h in heldout_hues if not 0 <= h < FACTOR_SIZES[0]]
+    if bad:
+        raise DataError(f"data.heldout_hues must be hue indices in [0, {FACTOR_SIZES[0]}), got {bad}")
+    fac = factors_of(np.arange(N_COMBINATIONS))
+    factors = {name: fac[:, i] for i, name in enumerate(FACTOR_NAMES)}
+    return Loaded(np.zeros(N_COMBINATIONS, np.int64), [], heldout_hue_split(factors, heldout_hues),
+                  ShapesReader(size, noise, seed), factors, fixed_split=True)
+

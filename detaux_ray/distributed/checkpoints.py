@@ -14,6 +14,8 @@ from ray.train import Checkpoint
 
 from ..artifacts import load_torch
 from ..errors import find_data_error
+from .logs import quiet_worker
+from .progress import Progress
 from .status import DATA_ERROR, failed, record
 
 
@@ -61,6 +63,7 @@ def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
     returns (nothing to retry, no traceback), while DDP workers raise so that Ray stops the ranks still waiting in
     a collective, and the restarted worker group, finding the marker, returns at once (it would fail the same way,
     as would a diverged loss)."""
+    quiet_worker()
     if failed(config["status_dir"]):
         return
     try:
@@ -74,16 +77,15 @@ def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
             raise
 
 
-def fit(trainer: Any) -> Any:
-    """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt.
+def fit(trainer: Any, progress: Progress | None = None) -> Any:
+    """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt and the run's progress lines printed.
 
     On the main thread Ray Train replaces the process's SIGINT handler with one that aborts the run and exits the
     process (status 1, nothing said, and the handler stays installed for every later stage). Run from a helper
     thread, fit() leaves signals alone (as under Tune): Ctrl-C interrupts the wait here, the pipeline says where
     it stopped, and Ray ends the run's actors when the driver exits; the checkpoints on disk stay for the rerun.
+    Meanwhile a second thread prints the epochs that rank 0 reports (`progress`).
     """
-    if threading.current_thread() is not threading.main_thread():
-        return trainer.fit()
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -94,8 +96,18 @@ def fit(trainer: Any) -> Any:
 
     t = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     t.start()
+    # The progress lines are fetched on a thread of their own: Ray calls on the main thread run ObjectRef
+    # finalizers there, and a KeyboardInterrupt raised inside a finalizer is swallowed (Ctrl-C would be lost).
+    done = threading.Event()
+    printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
+    if printer is not None:
+        printer.start()
     while t.is_alive():
         t.join(0.5)
+    if printer is not None:
+        done.set()
+        printer.join()
+        progress.close()
     if "error" in box:
         raise box["error"]
     return box["result"]

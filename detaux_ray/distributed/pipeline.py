@@ -36,6 +36,7 @@ from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
 from . import train_disentangle, train_mtl
 from .discover import embed
+from .logs import quiet_env
 from .streams import ImageCache, SourceImages, images_for
 
 
@@ -46,6 +47,8 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
+        if quiet_env() and "runtime_env" not in init_kwargs:  # other nodes' workers do not inherit our environment
+            init_kwargs["runtime_env"] = {"env_vars": quiet_env()}
         ray.init(address=address, logging_level=logging.WARNING, **init_kwargs)
         _say(f"connected to the Ray cluster at {address}")
     else:
@@ -75,13 +78,6 @@ def start_local_ray(**init_kwargs) -> str:
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return gcs
-
-
-def silence_worker_logs() -> None:
-    """Stop printing Ray workers' output in this driver. Called on Ctrl-C: as the driver goes away, the run's
-    actors (Ray Train's placement-group cleaner, ...) print tracebacks that are not the user's concern."""
-    if ray.is_initialized():
-        ray._private.worker._worker_logs_enabled = False  # the switch Ray's own debugger uses (private API)
 
 
 def _say(msg: str) -> None:

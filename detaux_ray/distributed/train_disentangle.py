@@ -15,6 +15,7 @@ from ray.train import (
     Checkpoint,
     CheckpointConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
 )
@@ -35,6 +36,8 @@ from ..models import (
 from ..scorecard import heatmap, scorecard
 from .checkpoints import fit, load_resume_state, run_guarded, run_path
 from .faults import maybe_kill
+from .logs import train_log_level
+from .progress import Progress, send
 from .status import DIVERGED, raise_if_failed, record
 from .streams import gather, pair_stream, pair_table
 
@@ -73,7 +76,7 @@ def _train(config: dict) -> None:
     probe = config.get("probe") if rank == 0 and d.scorecard_every > 0 else None
     probe_images = gather(cache, probe["rows"]) if probe else None
     if writer and start_epoch:
-        print(f"[disentangle] resuming after epoch {start_epoch}/{d.epochs} (the newest checkpoint)", flush=True)
+        send(config["progress"], resumed_after=start_epoch)
 
     # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
     # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
@@ -91,8 +94,9 @@ def _train(config: dict) -> None:
             betas = beta_schedule(epoch + step / steps, d)
             x1 = to_float_images(to_device(torch.from_numpy(batch["x1"]), device))
             x2 = to_float_images(to_device(torch.from_numpy(batch["x2"]), device))
-            same = to_device(torch.from_numpy(batch["same"]), device)
-            y1, y2 = (to_device(torch.from_numpy(batch[y]).long(), device) for y in ("y1", "y2"))
+            # the label columns arrive as read-only Arrow views: copy them (a few bytes) rather than alias them
+            same = to_device(torch.from_numpy(np.array(batch["same"])), device)
+            y1, y2 = (to_device(torch.from_numpy(np.array(batch[y], dtype=np.int64)), device) for y in ("y1", "y2"))
             with autocast(device, res.amp):
                 loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
@@ -127,7 +131,7 @@ def _train(config: dict) -> None:
                 save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                                                       "step": global_step})
                 checkpoint = Checkpoint.from_directory(tmp)
-                print(f"[disentangle] epoch {epoch + 1}/{d.epochs} " + " ".join(f"{k}={v:.4g}" for k, v in means.items()), flush=True)
+                send(config["progress"], epoch=epoch, epoch_time_s=time.time() - t_epoch, items=metrics["pairs"], values=means)
             ray.train.report(metrics, checkpoint=checkpoint)
     if writer:
         writer.close()
@@ -182,18 +186,20 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     res = cfg.resources
     raise_if_failed(status_dir, clear=True)
     name = f"disentangle-{cfg.stage_hash('disentangle')}"
+    progress = Progress("disentangle", cfg.disentangle.epochs, "pairs")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
                            "tb_dir": str(tb_dir), "status_dir": str(status_dir), "probe": probe,
-                           "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)},
+                           "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name),
+                           "progress": progress.queue},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
     )
     try:
-        result = fit(trainer)
+        result = fit(trainer, progress)
     finally:
         raise_if_failed(status_dir)  # a recorded failure explains a failed fit() better than Ray's traceback
     state = load_resume_state(result.checkpoint, run_path(storage, name))

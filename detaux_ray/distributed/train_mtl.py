@@ -17,6 +17,7 @@ from ray.train import (
     CheckpointConfig,
     DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
 )
@@ -31,6 +32,8 @@ from ..models import autocast, count_parameters, set_torch_threads, to_float_ima
 from ..mtl import build_mtl_model, multitask_loss
 from .checkpoints import fit, load_resume_state, run_guarded, run_path
 from .faults import maybe_kill
+from .logs import train_log_level
+from .progress import Progress, send
 from .status import DIVERGED, raise_if_failed, record
 from .streams import ImageCache, row_stream
 
@@ -66,7 +69,7 @@ def _train(config: dict) -> None:
         if learner is not None:
             learner.load_state_dict(state["learner"])
         if rank == 0:
-            print(f"[mtl:{kind}] resuming after epoch {start_epoch}/{m.epochs} (the newest checkpoint)", flush=True)
+            send(config["progress"], resumed_after=start_epoch)
     ddp_model = ray.train.torch.prepare_model(model)
     tasks = list(config["n_classes"]) if kind not in ("stl", *LEARNERS) else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
@@ -132,9 +135,9 @@ def _train(config: dict) -> None:
                 save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                                                       **({"learner": learner.state_dict()} if learner is not None else {})})
                 checkpoint = Checkpoint.from_directory(tmp)
-                print(f"[mtl:{kind}] epoch {epoch + 1}/{m.epochs} loss={train_loss:.4f} "
-                      f"test_principal_acc={metrics['test_principal_accuracy']:.4f}"
-                      + (f" val_principal_acc={metrics['val_principal_accuracy']:.4f}" if val_shard is not None else ""), flush=True)
+                send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"],
+                     items=n_batches * m.batch_size * ray.train.get_context().get_world_size(),
+                     values={k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
             ray.train.report(metrics, checkpoint=checkpoint)
     if writer:
         writer.close()
@@ -181,21 +184,22 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     if meta_table is not None:
         datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
+    progress = Progress(f"mtl:{kind}", cfg.mtl.epochs, "images")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
                            "status_dir": str(status_dir), "has_val": val_table is not None,
-                           "run_path": run_path(storage, name)},
+                           "run_path": run_path(storage, name), "progress": progress.queue},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus_per_worker}),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures),
                              callbacks=callbacks or []),
     )
     try:
-        result = fit(trainer)
+        result = fit(trainer, progress)
     finally:
         raise_if_failed(status_dir)
     tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS
