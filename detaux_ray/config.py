@@ -214,17 +214,22 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def preset_path(name_or_path: str) -> Path:
+def named_yaml(name_or_path: str, folder: Path, what: str) -> Path:
+    """A .yaml path as given, or the file `<folder>/<name>.yaml`: a preset, a search space."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise ConfigError(f"preset file not found: {p}")
+            raise ConfigError(f"{what} file not found: {p}")
         return p
-    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    candidate = folder / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        names = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml") if not q.stem.startswith("_"))
-        raise ConfigError(f"unknown preset '{name_or_path}'; available presets: {', '.join(names)} (or a path to a .yaml file)")
+        names = sorted(q.stem for q in folder.glob("*.yaml") if not q.stem.startswith("_"))
+        raise ConfigError(f"unknown {what} '{name_or_path}'; available: {', '.join(names)} (or a path to a .yaml file)")
     return candidate
+
+
+def preset_path(name_or_path: str) -> Path:
+    return named_yaml(name_or_path, CONFIG_DIR, "preset")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -254,11 +259,14 @@ def read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Preset YAML, then `section.key=value` overrides, validated into a Config."""
+def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = (),
+                fixed: dict[str, Any] | None = None) -> Config:
+    """Preset YAML, then `fixed` ({"section.key": value}, e.g. a tuning spec's budget), then `section.key=value`
+    override strings (the command line), validated into a Config."""
     values = read_yaml(preset_path(preset), "preset") or {}
-    for item in overrides:
-        keys, value = parse_override(item)
+    items = [(k.split("."), v, f"{k}={v!r}") for k, v in (fixed or {}).items()]
+    items += [(*parse_override(item), item) for item in overrides]
+    for keys, value, item in items:
         node = values
         for k in keys[:-1]:
             node = node.setdefault(k, {})

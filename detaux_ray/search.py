@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .config import (
     CONFIG_DIR,
     Config,
     config_from_dict,
     load_config,
+    named_yaml,
     parse_override,
     read_yaml,
 )
@@ -49,9 +49,7 @@ class SearchSpec:
 
     def base_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """The base preset with `fixed`, then the CLI overrides, applied; it must carve a validation split."""
-        fixed = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                 for k, v in self.fixed.items()]
-        cfg = load_config(self.base, fixed + list(overrides))
+        cfg = load_config(self.base, overrides, fixed=self.fixed)
         if cfg.data.val_frac <= 0:
             raise ConfigError("tuning needs a validation split: set data.val_frac > 0 (the objective is principal "
                               "accuracy on it, never on the test split)")
@@ -59,20 +57,12 @@ class SearchSpec:
 
 
 def search_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise ConfigError(f"search space file not found: {p}")
-        return p
-    candidate = SEARCH_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        names = sorted(q.stem for q in SEARCH_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown search space '{name_or_path}'; available: {', '.join(names)} (or a .yaml path)")
-    return candidate
+    return named_yaml(name_or_path, SEARCH_DIR, "search space")
 
 
-def load_search_spec(name_or_path: str, space_overrides: list[str] | tuple[str, ...] = ()) -> SearchSpec:
-    """Read and check a search spec; `space_overrides` are `key={choice: [...]}`-style CLI replacements."""
+def load_search_spec(name_or_path: str, space_overrides: list[str] | tuple[str, ...] = (), base: str = "") -> SearchSpec:
+    """Read and check a search spec; `space_overrides` are `key={choice: [...]}`-style CLI replacements; `base`
+    replaces the spec's base preset (a dataset's own preset) before the domains are checked against it."""
     raw = read_yaml(search_path(name_or_path), "search space") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"search space {search_path(name_or_path)} must be a mapping of spec keys")
@@ -81,6 +71,7 @@ def load_search_spec(name_or_path: str, space_overrides: list[str] | tuple[str, 
     if unknown:
         raise ConfigError(f"unknown search spec key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     spec = SearchSpec(**raw)
+    spec.base = base or spec.base
     spec.space = dict(spec.space or {})
     for item in space_overrides:
         keys, value = parse_override(item)

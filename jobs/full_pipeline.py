@@ -1,7 +1,6 @@
 """Detaux end to end: disentangle -> discover an auxiliary task -> STL vs multi-task learning, with a report.
 
-    python jobs/full_pipeline.py [--preset NAME_OR_YAML] [--run-dir DIR] [--set section.key=value ...]
-                                 [--stage-store DIR]   (reuse stages a tuning run already computed)
+    python jobs/full_pipeline.py [--preset NAME_OR_YAML] [--run-dir DIR] [--set section.key=value ...] [--stage-store DIR]
     ray job submit --working-dir . -- python jobs/full_pipeline.py --preset quick
 
 `detaux` below is the recipe (tuning trials run it too); the pieces live in `detaux_ray.distributed.pipeline`.
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=None, help="where every stage writes its artifacts (default: runs/<preset>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set disentangle.epochs=10 (repeatable)")
-    ap.add_argument("--stage-store", default=None, metavar="DIR",
-                    help="a tune run's <run-dir>/stages: stages computed there for this config are reused")
+    ap.add_argument("--stage-store", metavar="DIR", help="a tune run's <run-dir>/stages: reuse the stages computed there")
     args = ap.parse_args(argv)
     t0, run_dir, pipe = time.time(), Path(args.run_dir or Path("runs") / Path(args.preset).stem), []
 
@@ -72,14 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary_line(detaux(pipe[0]))} | {time.time() - t0:.0f}s")
         return 0
 
-    def interrupted() -> str:
-        if pipe:
-            from detaux_ray.distributed.logs import silence_worker_logs
-
-            silence_worker_logs()
-        stage = pipe[0].current_stage if pipe else ""
-        return (f"stopped {f'during stage {stage!r}' if stage else 'before any stage ran'}. Finished stages and the "
-                f"newest checkpoint are kept in {run_dir}; run the same command again to resume.")
+    def interrupted() -> str:  # where it stopped and how to resume
+        return pipe[0].stopped() if pipe else f"stopped before any stage ran (run directory {run_dir})."
 
     return run_cli(body, interrupted)
 

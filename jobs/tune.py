@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset not in DATASETS:
             raise DataError(f"unknown dataset '{args.dataset}'; known: {', '.join(DATASETS)}")
         search = args.search or (args.dataset if (SEARCH_DIR / f"{args.dataset}.yaml").is_file() else "shapes")
-        spec = load_search_spec(search, args.space)
-        if (CONFIG_DIR / f"{args.dataset}.yaml").is_file() and args.search is None and args.dataset != "shapes":
-            spec.base = args.dataset
+        own_preset = (CONFIG_DIR / f"{args.dataset}.yaml").is_file() and args.search is None and args.dataset != "shapes"
+        spec = load_search_spec(search, args.space, base=args.dataset if own_preset else "")
         overrides = [f"data.dataset={args.dataset}"] + ([f"data.path={args.data_path}"] if args.data_path else [])
         base = spec.base_config(overrides + args.overrides)
         build_source(base.data, base.seed)  # a missing or unreadable dataset fails here, before Ray starts

@@ -1,6 +1,6 @@
 """End to end on a real local Ray: a diverged run keeps its checkpoint; the rerun resumes, survives a killed
-training worker (stage 1 on 2 DDP workers) and finishes; a third run reuses every stage; a single-cluster
-discovery stops before MTL."""
+training worker (stage 1 on 2 DDP workers) and finishes with the labels of an uninterrupted stage 1; every model,
+the seeds and the ablation; a third run reuses every stage; a single-cluster discovery stops before MTL."""
 
 import json
 import shutil
@@ -83,18 +83,22 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert {"stl/test_principal_accuracy", "hps/test_principal_accuracy"} <= mtl_tags
     labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
 
-    # An uninterrupted run gives the very same auxiliary labels: the resumed training retraced it exactly.
+    # An uninterrupted stage 1 gives the very same auxiliary labels: the resumed training retraced it exactly. The
+    # reference run stops after stage 1 (a single-cluster discovery: exit 4, nothing written after stage 1); the
+    # next run discovers on its stage 1 with the default clusterer.
     reference = tmp_path / "reference"
-    assert run(reference) == 0
-    assert pq.read_table(reference / "discover" / "labels.parquet").to_pydict() == labels
+    assert run(reference, "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
+    assert (reference / "disentangle" / "model.pt").is_file() and not (reference / "discover").exists()
 
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
     # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
-    # tasks through the same Ray Train stage, repeats STL / NDDR over 2 seeds, and runs the entangled ablation.
+    # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, repeats every model over 2 seeds, and
+    # runs the entangled ablation (one training worker: `resources` is not part of any stage's hash).
     between = tmp_path / "between"
-    shutil.copytree(reference, between, ignore=shutil.ignore_patterns("discover", "mtl", "report.*", "tensorboard"))
+    shutil.copytree(reference, between)
     assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
-               "mtl.compare=[mti, maxl, auxilearn]", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2") == 0
+               "mtl.compare=[mti, maxl, auxilearn]", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
+               "resources.num_workers=1", "resources.cpus_per_worker=1") == 0
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
     r = json.loads((between / "report.json").read_text())
@@ -112,7 +116,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     seeds = r["seeds"]
     assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
     assert seeds["accuracy"]["mtl"][0] == r["models"]["mtl"]["test_principal_accuracy"] and "p_value" in seeds
-    assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 2 // 32)  # same budget as stage 1
+    assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 32)  # stage 1's 256 pairs per epoch, on one worker
     md = (between / "report.md").read_text()
     assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
     assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md

@@ -1,22 +1,16 @@
-"""What both training loops share: resuming from the newest readable checkpoint, and stopping (not restarting)
-on failures that a restart would repeat."""
+"""Resuming a training run from the newest readable checkpoint on disk (local or a storage URI)."""
 
 from __future__ import annotations
 
 import posixpath
-import threading
 from pathlib import Path
-from typing import Any, Callable
 
 import pyarrow.fs as pafs
 import ray.train
+import torch
 from ray.train import Checkpoint
 
 from ..artifacts import load_torch
-from ..errors import find_data_error
-from .logs import quiet_worker
-from .progress import Progress
-from .status import DATA_ERROR, failed, record
 
 
 def run_path(storage: str, name: str) -> str:
@@ -58,56 +52,10 @@ def load_resume_state(ckpt: Checkpoint | None, run_dir: str | None = None) -> di
     return None
 
 
-def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
-    """Run a train_loop_per_worker body. A data error leaves its marker for the driver; a single worker then just
-    returns (nothing to retry, no traceback), while DDP workers raise so that Ray stops the ranks still waiting in
-    a collective, and the restarted worker group, finding the marker, returns at once (it would fail the same way,
-    as would a diverged loss)."""
-    quiet_worker()
-    if failed(config["status_dir"]):
-        return
-    try:
-        loop(config)
-    except Exception as exc:
-        message = find_data_error(exc)
-        if message is None:
-            raise
-        record(config["status_dir"], DATA_ERROR, message)
-        if ray.train.get_context().get_world_size() > 1:
-            raise
-
-
-def fit(trainer: Any, progress: Progress | None = None) -> Any:
-    """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt and the run's progress lines printed.
-
-    On the main thread Ray Train replaces the process's SIGINT handler with one that aborts the run and exits the
-    process (status 1, nothing said, and the handler stays installed for every later stage). Run from a helper
-    thread, fit() leaves signals alone (as under Tune): Ctrl-C interrupts the wait here, the pipeline says where
-    it stopped, and Ray ends the run's actors when the driver exits; the checkpoints on disk stay for the rerun.
-    Meanwhile a second thread prints the epochs that rank 0 reports (`progress`).
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # re-raised on the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="ray-train-fit", daemon=True)
-    t.start()
-    # The progress lines are fetched on a thread of their own: Ray calls on the main thread run ObjectRef
-    # finalizers there, and a KeyboardInterrupt raised inside a finalizer is swallowed (Ctrl-C would be lost).
-    done = threading.Event()
-    printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
-    if printer is not None:
-        printer.start()
-    while t.is_alive():
-        t.join(0.5)
-    if printer is not None:
-        done.set()
-        printer.join()
-        progress.close()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+def resume(run_path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Load the run's newest checkpoint into the model and optimizer; its whole state ({} for a fresh run)."""
+    state = load_resume_state(ray.train.get_checkpoint(), run_path) or {}
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    return state

@@ -1,5 +1,6 @@
-"""Stage 2 on Ray Data: embed every training image with the stage-1 model in an actor pool, project on all
-subspaces; the choice of subspace, the clustering and the diagnostics are the core's (`detaux_ray.discovery`)."""
+"""Stage 2 on Ray Data: embed every training image with the stage-1 model in a pool of up to `n_actors` actors
+(the pipeline gives it as many as training workers), project on all subspaces; the choice of subspace, the
+clustering and the diagnostics are the core's (`detaux_ray.discovery`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_d
     state_ref = ray.put(model_state)
     ds = table_dataset(pa.table({"row": rows})).map_batches(
         Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, arch, cache, use_gpu, amp),
-        compute=ray.data.ActorPoolStrategy(size=n_actors), batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=cpus, num_gpus=1 if use_gpu else 0)
     got_rows, got_s = [], []
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..report import build_report, write_report
 from . import train_disentangle, train_mtl
 from .discover import embed
-from .logs import quiet_env
+from .logs import quiet_env, silence_worker_logs
 from .streams import ImageCache, SourceImages, images_for
 
 
@@ -120,7 +120,7 @@ class Pipeline:
             t0 = time.time()
             self._cache = images_for(self.source, self.cfg.data.cache, self.cfg.resources.data_cpus)
             if isinstance(self._cache, ImageCache):
-                _say(f"{'rendered' if self.source.reader is None else 'read'} {len(self.source)} images into the "
+                _say(f"{'rendered' if getattr(self.source.reader, 'renders', False) else 'read'} {len(self.source)} images into the "
                      f"object store in {time.time() - t0:.1f}s")
             else:
                 _say(f"streaming {len(self.source)} images from {self.cfg.data.path or 'the renderer'} (read per batch)")
@@ -137,6 +137,13 @@ class Pipeline:
             if removed:
                 _say(f"removed {len(removed)} leftover(s) of an interrupted run in {folder}: {', '.join(removed)}")
         ensure_ray(self.cfg.resources.address)
+
+    def stopped(self) -> str:
+        """What an interrupted run says (Ctrl-C): where it stopped and how to resume; Ray's workers go quiet."""
+        silence_worker_logs()
+        where = f"during stage '{self.current_stage}'" if self.current_stage else "before any stage ran"
+        return (f"stopped {where}. Finished stages and the newest checkpoint are kept in {self.run_dir}; run the same "
+                f"command again to resume.")
 
     def stage_dir(self, name: str) -> Path:
         if self.stage_store is not None:
@@ -224,9 +231,11 @@ class Pipeline:
     def _embed(self, state: dict) -> np.ndarray:
         cfg, d, rows = self.cfg, self.cfg.disentangle, self.source.train_rows()
         t0 = time.time()
-        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, cfg.resources.data_cpus,
-                  cfg.resources.use_gpu, cfg.resources.amp, arch=d.arch)
-        _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s")
+        res = cfg.resources  # as many embedding actors as training workers, each with a training worker's share
+        s = embed(rows, state, cfg.data.image_size, d.k, d.latent_dim, self.cache, res.cpus_per_worker, res.use_gpu,
+                  res.amp, n_actors=res.num_workers, arch=d.arch)
+        _say(f"embedded {len(rows)} images on {d.k} subspaces in {time.time() - t0:.1f}s "
+             f"({res.num_workers} actor{'s' if res.num_workers > 1 else ''} at most)")
         return s
 
     # Stage 3 ----------------------------------------------------------------------------------------------

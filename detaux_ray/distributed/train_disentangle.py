@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import ray.data
-import ray.train
 import ray.train.torch
 import torch
-from ray.train import (
-    Checkpoint,
-    CheckpointConfig,
-    FailureConfig,
-    LoggingConfig,
-    RunConfig,
-    ScalingConfig,
-)
-from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
-from ..artifacts import save_torch
-from ..config import Config, config_from_dict
+from ..config import Config
 from ..disentangle import beta_schedule, detaux_loss, latent_traversal
-from ..models import (
-    DisentangleAE,
-    autocast,
-    set_torch_threads,
-    to_device,
-    to_float_images,
-)
+from ..models import DisentangleAE, autocast, to_device, to_float_images
 from ..scorecard import heatmap, scorecard
-from .checkpoints import fit, load_resume_state, run_guarded, run_path
+from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
-from .logs import train_log_level
 from .progress import Progress, send
 from .status import DIVERGED, raise_if_failed, record
+from .trainer import fit, report, run_guarded, start_worker, torch_trainer
 from .streams import gather, pair_stream, pair_table
 
 
@@ -47,24 +29,15 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _train(config: dict) -> None:
-    cfg = config_from_dict(config["cfg"])
+    w = start_worker(config)
+    cfg, rank, world, device = w.cfg, w.rank, w.world, w.device
     d, res = cfg.disentangle, cfg.resources
-    set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)
-
     n_principal = config["n_principal"] if d.formulation()[0] > 0 else 0
     model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal,
                           n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    start_epoch, global_step = 0, 0
-    state = load_resume_state(ray.train.get_checkpoint(), config["run_path"])
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, global_step = state["epoch"] + 1, state["step"]
+    state = resume(config["run_path"], model, opt)
+    start_epoch, global_step = state.get("epoch", -1) + 1, state.get("step", 0)
     ddp_model = ray.train.torch.prepare_model(model)
 
     train_rows, principal, cache = config["train_rows"], config["principal"], config["cache"]
@@ -122,17 +95,14 @@ def _train(config: dict) -> None:
         pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
         metrics = {"epoch": epoch, "epoch_time_s": time.time() - t_epoch, "pairs": steps * d.batch_size * world,
                    **{f"loss/{k}": v for k, v in means.items()}}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
-                if probe and ((epoch + 1) % d.scorecard_every == 0 or epoch == d.epochs - 1):
-                    metrics.update(_log_scorecard(writer, model, probe, probe_images, device, epoch, cfg))
-                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                                                      "step": global_step})
-                checkpoint = Checkpoint.from_directory(tmp)
-                send(config["progress"], epoch=epoch, epoch_time_s=time.time() - t_epoch, items=metrics["pairs"], values=means)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
+            if probe and ((epoch + 1) % d.scorecard_every == 0 or epoch == d.epochs - 1):
+                metrics.update(_log_scorecard(writer, model, probe, probe_images, device, epoch, cfg))
+        report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                         "step": global_step} if rank == 0 else None)
+        if rank == 0:  # the driver prints it; the epoch's checkpoint exists by now
+            send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"], items=metrics["pairs"], values=means)
     if writer:
         writer.close()
 
@@ -183,21 +153,13 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics.
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
-    res = cfg.resources
     raise_if_failed(status_dir, clear=True)
     name = f"disentangle-{cfg.stage_hash('disentangle')}"
     progress = Progress("disentangle", cfg.disentangle.epochs, "pairs")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache,
-                           "tb_dir": str(tb_dir), "status_dir": str(status_dir), "probe": probe,
-                           "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name),
-                           "progress": progress.queue},
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker={"CPU": res.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures)),
-    )
+    trainer = torch_trainer(train_loop_per_worker, {
+        "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
+        "status_dir": str(status_dir), "probe": probe, "n_principal": int(principal.max()) + 1,
+        "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
     try:
         result = fit(trainer, progress)
     finally:

@@ -3,7 +3,6 @@ held-out split each epoch, checkpoint every epoch, resume, TensorBoard on rank 0
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,29 +11,18 @@ import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import (
-    Checkpoint,
-    CheckpointConfig,
-    DataConfig,
-    FailureConfig,
-    LoggingConfig,
-    RunConfig,
-    ScalingConfig,
-)
-from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
-from ..artifacts import save_torch
 from ..auxlearn import LEARNERS, AuxLabelLearner, build_learner
 from ..auxlearn import train_loss as learner_loss
-from ..config import Config, config_from_dict
-from ..models import autocast, count_parameters, set_torch_threads, to_float_images
+from ..config import Config
+from ..models import autocast, count_parameters, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
-from .checkpoints import fit, load_resume_state, run_guarded, run_path
+from .checkpoints import resume, run_path
 from .faults import maybe_kill
-from .logs import train_log_level
 from .progress import Progress, send
 from .status import DIVERGED, raise_if_failed, record
+from .trainer import fit, report, run_guarded, start_worker, torch_trainer
 from .streams import ImageCache, row_stream
 
 
@@ -43,13 +31,9 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _train(config: dict) -> None:
-    cfg = config_from_dict(config["cfg"])
-    m, res = cfg.mtl, cfg.resources
-    set_torch_threads(res.torch_threads, ray.train.get_context().get_local_world_size())
-    kind = config["kind"]
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)
+    w = start_worker(config)
+    cfg, rank, device = w.cfg, w.rank, w.device
+    m, res, kind = cfg.mtl, cfg.resources, config["kind"]
     learner = None
     if kind in LEARNERS:  # MAXL / AuxiLearn: the multi-task net learns labels that a generator makes
         model, gen = build_learner(config["n_classes"]["principal"], m.psi, m.width, m.backbone, cfg.data.image_size)
@@ -60,16 +44,12 @@ def _train(config: dict) -> None:
         model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
                                 m.pretrained).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
-    start_epoch = 0
-    state = load_resume_state(ray.train.get_checkpoint(), config["run_path"])
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-        if learner is not None:
-            learner.load_state_dict(state["learner"])
-        if rank == 0:
-            send(config["progress"], resumed_after=start_epoch)
+    state = resume(config["run_path"], model, opt)
+    start_epoch = state.get("epoch", -1) + 1
+    if learner is not None and state:
+        learner.load_state_dict(state["learner"])
+    if rank == 0 and start_epoch:
+        send(config["progress"], resumed_after=start_epoch)
     ddp_model = ray.train.torch.prepare_model(model)
     tasks = list(config["n_classes"]) if kind not in ("stl", *LEARNERS) else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
@@ -115,32 +95,35 @@ def _train(config: dict) -> None:
                     f"(epoch {epoch - 1}) is kept. Lower mtl.lr."))
             return
         metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": time.time() - t0}
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
-                if val_shard is not None:
-                    metrics["val_principal_accuracy"] = _accuracy(model, val_shard, device)
-                for name, value in metrics.items():
-                    if name.endswith("accuracy") or name == "train_loss":
-                        writer.add_scalar(f"{kind}/{name}", value, epoch)
-                for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
-                    writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
-                if learner is not None:  # the meta losses and how the generated labels spread over C * psi classes
-                    for k, v in meta_sums.items():
-                        writer.add_scalar(f"{kind}/{k}", v / max(n_meta, 1), epoch)
-                    for k, v in learner.label_stats(x, targets["principal"]).items():
-                        writer.add_scalar(f"{kind}/{k}", v, epoch)
-                writer.flush()
-                save_torch(Path(tmp) / "state.pt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                                                      **({"learner": learner.state_dict()} if learner is not None else {})})
-                checkpoint = Checkpoint.from_directory(tmp)
-                send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"],
-                     items=n_batches * m.batch_size * ray.train.get_context().get_world_size(),
-                     values={k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
+            if val_shard is not None:
+                metrics["val_principal_accuracy"] = _accuracy(model, val_shard, device)
+            _log_epoch(writer, kind, model, metrics, learner, meta_sums, n_meta, x, targets["principal"], epoch)
+        report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                         **({"learner": learner.state_dict()} if learner is not None else {})} if rank == 0 else None)
+        if rank == 0:  # the driver prints it; the epoch's checkpoint exists by now
+            send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"], items=n_batches * m.batch_size * w.world,
+                 values={k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
     if writer:
         writer.close()
+
+
+def _log_epoch(writer: SummaryWriter, kind: str, model: torch.nn.Module, metrics: dict, learner, meta_sums: dict,
+               n_meta: int, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+    """TensorBoard: loss and accuracies; uncertainty weights; a learner's meta losses and how its generated labels
+    spread over the C * psi classes (on the epoch's last batch x, y)."""
+    for name, value in metrics.items():
+        if name.endswith("accuracy") or name == "train_loss":
+            writer.add_scalar(f"{kind}/{name}", value, epoch)
+    for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
+        writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
+    if learner is not None:
+        for k, v in meta_sums.items():
+            writer.add_scalar(f"{kind}/{k}", v / max(n_meta, 1), epoch)
+        for k, v in learner.label_stats(x, y).items():
+            writer.add_scalar(f"{kind}/{k}", v, epoch)
+    writer.flush()
 
 
 def _forever(shard, batch_size: int, device):
@@ -185,19 +168,10 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
     progress = Progress(f"mtl:{kind}", cfg.mtl.epochs, "images")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
-                           "status_dir": str(status_dir), "has_val": val_table is not None,
-                           "run_path": run_path(storage, name), "progress": progress.queue},
-        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker={"CPU": res.cpus_per_worker}),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), failure_config=FailureConfig(max_failures=res.max_failures),
-                             callbacks=callbacks or []),
-    )
+    trainer = torch_trainer(train_loop_per_worker, {
+        "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir), "status_dir": str(status_dir),
+        "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue},
+        cfg, name, storage, datasets=datasets, callbacks=callbacks)
     try:
         result = fit(trainer, progress)
     finally:

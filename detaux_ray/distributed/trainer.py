@@ -1,0 +1,124 @@
+"""The Ray Train lines both training stages share: a worker's start, one epoch's report with its checkpoint, the
+trainer, a fit() that Ctrl-C can stop, and stopping (not restarting) on failures that a restart would repeat."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ..artifacts import save_torch
+from ..config import Config, config_from_dict
+from ..errors import find_data_error
+from ..models import set_torch_threads
+from .logs import quiet_worker, train_log_level
+from .progress import Progress
+from .status import DATA_ERROR, failed, record
+
+
+@dataclass
+class Worker:
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+
+
+def start_worker(config: dict) -> Worker:
+    """A training worker's config, rank, world size and device; its torch threads and seed set."""
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    set_torch_threads(cfg.resources.torch_threads, ctx.get_local_world_size())
+    torch.manual_seed(cfg.seed)
+    return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def report(metrics: dict, state: dict | None) -> None:
+    """ray.train.report of one epoch, with `state` (rank 0's model / optimizer / epoch; None on the other ranks)
+    saved as the checkpoint's state.pt."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if state is not None:
+            save_torch(Path(tmp) / "state.pt", state)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def torch_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage: str,
+                  datasets: dict | None = None, callbacks: list | None = None) -> TorchTrainer:
+    """DDP over resources.num_workers workers; the last 2 checkpoints kept under storage/name; a dead worker
+    restarts the group from the newest one (resources.max_failures times); Ray Train's INFO lines kept off the
+    console. Of `datasets`, only "train" is split between the workers."""
+    res = cfg.resources
+    return TorchTrainer(
+        loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
+        run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=res.max_failures), callbacks=callbacks or []),
+    )
+
+
+def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
+    """Run a train_loop_per_worker body. A data error leaves its marker for the driver; a single worker then just
+    returns (nothing to retry, no traceback), while DDP workers raise so that Ray stops the ranks still waiting in
+    a collective, and the restarted worker group, finding the marker, returns at once (it would fail the same way,
+    as would a diverged loss)."""
+    quiet_worker()
+    if failed(config["status_dir"]):
+        return
+    try:
+        loop(config)
+    except Exception as exc:
+        message = find_data_error(exc)
+        if message is None:
+            raise
+        record(config["status_dir"], DATA_ERROR, message)
+        if ray.train.get_context().get_world_size() > 1:
+            raise
+
+
+def fit(trainer: Any, progress: Progress | None = None) -> Any:
+    """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt and the run's progress lines printed.
+
+    On the main thread Ray Train replaces the process's SIGINT handler with one that aborts the run and exits the
+    process (status 1, nothing said, and the handler stays installed for every later stage). Run from a helper
+    thread, fit() leaves signals alone (as under Tune): Ctrl-C interrupts the wait here, the pipeline says where
+    it stopped, and Ray ends the run's actors when the driver exits; the checkpoints on disk stay for the rerun.
+    Meanwhile a second thread prints the epochs that rank 0 reports (`progress`).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    t.start()
+    # The progress lines are fetched on a thread of their own: Ray calls on the main thread run ObjectRef
+    # finalizers there, and a KeyboardInterrupt raised inside a finalizer is swallowed (Ctrl-C would be lost).
+    done = threading.Event()
+    printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
+    if printer is not None:
+        printer.start()
+    while t.is_alive():
+        t.join(0.5)
+    if printer is not None:
+        done.set()
+        printer.join()
+        progress.close()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

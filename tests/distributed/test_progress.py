@@ -1,0 +1,46 @@
+"""distributed/progress.py and logs.py: epoch lines travel from a Ray task to the driver once, in order, with a
+throughput and an ETA; Ray's console chatter is configured off unless DETAUX_RAY_LOGS=all."""
+
+import threading
+
+
+def test_epoch_lines_reach_the_driver_once_in_order(ray_session, capsys):
+    import ray
+
+    from detaux_ray.distributed.progress import Progress, send
+
+    progress = Progress("disentangle", 4, "pairs")
+
+    @ray.remote(num_cpus=0.1)
+    def rank0(queue):  # what a training worker does, from another process
+        send(queue, resumed_after=1)
+        for epoch in (1, 2):
+            send(queue, epoch=epoch, epoch_time_s=2.0 * epoch, items=1000, values={"total": 0.5 / epoch})
+
+    done = threading.Event()
+    printer = threading.Thread(target=progress.follow, args=(done, 0.05))
+    printer.start()
+    ray.get(rank0.remote(progress.queue))
+    done.set()
+    printer.join()
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["[disentangle] resuming after epoch 1/4 (the newest checkpoint)",
+                     "[disentangle] epoch 2/4 total=0.5 | 500 pairs/s | ETA 4s",  # 2 epochs left x 2 s
+                     "[disentangle] epoch 3/4 total=0.25 | 250 pairs/s | ETA 3s"]  # 1 left x mean(2 s, 4 s)
+    send(None, epoch=0)  # no queue (e.g. a rank other than 0 is never given one): nothing happens
+
+
+def test_quiet_env_keeps_ray_info_lines_off_the_console_unless_asked(monkeypatch):
+    import yaml
+
+    from detaux_ray.distributed import logs
+
+    monkeypatch.delenv("DETAUX_RAY_LOGS", raising=False)
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    env = logs.quiet_env()
+    data = yaml.safe_load(open(env["RAY_DATA_LOGGING_CONFIG"]))
+    assert data["handlers"]["console"]["level"] == "WARNING" and data["handlers"]["file"]["filename"] == "ray-data.log"
+    assert env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0" and logs.train_log_level() == "WARNING"
+    monkeypatch.setenv("DETAUX_RAY_LOGS", "all")
+    assert logs.quiet_env() == {} and logs.train_log_level() == "INFO"
