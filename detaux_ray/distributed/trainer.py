@@ -107,8 +107,10 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
 
     t = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     t.start()
-    # The progress lines are fetched on a thread of their own: Ray calls on the main thread run ObjectRef
-    # finalizers there, and a KeyboardInterrupt raised inside a finalizer is swallowed (Ctrl-C would be lost).
+    # The progress lines are fetched on a thread of their own, so the main thread makes no Ray calls while it
+    # waits: with the polling on the main thread a Ctrl-C was lost once in two test runs (the run went on to the
+    # end). Our reading: Ray calls there run ObjectRef finalizers on the main thread, and a KeyboardInterrupt
+    # raised inside a finalizer is swallowed by Python.
     done = threading.Event()
     printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
     if printer is not None:
