@@ -47,8 +47,9 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        if quiet_env() and "runtime_env" not in init_kwargs:  # other nodes' workers do not inherit our environment
-            init_kwargs["runtime_env"] = {"env_vars": quiet_env()}
+        env = quiet_env()
+        if env and "runtime_env" not in init_kwargs:  # other nodes' workers do not inherit our environment
+            init_kwargs["runtime_env"] = {"env_vars": env}
         ray.init(address=address, logging_level=logging.WARNING, **init_kwargs)
         _say(f"connected to the Ray cluster at {address}")
     else:
