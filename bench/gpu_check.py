@@ -173,8 +173,8 @@ def stage1(cfg, src, rows, images, device, budget_s: float, pairs_per_s: float, 
     return {"epochs": d.epochs, "steps": step, "train_time_s": round(train_s, 1), "curve": curve,
             "scorecard": card.to_dict(), "criterion": cfg.discover.criterion, "chosen_subspace": j,
             "labels": {"clusterer": "kmeans++ (accelerator)", "n_clusters": cfg.discover.n_clusters,
-                       "nmi_principal_aux": diag["nmi_principal_aux"], "best_factor": diag.get("best_factor"),
-                       "factor_scores": diag["factor_scores"]}}, s[:, j]
+                       "nmi_principal_aux": diag.nmi_principal_aux, "best_factor": diag.best_factor,
+                       "factor_scores": diag.factor_scores}}, s[:, j]
 
 
 def clustering(x: np.ndarray, n_clusters: int, seed: int, device: torch.device, fit_n: int) -> dict:

@@ -57,11 +57,10 @@ def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
         j = choose_subspace(scores, crit, d.principal_subspace, disc.dead_subspace_frac)
         res = cluster(s[:, j], disc, cfg.seed)
         diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
-        best = diag.get("best_factor")
-        fs = diag["factor_scores"].get(best, {})
+        best, fs = diag.best_factor, diag.best_scores()
         out["discovery"][crit] = {"subspace": j, "best_factor": best, "homogeneity": round(fs.get("homogeneity", 0), 4),
                                   "completeness": round(fs.get("completeness", 0), 4),
-                                  "nmi_principal_aux": round(diag["nmi_principal_aux"], 4), "n_clusters": diag["n_aux_classes"],
+                                  "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes,
                                   "subspace_best_probe": card.best_factor(j)}
     return out
 

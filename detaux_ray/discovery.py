@@ -19,6 +19,7 @@ from .clustering import ClusterResult, cluster
 from .config import Config, DiscoverConfig
 from .errors import SingleClusterError
 from .pairs import sample_pairs
+from .results import AuxiliaryTask, Diagnostics, DiscoverResult
 from .scorecard import heatmap, is_identifier, scorecard
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
@@ -89,7 +90,7 @@ def auxiliary_tasks(n: int) -> list[str]:
     return ["auxiliary"] + [f"auxiliary_{i}" for i in range(1, n)]
 
 
-def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None) -> dict:
+def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None) -> Diagnostics:
     """Table-3 style diagnostics of the auxiliary labels.
 
     NMI / AMI against the principal labels (low = unrelated tasks), the chi-square test of independence on their
@@ -98,30 +99,26 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
     ids, sizes = np.unique(aux, return_counts=True)
     table = metrics.cluster.contingency_matrix(principal, aux)
     chi2, p_value, dof, _ = chi2_contingency(table)
-    out = {
-        "n_aux_classes": int(len(ids)),
-        "cluster_sizes": {int(i): int(c) for i, c in zip(ids, sizes)},
-        "nmi_principal_aux": float(metrics.normalized_mutual_info_score(principal, aux)),
-        "ami_principal_aux": float(metrics.adjusted_mutual_info_score(principal, aux)),
-        "chi2": float(chi2),
-        "chi2_dof": int(dof),
-        "chi2_p_value": float(p_value),
-        "factor_scores": {},
-    }
+    scores = {}
     for name, values in (factors or {}).items():
         if is_identifier(values):  # homogeneity against an id is trivially 1: never a "best match"
             continue
         h, c, v = metrics.homogeneity_completeness_v_measure(values, aux)
-        out["factor_scores"][name] = {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
-    if out["factor_scores"]:
-        best = max(out["factor_scores"], key=lambda f: out["factor_scores"][f]["v_measure"])
-        out["best_factor"] = best
-    return out
+        scores[name] = {"homogeneity": float(h), "completeness": float(c), "v_measure": float(v)}
+    return Diagnostics(
+        n_aux_classes=int(len(ids)),
+        cluster_sizes={int(i): int(c) for i, c in zip(ids, sizes)},
+        nmi_principal_aux=float(metrics.normalized_mutual_info_score(principal, aux)),
+        ami_principal_aux=float(metrics.adjusted_mutual_info_score(principal, aux)),
+        chi2=float(chi2), chi2_dof=int(dof), chi2_p_value=float(p_value),
+        factor_scores=scores,
+        best_factor=max(scores, key=lambda f: scores[f]["v_measure"]) if scores else None,
+    )
 
 
 def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, principal: np.ndarray,
                          factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print
-                         ) -> tuple[ClusterResult, dict]:
+                         ) -> tuple[ClusterResult, Diagnostics]:
     """Cluster the points x (N, d) with discover.clusterer and diagnose the labels against the principal task and
     the known factors."""
     say(f"{what}: clustering {len(x)} points with {disc.clusterer}")
@@ -143,11 +140,11 @@ def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
 
 def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: str, principal: np.ndarray,
              factors: dict[str, np.ndarray], cfg: Config, out: Path, title: str = "",
-             say: Callable[[str], None] = print) -> dict:
+             say: Callable[[str], None] = print) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
     discover.n_auxiliary of them by discover.criterion, cluster each into an auxiliary task, and write
     labels.parquet, embeddings.parquet (the first chosen subspace), subspaces.parquet, the scorecard
-    (scorecard.png) and diagnostics.json into `out`. Returns the diagnostics."""
+    (scorecard.png) and diagnostics.json into `out`. Returns what it found."""
     d, disc = cfg.disentangle, cfg.discover
     scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
     chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
@@ -157,8 +154,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         result, diag = cluster_and_diagnose(s[:, j], disc, cfg.seed, principal, factors,
                                             f"{task}: subspace {j} (criterion {disc.criterion})", say)
         columns[task] = result.labels
-        tasks.append({"task": task, "subspace": j, "clusterer": result.method, "clusterer_params": result.params,
-                      "has_noise_label": result.has_noise_label, "diagnostics": diag})
+        tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag))
     pq.write_table(pa.table(columns), out / "labels.parquet")
     emb = s[:, chosen[0]].astype(np.float32)
     pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
@@ -169,10 +165,6 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     sep = card.principal_separation()
     say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
         + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in chosen))
-    first = tasks[0]
-    info = {"chosen_subspace": first["subspace"], "criterion": disc.criterion, "clusterer": first["clusterer"],
-            "clusterer_params": first["clusterer_params"], "has_noise_label": first["has_noise_label"],
-            "subspace_scores": {k: v.tolist() for k, v in scores.items()}, "diagnostics": first["diagnostics"],
-            "auxiliary_tasks": tasks, "scorecard": card.to_dict(), "scorecard_png": "scorecard.png"}
-    write_json(out / "diagnostics.json", info)
+    info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png")
+    write_json(out / "diagnostics.json", info.to_dict())
     return info

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .results import SeedStatistics
 
-def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> dict:
+
+def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -> SeedStatistics:
     """Mean and sample std per model and Welch's two-sample t-test of each model against STL on the per-seed
-    accuracies ("mtl" = mtl.model's keys at the top level; every model under "models").
+    accuracies ("mtl" is mtl.model's row).
 
     t = (mean_a - mean_b) / sqrt(s_a^2 / n_a + s_b^2 / n_b), with Welch-Satterthwaite degrees of freedom.
     """
     from scipy.stats import ttest_ind
 
-    out = {"seeds": seeds, "model": model, "accuracy": acc, "models": {}}
+    rows = {}
     for key, values in acc.items():
         if not values:
             continue
@@ -21,8 +23,5 @@ def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -
         if key != "stl" and len(acc.get("stl", [])) > 1 and len(values) > 1:
             t, p = ttest_ind(values, acc["stl"], equal_var=False)
             row.update(t_statistic=float(t), p_value=float(p))  # NaN when both samples have zero variance
-        out["models"][key] = row
-        out[f"{key}_mean"], out[f"{key}_std"] = row["mean"], row["std"]
-        if key == "mtl" and "p_value" in row:
-            out["t_statistic"], out["p_value"] = row["t_statistic"], row["p_value"]
-    return out
+        rows[key] = row
+    return SeedStatistics(seeds, model, acc, rows)

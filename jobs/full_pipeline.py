@@ -19,34 +19,35 @@ from detaux_ray.artifacts import write_json  # noqa: E402
 from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.report import summary_line  # noqa: E402
+from detaux_ray.results import MTLResult, Report  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
-def detaux(p) -> dict:
+def detaux(p) -> Report:
     """The recipe over a `Pipeline` p: each stage is skipped when its artifacts exist for the same config."""
     cfg, m = p.cfg, p.cfg.mtl
     p.start()  # run dir checked, Ray started or joined
     s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
     s2 = p.stage("discover", p.discover)  # 2. choose a subspace, cluster it -> labels.parquet
 
-    def multitask(out: Path) -> dict:  # 3. STL vs multi-task models on (image, principal, auxiliary)
+    def multitask(out: Path) -> MTLResult:  # 3. STL vs multi-task models on (image, principal, auxiliary)
         train, n_classes = p.labels()
         kinds = {"stl": "stl"} if m.baseline else {}
         kinds |= {"mtl": m.model} | {k: k for k in m.compare if k != m.model}  # result key -> model
-        results = {key: p.fit(kind, train, n_classes, tune_reports=key == "mtl") for key, kind in kinds.items()}
-        info = {"results": results, "n_classes": n_classes}
+        res = MTLResult({key: p.fit(kind, train, n_classes, tune_reports=key == "mtl") for key, kind in kinds.items()},
+                        n_classes)
         if m.seeds > 1:  # every model again with seeds seed+1, ... (init and data order; the same labels)
             seeds = [cfg.seed + i for i in range(m.seeds)]
-            acc = {key: [r["test_principal_accuracy"]] for key, r in results.items()}
+            acc = {key: [r.test_principal_accuracy] for key, r in res.results.items()}
             for seed in seeds[1:]:
                 for key, kind in kinds.items():
-                    acc[key].append(p.fit(kind, train, n_classes, seed=seed)["test_principal_accuracy"])
-            info["seeds"] = seed_statistics(seeds, acc, m.model)
+                    acc[key].append(p.fit(kind, train, n_classes, seed=seed).test_principal_accuracy)
+            res.seeds = seed_statistics(seeds, acc, m.model)
         if m.entangled_ablation:  # paper Sec. 5.3: labels from a plain autoencoder's latent instead
-            info["entangled_ablation"] = p.entangled_ablation(out, n_classes)
-            results["entangled"] = info["entangled_ablation"]["result"]
-        write_json(out / "results.json", info)
-        return info
+            res.entangled_ablation = p.entangled_ablation(out, n_classes)
+            res.results["entangled"] = res.entangled_ablation.result
+        write_json(out / "results.json", res.to_dict())
+        return res
 
     s3 = p.stage("mtl", multitask)
     return p.finish(s1, s2, s3)  # report.md / report.json, config.yaml

@@ -49,11 +49,11 @@ def test_diagnostics_on_known_labels():
     hue = rng.integers(0, 5, 2000)
     principal = rng.integers(0, 4, 2000)
     d = diagnostics(hue.copy(), principal, {"hue": hue, "principal": principal})
-    assert d["n_aux_classes"] == 5 and d["best_factor"] == "hue"
-    assert d["factor_scores"]["hue"]["homogeneity"] == pytest.approx(1.0)
-    assert d["nmi_principal_aux"] < 0.01 and d["chi2_p_value"] > 0.001
+    assert d.n_aux_classes == 5 and d.best_factor == "hue"
+    assert d.factor_scores["hue"]["homogeneity"] == pytest.approx(1.0)
+    assert d.nmi_principal_aux < 0.01 and d.chi2_p_value > 0.001
     dep = diagnostics(principal.copy(), principal)
-    assert dep["nmi_principal_aux"] == pytest.approx(1.0) and dep["chi2_p_value"] < 1e-10
+    assert dep.nmi_principal_aux == pytest.approx(1.0) and dep.chi2_p_value < 1e-10 and dep.best_factor is None
 
 
 def test_subspace_choice_skips_principal_and_dead_subspaces():
@@ -91,7 +91,7 @@ def test_diagnostics_never_match_an_identifier_column():
     rng = np.random.default_rng(0)
     aux = rng.integers(0, 4, 500)
     d = diagnostics(aux, rng.integers(0, 3, 500), {"file": np.array([f"img_{i}.png" for i in range(500)]), "hue": aux.copy()})
-    assert set(d["factor_scores"]) == {"hue"} and d["best_factor"] == "hue"
+    assert set(d.factor_scores) == {"hue"} and d.best_factor == "hue"
 
 
 def test_cluster_criterion_with_one_cluster_asked_scores_two():

@@ -33,7 +33,8 @@ from ..config import Config
 from ..data import ImageSource, build_source
 from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
 from ..errors import ConfigError, DataError
-from ..report import build_report, write_report
+from ..report import write_report
+from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
 from .discover import embed
 from .logs import quiet_env, silence_worker_logs
@@ -111,7 +112,7 @@ class Pipeline:
             raise ConfigError(f"disentangle.arch=conv takes data.image_size 16, 32 or 64, got {cfg.data.image_size}: "
                               f"use disentangle.arch=resnet18 for larger images")
         self._cache: ImageCache | SourceImages | None = None
-        self.stages: dict[str, dict] = {}
+        self.stages: dict[str, StageRun] = {}
         self.current_stage = ""  # the stage running now (an interrupted run says which)
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
 
@@ -151,9 +152,10 @@ class Pipeline:
             return self.stage_store / name / self.cfg.stage_hash(name)
         return self.run_dir / name
 
-    def stage(self, name: str, body) -> dict:
+    def stage(self, name: str, body):
         """Run `body(folder)` as stage `name`, unless its artifacts are complete for this config already; the
-        folder is a staging copy renamed into place when the body returns. Returns the stage's manifest."""
+        folder is a staging copy renamed into place when the body returns. Returns the stage's typed result
+        (`results.STAGE_RESULTS[name]`), the body's or the one its manifest holds."""
         stage_dir = self.stage_dir(name)
         h = self.cfg.stage_hash(name)
         self.current_stage = name
@@ -162,32 +164,31 @@ class Pipeline:
             _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
         if done:
             _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
-            self.stages[name] = {"wall_time_s": done["wall_time_s"], "reused": True, "hash": h}
-            return done
+            self.stages[name] = StageRun(done["wall_time_s"], True, h)
+            return STAGE_RESULTS[name].from_dict(done)
         _say(f"stage '{name}' starting (config hash {h})")
         t0 = time.time()
         # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
         with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
-            info = body(tmp)
-            m = manifest(name, h, time.time() - t0, tmp, **info)
+            result = body(tmp)
+            m = manifest(name, h, time.time() - t0, tmp, **result.to_dict())
             write_json(tmp / "manifest.json", m)
-        self.stages[name] = {"wall_time_s": m["wall_time_s"], "reused": False, "hash": h}
+        self.stages[name] = StageRun(m["wall_time_s"], False, h)
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
-        return read_manifest(stage_dir) or m  # a concurrent run's copy in a shared store, if it won
+        return STAGE_RESULTS[name].from_dict(read_manifest(stage_dir) or m)  # a concurrent run's copy, if it won
 
-    def finish(self, s1: dict, s2: dict, s3: dict) -> dict:
+    def finish(self, s1: DisentangleResult, s2: DiscoverResult, s3) -> Report:
         """report.md / report.json / scorecard.png and the resolved config.yaml into the run directory."""
         src = self.source
-        dataset = {"name": src.name, "principal": src.principal_name, "n_principal_classes": src.n_principal_classes,
-                   "n_train": len(src.train_rows()), "n_val": len(src.val_rows()), "n_test": len(src.test_rows()),
-                   "image_size": src.image_size}
-        report = build_report(self.cfg.to_dict(), dataset, s1, s2, s3, self.stages)
+        dataset = DatasetInfo(src.name, src.principal_name, src.n_principal_classes, len(src.train_rows()),
+                              len(src.val_rows()), len(src.test_rows()), src.image_size)
+        report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict())
         png = self.stage_dir("discover") / "scorecard.png"
         if png.is_file():  # beside report.md, which shows it
             tmp = self.run_dir / ".scorecard.png.tmp"
             shutil.copyfile(png, tmp)
             os.replace(tmp, self.run_dir / "scorecard.png")
-            report["scorecard_png"] = "scorecard.png"
+            report.scorecard_png = "scorecard.png"
         # The resolved config is written with the report (never before the stages), so the two always describe
         # the same run: a rerun that fails leaves the previous run's pair untouched.
         write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
@@ -197,7 +198,7 @@ class Pipeline:
         return report
 
     # Stage 1 ----------------------------------------------------------------------------------------------
-    def disentangle(self, out: Path) -> dict:
+    def disentangle(self, out: Path) -> DisentangleResult:
         """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt."""
         rows = self.source.train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
@@ -205,8 +206,8 @@ class Pipeline:
                                     self.run_dir, probe=self._probe())
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
-        return {"model": "model.pt", "epochs": res["epoch"] + 1, "steps": res["steps"], "metrics": res["metrics"],
-                "architecture": {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim}}
+        return DisentangleResult("model.pt", res["epoch"] + 1, res["steps"], res["metrics"],
+                                 {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim})
 
     def _probe(self) -> dict:
         """A seeded sample of training images for the TensorBoard scorecard (at most ~256 MB of pixels)."""
@@ -219,7 +220,7 @@ class Pipeline:
                 "factors": {f: v[pick] for f, v in src.factors.items()}}
 
     # Stage 2 ----------------------------------------------------------------------------------------------
-    def discover(self, out: Path) -> dict:
+    def discover(self, out: Path) -> DiscoverResult:
         """Embed every training image with stage 1's encoder (Ray Data), then the core's `discovery.discover`."""
         src, rows = self.source, self.source.train_rows()
         s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
@@ -258,7 +259,7 @@ class Pipeline:
         return principal_only(src.test_rows()), principal_only(src.val_rows()) if len(src.val_rows()) else None
 
     def fit(self, kind: str, train: pa.Table, n_classes: dict[str, int], seed: int | None = None,
-            tune_reports: bool = False, tb: str = "", tag: str = "") -> dict:
+            tune_reports: bool = False, tb: str = "", tag: str = "") -> FitResult:
         """Train model `kind` (stl, hps, nddr, mti, maxl, auxilearn) on Ray Train; its held-out accuracy, size and
         time. `seed` replaces cfg.seed (init and data order); `tune_reports` hands it the Tune callbacks; `tag` keeps
         the checkpoints of runs on other labels (the ablation) apart."""
@@ -268,10 +269,10 @@ class Pipeline:
         _say(f"training {kind.upper()}{' (' + tag + ')' if tag else ''} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
                             self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag)
-        _say(f"{kind.upper()}: principal test accuracy {res['test_principal_accuracy']:.4f}")
+        _say(f"{kind.upper()}: principal test accuracy {res.test_principal_accuracy:.4f}")
         return res
 
-    def entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> dict:
+    def entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> Ablation:
         """Paper Sec. 5.3: the same autoencoder trained on L_rec alone (warm-up for every epoch: no oracle, no
         disentangling terms); its latent sum_i s_i (the decoder's input) is clustered and mtl.model trained on it."""
         cfg, src = self.cfg, self.source
@@ -287,5 +288,5 @@ class Pipeline:
         pq.write_table(train, out / "entangled_labels.parquet")
         n = {"principal": n_classes["principal"], "auxiliary": int(result.labels.max()) + 1}
         fit = self.fit(cfg.mtl.model, train, n, tb="mtl_entangled", tag="entangled")
-        fit["labels"] = "entangled autoencoder"
-        return {"result": fit, "diagnostics": diag, "clusterer": result.method, "ae_steps": res["steps"]}
+        fit.labels = "entangled autoencoder"
+        return Ablation(fit, diag, result.method, res["steps"])

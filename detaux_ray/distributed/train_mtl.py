@@ -18,6 +18,7 @@ from ..auxlearn import train_loss as learner_loss
 from ..config import Config
 from ..models import autocast, count_parameters, to_float_images
 from ..mtl import build_mtl_model, multitask_loss
+from ..results import FitResult
 from .checkpoints import resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
@@ -148,7 +149,7 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
         cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path, val_table: pa.Table | None = None,
-        callbacks: list | None = None, tag: str = "") -> dict:
+        callbacks: list | None = None, tag: str = "") -> FitResult:
     """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count.
 
     `val_table` adds a per-epoch validation accuracy (tuning's objective); `callbacks` are Ray Train callbacks
@@ -178,19 +179,19 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         raise_if_failed(status_dir)
     tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS
              else n_classes)
-    return {
-        "model": kind,
-        "test_principal_accuracy": float(result.metrics["test_principal_accuracy"]),
-        **({"val_principal_accuracy": float(result.metrics["val_principal_accuracy"])} if val_table is not None else {}),
-        "epochs": int(result.metrics["epoch"]) + 1,
-        "parameters": parameter_count(kind, n_classes, cfg),
-        "backbone": cfg.mtl.backbone,
-        "loss_weighting": "fixed" if kind == "stl" else cfg.mtl.loss_weighting,
-        "tasks": sorted(tasks),
-        **({"auxiliary_classes": n_classes["principal"] * cfg.mtl.psi} if kind in LEARNERS else {}),
-        **({"auxiliary_split_images": meta_table.num_rows} if meta_table is not None else {}),
-        "wall_time_s": round(time.time() - t0, 1),
-    }
+    return FitResult(
+        model=kind,
+        test_principal_accuracy=float(result.metrics["test_principal_accuracy"]),
+        val_principal_accuracy=float(result.metrics["val_principal_accuracy"]) if val_table is not None else None,
+        epochs=int(result.metrics["epoch"]) + 1,
+        parameters=parameter_count(kind, n_classes, cfg),
+        backbone=cfg.mtl.backbone,
+        loss_weighting="fixed" if kind == "stl" else cfg.mtl.loss_weighting,
+        tasks=sorted(tasks),
+        auxiliary_classes=n_classes["principal"] * cfg.mtl.psi if kind in LEARNERS else None,
+        auxiliary_split_images=meta_table.num_rows if meta_table is not None else None,
+        wall_time_s=round(time.time() - t0, 1),
+    )
 
 
 def parameter_count(kind: str, n_classes: dict[str, int], cfg: Config) -> int:

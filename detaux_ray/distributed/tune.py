@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ..artifacts import write_json, write_text
 from ..config import Config, config_from_dict
 from ..errors import ConfigError, DetauxError, NonFiniteLossError, SingleClusterError
+from ..results import Report
 from ..search import METRIC, SearchSpec, apply_params, start_points
 from .pipeline import Pipeline, ensure_ray
 
@@ -68,7 +69,7 @@ def param_space(spec: SearchSpec) -> dict:
     return out
 
 
-def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], dict]) -> None:
+def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], Report]) -> None:
     """One trial: the recipe (jobs/full_pipeline.py's `detaux`) on base + params. Unsuccessful outcomes are
     reported, not raised."""
     # The trial's pipeline writes beside the stage store, at a path that survives a restart of the trial (Tune's
@@ -87,16 +88,16 @@ def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], 
         print(f"[tune] trial unsuccessful ({outcome[type(exc)]}): {exc}", flush=True)
         tune.report({"outcome": outcome[type(exc)], "reason": str(exc), **_stage_counts(pipe)})
         return
-    mtl = report["models"]["mtl"]
-    tune.report({METRIC: mtl["val_principal_accuracy"], "test_principal_accuracy": mtl["test_principal_accuracy"],
-                 "n_aux_classes": report["n_aux_classes"], "nmi_principal_aux": report["nmi_principal_aux"],
-                 "mtl_epochs": mtl["epochs"], "outcome": "ok", "reason": "", "pipeline_dir": str(trial_dir),
+    mtl, diag = report.multitask, report.diagnostics
+    tune.report({METRIC: mtl.val_principal_accuracy, "test_principal_accuracy": mtl.test_principal_accuracy,
+                 "n_aux_classes": diag.n_aux_classes, "nmi_principal_aux": diag.nmi_principal_aux,
+                 "mtl_epochs": mtl.epochs, "outcome": "ok", "reason": "", "pipeline_dir": str(trial_dir),
                  **_stage_counts(pipe)})
 
 
 def _stage_counts(pipe: Pipeline | None) -> dict:
     stages = pipe.stages.values() if pipe else []
-    return {"stages_reused": sum(s["reused"] for s in stages), "stages_run": sum(not s["reused"] for s in stages)}
+    return {"stages_reused": sum(s.reused for s in stages), "stages_run": sum(not s.reused for s in stages)}
 
 
 def concurrency(cfg: Config, trial_cpus: float) -> int:
@@ -109,7 +110,7 @@ def concurrency(cfg: Config, trial_cpus: float) -> int:
     return max(1, int(total.get("CPU", 1) // need))
 
 
-def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, recipe: Callable[[Pipeline], dict],
+def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, recipe: Callable[[Pipeline], Report],
                seed: int = 0, max_concurrent: int = 0, resume: bool = False) -> dict:
     """Run (or resume) the search, each trial running `recipe` on a `Pipeline`; write the trial table and the best
     config as a preset. Returns a summary."""
