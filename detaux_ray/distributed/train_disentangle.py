@@ -19,8 +19,8 @@ from ..scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
-from .status import DIVERGED, raise_if_failed, record
-from .trainer import fit, report, run_guarded, start_worker, torch_trainer
+from .status import raise_if_failed
+from .trainer import diverged, end_epoch, fit, run_guarded, start_worker, torch_trainer
 from .streams import gather, pair_stream, pair_table
 
 
@@ -31,47 +31,30 @@ def train_loop_per_worker(config: dict) -> None:
 def _train(config: dict) -> None:
     w = start_worker(config)
     cfg, rank, world, device = w.cfg, w.rank, w.world, w.device
-    d, res = cfg.disentangle, cfg.resources
-    n_principal = config["n_principal"] if d.formulation()[0] > 0 else 0
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal,
+    d, res, rows = cfg.disentangle, cfg.resources, config["train_rows"]
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, config["n_principal"] if d.formulation()[0] > 0 else 0,
                           n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     state = resume(config["run_path"], model, opt)
     start_epoch, global_step = state.get("epoch", -1) + 1, state.get("step", 0)
-    ddp_model = ray.train.torch.prepare_model(model)
-
-    train_rows, principal, cache = config["train_rows"], config["principal"], config["cache"]
-    n_pairs = d.pairs_per_epoch or len(train_rows)
-    writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
-    # 8 images spread over the data for the reconstruction / traversal grids (the first rows are near-identical).
-    spread_rows = np.sort(np.random.default_rng([cfg.seed, 17]).choice(train_rows, min(8, len(train_rows)), replace=False))
-    fixed = torch.from_numpy(gather(cache, spread_rows)) if rank == 0 else None
-    probe = config.get("probe") if rank == 0 and d.scorecard_every > 0 else None
-    probe_images = gather(cache, probe["rows"]) if probe else None
-    if writer and start_epoch:
+    ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
+    board = _Board(config, cfg, device) if rank == 0 else None  # TensorBoard (rank 0)
+    if board and start_epoch:
         send(config["progress"], resumed_after=start_epoch)
-
     # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
     # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     for epoch in range(start_epoch, d.epochs):
-        t_epoch = time.time()
+        t0, sums, picks = time.time(), {}, torch.zeros(d.k, device=device)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
-        table = pair_table(train_rows, principal, n_pairs, d.oracle_prob, cfg.seed, epoch, rank, world, d.batch_size, d.pair_mode)
+        table = pair_table(rows, config["principal"], d.pairs_per_epoch or len(rows), d.oracle_prob, cfg.seed, epoch,
+                           rank, world, d.batch_size, d.pair_mode)  # this rank's share of the epoch's pairs
         steps = max(1, table.num_rows // d.batch_size)
-        sums: dict[str, torch.Tensor] = {}
-        picks = torch.zeros(d.k, device=device)
-        ddp_model.train()
-        for step, batch in enumerate(pair_stream(table, cache, res.data_cpus, d.batch_size).iter_batches(
-                batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):
+        for step, batch in enumerate(pair_stream(table, config["cache"], res.data_cpus, d.batch_size).iter_batches(
+                batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):  # Ray Data
             betas = beta_schedule(epoch + step / steps, d)
-            x1 = to_float_images(to_device(torch.from_numpy(batch["x1"]), device))
-            x2 = to_float_images(to_device(torch.from_numpy(batch["x2"]), device))
-            # the label columns arrive as read-only Arrow views: copy them (a few bytes) rather than alias them
-            same = to_device(torch.from_numpy(np.array(batch["same"])), device)
-            y1, y2 = (to_device(torch.from_numpy(np.array(batch[y], dtype=np.int64)), device) for y in ("y1", "y2"))
             with autocast(device, res.amp):
-                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
+                loss, terms, lam = detaux_loss(ddp_model, *_pair_tensors(batch, device), betas, d)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
@@ -79,32 +62,52 @@ def _train(config: dict) -> None:
             loss.backward()
             opt.step()
             global_step += 1
-            # Accumulate on device; one host sync per epoch.
-            for name, v in {"total": loss.detach(), **terms}.items():
+            for name, v in {"total": loss.detach(), **terms}.items():  # on device: one host sync per epoch
                 sums[name] = sums.get(name, 0.0) + v
             picks += lam.sum(0)
         means = {name: float(v) / steps for name, v in sums.items()}
-        if not all(np.isfinite(list(means.values()))):
-            # Not an exception: Ray Train would restart the worker group and diverge again. All ranks see the
-            # NaN (DDP shares the parameters), stop here; the driver reads the marker and reports it.
-            if rank == 0:
-                record(config["status_dir"], DIVERGED, (
-                    f"stage 1 loss became non-finite in epoch {epoch} ({means}); training stopped, the last good "
-                    f"checkpoint (epoch {epoch - 1}) is kept. Lower disentangle.lr or check the data."))
+        if diverged(means.values(), rank, config["status_dir"], f"stage 1 loss became non-finite in epoch {epoch} "
+                    f"({means}); training stopped, the last good checkpoint (epoch {epoch - 1}) is kept. Lower "
+                    "disentangle.lr or check the data."):
             return
-        pick_frac = (picks / picks.sum().clamp_min(1e-12)).cpu().numpy()
-        metrics = {"epoch": epoch, "epoch_time_s": time.time() - t_epoch, "pairs": steps * d.batch_size * world,
+        metrics = {"epoch": epoch, "epoch_time_s": time.time() - t0, "pairs": steps * d.batch_size * world,
                    **{f"loss/{k}": v for k, v in means.items()}}
-        if rank == 0:
-            _log_epoch(writer, model, fixed, device, epoch, means, betas, pick_frac, d)
-            if probe and ((epoch + 1) % d.scorecard_every == 0 or epoch == d.epochs - 1):
-                metrics.update(_log_scorecard(writer, model, probe, probe_images, device, epoch, cfg))
-        report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                         "step": global_step} if rank == 0 else None)
-        if rank == 0:  # the driver prints it; the epoch's checkpoint exists by now
-            send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"], items=metrics["pairs"], values=means)
-    if writer:
-        writer.close()
+        if board:
+            metrics |= board.epoch(model, epoch, means, betas, (picks / picks.sum().clamp_min(1e-12)).cpu().numpy())
+        end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": global_step},
+                  rank, config["progress"], metrics["pairs"], means)
+    if board:
+        board.writer.close()
+
+
+def _pair_tensors(batch: dict, device: torch.device) -> tuple:
+    """(x1, x2, same, y1, y2) on the device from a pair batch; the label columns arrive as read-only Arrow views:
+    copied (a few bytes) rather than aliased."""
+    x1, x2 = (to_float_images(to_device(torch.from_numpy(batch[k]), device)) for k in ("x1", "x2"))
+    same = to_device(torch.from_numpy(np.array(batch["same"])), device)
+    y1, y2 = (to_device(torch.from_numpy(np.array(batch[y], dtype=np.int64)), device) for y in ("y1", "y2"))
+    return x1, x2, same, y1, y2
+
+
+class _Board:
+    """Rank 0's TensorBoard: losses, betas, the oracle's picks, reconstruction / traversal grids of 8 images spread
+    over the data (the first rows are near-identical scenes), and every `scorecard_every` epochs the scorecard."""
+
+    def __init__(self, config: dict, cfg: Config, device: torch.device):
+        self.cfg, self.device, self.writer = cfg, device, SummaryWriter(config["tb_dir"])
+        rows = config["train_rows"]
+        spread = np.sort(np.random.default_rng([cfg.seed, 17]).choice(rows, min(8, len(rows)), replace=False))
+        self.fixed = torch.from_numpy(gather(config["cache"], spread))
+        self.probe = config.get("probe") if cfg.disentangle.scorecard_every > 0 else None
+        self.probe_images = gather(config["cache"], self.probe["rows"]) if self.probe else None
+
+    def epoch(self, model: DisentangleAE, epoch: int, means: dict, betas, pick_frac: np.ndarray) -> dict:
+        """Log the epoch; returns the scorecard's headline metrics when it was taken."""
+        d = self.cfg.disentangle
+        _log_epoch(self.writer, model, self.fixed, self.device, epoch, means, betas, pick_frac, d)
+        if self.probe and ((epoch + 1) % d.scorecard_every == 0 or epoch == d.epochs - 1):
+            return _log_scorecard(self.writer, model, self.probe, self.probe_images, self.device, epoch, self.cfg)
+        return {}
 
 
 def _log_epoch(writer: SummaryWriter, model: DisentangleAE, fixed: torch.Tensor, device, epoch: int, means: dict,

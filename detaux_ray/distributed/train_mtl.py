@@ -22,8 +22,8 @@ from ..results import FitResult
 from .checkpoints import resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
-from .status import DIVERGED, raise_if_failed, record
-from .trainer import fit, report, run_guarded, start_worker, torch_trainer
+from .status import raise_if_failed
+from .trainer import diverged, end_epoch, fit, run_guarded, start_worker, torch_trainer
 from .streams import ImageCache, row_stream
 
 
@@ -35,15 +35,7 @@ def _train(config: dict) -> None:
     w = start_worker(config)
     cfg, rank, device = w.cfg, w.rank, w.device
     m, res, kind = cfg.mtl, cfg.resources, config["kind"]
-    learner = None
-    if kind in LEARNERS:  # MAXL / AuxiLearn: the multi-task net learns labels that a generator makes
-        model, gen = build_learner(config["n_classes"]["principal"], m.psi, m.width, m.backbone, cfg.data.image_size)
-        learner = AuxLabelLearner(kind, gen.to(device, memory_format=torch.channels_last), m.meta_lr, m.meta_alpha,
-                                  m.auxiliary_weight, m.entropy_weight, m.neumann_steps)
-        model = model.to(device, memory_format=torch.channels_last)
-    else:
-        model = build_mtl_model(kind, config["n_classes"], m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
-                                m.pretrained).to(device, memory_format=torch.channels_last)
+    model, learner = _build(kind, config["n_classes"], cfg, device)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     state = resume(config["run_path"], model, opt)
     start_epoch = state.get("epoch", -1) + 1
@@ -51,77 +43,80 @@ def _train(config: dict) -> None:
         learner.load_state_dict(state["learner"])
     if rank == 0 and start_epoch:
         send(config["progress"], resumed_after=start_epoch)
-    ddp_model = ray.train.torch.prepare_model(model)
+    ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
     tasks = list(config["n_classes"]) if kind not in ("stl", *LEARNERS) else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
         t: m.principal_weight if t == "principal" else m.auxiliary_weight for t in tasks}
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 else None
-    train_shard = ray.train.get_dataset_shard("train")
-    test_shard = ray.train.get_dataset_shard("test")
-    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    shards = {name: ray.train.get_dataset_shard(name) for name in ("train", "test") + (("val",) if config["has_val"] else ())}
     meta_batches = _forever(ray.train.get_dataset_shard("meta"), m.batch_size, device) if kind == "auxilearn" else None
 
     for epoch in range(start_epoch, m.epochs):
-        t0 = time.time()
+        t0, total, n_batches, meta = time.time(), torch.zeros((), device=device), 0, {}
         ddp_model.train()
-        total, n_batches, meta_sums, n_meta = torch.zeros((), device=device), 0, {}, 0
-        for step, batch in enumerate(train_shard.iter_torch_batches(batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size,
-                                                    local_shuffle_seed=cfg.seed * 100_003 + epoch, drop_last=True,
-                                                    device=device, pin_memory=device.type == "cuda")):
+        for step, batch in enumerate(shards["train"].iter_torch_batches(  # Ray Data: this rank's shard, shuffled
+                batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size, local_shuffle_seed=cfg.seed * 100_003 + epoch,
+                drop_last=True, device=device, pin_memory=device.type == "cuda")):
             maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status_dir"])
-            x = to_float_images(batch["image"])
-            targets = {t: batch[t].long() for t in tasks}
+            x, targets = to_float_images(batch["image"]), {t: batch[t].long() for t in tasks}
             with autocast(device, res.amp):
                 if learner is None:
                     loss, _ = multitask_loss(ddp_model(x), targets, weights)
                 else:
-                    y = targets["principal"]
-                    loss = learner_loss(ddp_model(x), y, learner.targets(x, y), m.auxiliary_weight)
+                    loss = learner_loss(ddp_model(x), targets["principal"], learner.targets(x, targets["principal"]), m.auxiliary_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach()
-            n_batches += 1
+            total, n_batches = total + loss.detach(), n_batches + 1
             if learner is not None and step % m.meta_every == 0:  # the generator's step (fp32: second order)
-                extra = next(meta_batches) if meta_batches is not None else None
-                aux = (to_float_images(extra["image"]), extra["principal"].long()) if extra is not None else (None, None)
-                for k, v in learner.meta_step(model, x, targets["principal"], *aux).items():
-                    meta_sums[k] = meta_sums.get(k, 0.0) + v
-                n_meta += 1
-        train_loss = float(total) / max(n_batches, 1)
-        if not np.isfinite(train_loss):
-            if rank == 0:
-                record(config["status_dir"], DIVERGED, (
-                    f"stage 3 ({kind}) loss became non-finite in epoch {epoch}; the last good checkpoint "
-                    f"(epoch {epoch - 1}) is kept. Lower mtl.lr."))
+                for k, v in _meta_step(learner, model, x, targets["principal"], meta_batches).items():
+                    meta[k] = meta.get(k, []) + [v]
+        metrics = {"epoch": epoch, "train_loss": float(total) / max(n_batches, 1), "epoch_time_s": time.time() - t0}
+        if diverged([metrics["train_loss"]], rank, config["status_dir"], f"stage 3 ({kind}) loss became non-finite in "
+                    f"epoch {epoch}; the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr."):
             return
-        metrics = {"epoch": epoch, "train_loss": train_loss, "epoch_time_s": time.time() - t0}
         if rank == 0:
-            metrics["test_principal_accuracy"] = _accuracy(model, test_shard, device)
-            if val_shard is not None:
-                metrics["val_principal_accuracy"] = _accuracy(model, val_shard, device)
-            _log_epoch(writer, kind, model, metrics, learner, meta_sums, n_meta, x, targets["principal"], epoch)
-        report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                         **({"learner": learner.state_dict()} if learner is not None else {})} if rank == 0 else None)
-        if rank == 0:  # the driver prints it; the epoch's checkpoint exists by now
-            send(config["progress"], epoch=epoch, epoch_time_s=metrics["epoch_time_s"], items=n_batches * m.batch_size * w.world,
-                 values={k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
+            metrics |= {f"{name}_principal_accuracy": _accuracy(model, shard, device) for name, shard in shards.items() if name != "train"}
+            _log_epoch(writer, kind, model, metrics, learner, meta, x, targets["principal"], epoch)
+        end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                            **({"learner": learner.state_dict()} if learner is not None else {})},
+                  rank, config["progress"], n_batches * m.batch_size * w.world,
+                  {k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
     if writer:
         writer.close()
 
 
-def _log_epoch(writer: SummaryWriter, kind: str, model: torch.nn.Module, metrics: dict, learner, meta_sums: dict,
-               n_meta: int, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-    """TensorBoard: loss and accuracies; uncertainty weights; a learner's meta losses and how its generated labels
-    spread over the C * psi classes (on the epoch's last batch x, y)."""
+def _build(kind: str, n_classes: dict[str, int], cfg: Config, device: torch.device) -> tuple[torch.nn.Module, AuxLabelLearner | None]:
+    """The model to train and, for MAXL / AuxiLearn, the label learner (the generator and its meta step)."""
+    m = cfg.mtl
+    if kind not in LEARNERS:
+        return build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
+                               m.pretrained).to(device, memory_format=torch.channels_last), None
+    model, gen = build_learner(n_classes["principal"], m.psi, m.width, m.backbone, cfg.data.image_size)
+    learner = AuxLabelLearner(kind, gen.to(device, memory_format=torch.channels_last), m.meta_lr, m.meta_alpha,
+                              m.auxiliary_weight, m.entropy_weight, m.neumann_steps)
+    return model.to(device, memory_format=torch.channels_last), learner
+
+
+def _meta_step(learner: AuxLabelLearner, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, meta_batches) -> dict:
+    """One generator update on the training batch (and, for AuxiLearn, a batch of its held-out auxiliary split)."""
+    extra = next(meta_batches) if meta_batches is not None else None
+    aux = (to_float_images(extra["image"]), extra["principal"].long()) if extra is not None else (None, None)
+    return learner.meta_step(model, x, y, *aux)
+
+
+def _log_epoch(writer: SummaryWriter, kind: str, model: torch.nn.Module, metrics: dict, learner, meta: dict,
+               x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+    """TensorBoard: loss and accuracies; uncertainty weights; a learner's meta losses (the epoch's mean) and how its
+    generated labels spread over the C * psi classes (on the epoch's last batch x, y)."""
     for name, value in metrics.items():
         if name.endswith("accuracy") or name == "train_loss":
             writer.add_scalar(f"{kind}/{name}", value, epoch)
     for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
         writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
     if learner is not None:
-        for k, v in meta_sums.items():
-            writer.add_scalar(f"{kind}/{k}", v / max(n_meta, 1), epoch)
+        for k, v in meta.items():
+            writer.add_scalar(f"{kind}/{k}", sum(v) / len(v), epoch)
         for k, v in learner.label_stats(x, y).items():
             writer.add_scalar(f"{kind}/{k}", v, epoch)
     writer.flush()

@@ -20,8 +20,8 @@ from ..config import Config, config_from_dict
 from ..errors import find_data_error
 from ..models import set_torch_threads
 from .logs import quiet_worker, train_log_level
-from .progress import Progress
-from .status import DATA_ERROR, failed, record
+from .progress import Progress, send
+from .status import DATA_ERROR, DIVERGED, failed, record
 
 
 @dataclass
@@ -50,6 +50,27 @@ def report(metrics: dict, state: dict | None) -> None:
             save_torch(Path(tmp) / "state.pt", state)
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def end_epoch(metrics: dict, state: dict, rank: int, progress, items: int, values: dict) -> None:
+    """Report the epoch (rank 0's `state` as the checkpoint), then give the driver its progress line (`items`
+    trained on, the `values` to show): it prints once the epoch's checkpoint exists."""
+    report(metrics, state if rank == 0 else None)
+    if rank == 0:
+        send(progress, epoch=metrics["epoch"], epoch_time_s=metrics["epoch_time_s"], items=items, values=values)
+
+
+def diverged(values, rank: int, status_dir: str, message: str) -> bool:
+    """True when an epoch's losses are not all finite; rank 0 then leaves the DIVERGED marker with `message`.
+    Not an exception: Ray Train would restart the worker group and diverge again. Every rank sees the NaN (DDP
+    shares the parameters) and stops; the driver reads the marker and raises NonFiniteLossError."""
+    import math
+
+    if all(math.isfinite(v) for v in values):
+        return False
+    if rank == 0:
+        record(status_dir, DIVERGED, message)
+    return True
 
 
 def torch_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage: str,
