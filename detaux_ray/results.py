@@ -39,8 +39,19 @@ def _known(cls, d: dict) -> dict:
     return {k: v for k, v in d.items() if k in names}
 
 
+class _Result:
+    """JSON both ways for a result dataclass; results holding other results read those in their own from_dict."""
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**_known(cls, d))
+
+
 @dataclass
-class Diagnostics:
+class Diagnostics(_Result):
     """Auxiliary labels against the principal task (NMI, AMI, chi-square independence test) and, where factors are
     known, against each factor (homogeneity, completeness, V-measure); `best_factor` has the largest V-measure."""
 
@@ -54,20 +65,13 @@ class Diagnostics:
     factor_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     best_factor: str | None = None
 
-    def to_dict(self) -> dict:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Diagnostics:
-        return cls(**_known(cls, d))
-
     def best_scores(self) -> dict[str, float]:
         """The best-matching factor's homogeneity / completeness / V-measure ({} without known factors)."""
         return self.factor_scores.get(self.best_factor, {}) if self.best_factor else {}
 
 
 @dataclass
-class AuxiliaryTask:
+class AuxiliaryTask(_Result):
     """One discovered task: the subspace it clusters, how, and its diagnostics."""
 
     task: str
@@ -77,16 +81,13 @@ class AuxiliaryTask:
     has_noise_label: bool
     diagnostics: Diagnostics
 
-    def to_dict(self) -> dict:
-        return _plain(self)
-
     @classmethod
     def from_dict(cls, d: dict) -> AuxiliaryTask:
         return cls(**(_known(cls, d) | {"diagnostics": Diagnostics.from_dict(d["diagnostics"])}))
 
 
 @dataclass
-class DisentangleResult:
+class DisentangleResult(_Result):
     """Stage 1: the trained product-manifold autoencoder (`model`, a file in the stage folder) and its last losses."""
 
     model: str
@@ -95,16 +96,9 @@ class DisentangleResult:
     metrics: dict[str, float]
     architecture: dict[str, Any]
 
-    def to_dict(self) -> dict:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DisentangleResult:
-        return cls(**_known(cls, d))
-
 
 @dataclass
-class DiscoverResult:
+class DiscoverResult(_Result):
     """Stage 2: the subspace criteria's scores, the auxiliary tasks (the first is the paper's single task) and the
     stage-1 scorecard (a `scorecard.Scorecard` as dict)."""
 
@@ -130,7 +124,7 @@ class DiscoverResult:
 
 
 @dataclass
-class FitResult:
+class FitResult(_Result):
     """One trained stage-3 model: its principal accuracy on the held-out (and validation) split, size and time."""
 
     model: str  # stl, hps, nddr, mti, maxl, auxilearn
@@ -146,16 +140,9 @@ class FitResult:
     auxiliary_split_images: int | None = None  # auxilearn: images held out for the generator
     labels: str | None = None  # where the auxiliary labels came from, when not stage 2 (the ablation)
 
-    def to_dict(self) -> dict:
-        return _plain(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FitResult:
-        return cls(**_known(cls, d))
-
 
 @dataclass
-class SeedStatistics:
+class SeedStatistics(_Result):
     """Per-model principal accuracies over seeds, mean / sample std, and Welch's t-test against STL
     (`models[key]`: mean, std and, for key != stl, t_statistic and p_value)."""
 
@@ -176,22 +163,15 @@ class SeedStatistics:
             out["t_statistic"], out["p_value"] = self.models["mtl"]["t_statistic"], self.models["mtl"]["p_value"]
         return out
 
-    @classmethod
-    def from_dict(cls, d: dict) -> SeedStatistics:
-        return cls(**_known(cls, d))
-
 
 @dataclass
-class Ablation:
+class Ablation(_Result):
     """Paper Sec. 5.3: a plain autoencoder's latent clustered, and mtl.model trained on those labels."""
 
     result: FitResult
     diagnostics: Diagnostics
     clusterer: str
     ae_steps: int
-
-    def to_dict(self) -> dict:
-        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Ablation:
@@ -200,7 +180,7 @@ class Ablation:
 
 
 @dataclass
-class MTLResult:
+class MTLResult(_Result):
     """Stage 3: every trained model by report key ("stl", "mtl" = mtl.model, the compared ones, "entangled"), each
     task's classes, the over-seed statistics and the ablation."""
 
@@ -208,9 +188,6 @@ class MTLResult:
     n_classes: dict[str, int]
     seeds: SeedStatistics | None = None
     entangled_ablation: Ablation | None = None
-
-    def to_dict(self) -> dict:
-        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MTLResult:
@@ -220,15 +197,12 @@ class MTLResult:
 
 
 @dataclass
-class StageRun:
+class StageRun(_Result):
     """How a stage went in this run: its time and whether it was reused from an earlier run."""
 
     wall_time_s: float
     reused: bool
     hash: str
-
-    def to_dict(self) -> dict:
-        return _plain(self)
 
 
 # What each stage's manifest holds, by stage name (the stage runner reads a reused stage back with it).
@@ -236,7 +210,7 @@ STAGE_RESULTS = {"disentangle": DisentangleResult, "discover": DiscoverResult, "
 
 
 @dataclass
-class DatasetInfo:
+class DatasetInfo(_Result):
     """The run's data: the principal task and the split sizes."""
 
     name: str
@@ -247,12 +221,9 @@ class DatasetInfo:
     n_test: int
     image_size: int
 
-    def to_dict(self) -> dict:
-        return _plain(self)
-
 
 @dataclass
-class Report:
+class Report(_Result):
     """A whole run: the three stages' results, the data, how each stage went and the resolved config.
     `to_dict` is report.json."""
 

@@ -53,8 +53,9 @@ def _train(config: dict) -> None:
         for step, batch in enumerate(pair_stream(table, config["cache"], res.data_cpus, d.batch_size).iter_batches(
                 batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):  # Ray Data
             betas = beta_schedule(epoch + step / steps, d)
+            x1, x2, same, y1, y2 = _pair_tensors(batch, device)
             with autocast(device, res.amp):
-                loss, terms, lam = detaux_loss(ddp_model, *_pair_tensors(batch, device), betas, d)
+                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
