@@ -1,0 +1,114 @@
+"""Stage-3 study harness: STL vs multi-task models on a finished run's auxiliary labels, plain PyTorch (no Ray).
+
+Reads `<run-dir>/discover/labels.parquet` and the run's `config.yaml`, renders / reads the same images, and trains
+each variant over seeds the way the Ray stage does (same model builders, loss, AdamW, batch size and epochs; one
+seeded shuffle per epoch), then reports the held-out principal accuracy per seed, mean +/- sample std and Welch's
+p against STL. A variant is a name plus config overrides, so loss weights and models compare one change at a time:
+
+    python bench/mtl_study.py --run-dir runs/quick --seeds 3 --variant stl:stl --variant hps:hps \\
+        --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detaux_ray.config import load_config  # noqa: E402
+from detaux_ray.data import build_source  # noqa: E402
+from detaux_ray.models import to_float_images  # noqa: E402
+from detaux_ray.mtl import build_mtl_model, multitask_loss  # noqa: E402
+from detaux_ray.statistics import seed_statistics  # noqa: E402
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: np.ndarray, y: np.ndarray) -> float:
+    model.eval()
+    pred = np.concatenate([model(to_float_images(torch.from_numpy(images[i:i + 512])))["principal"].argmax(1).numpy()
+                           for i in range(0, len(images), 512)])
+    model.train()
+    return float((pred == y).mean())
+
+
+def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+          seed: int) -> dict:
+    """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
+    accuracy."""
+    m = cfg.mtl
+    tasks = ["principal"] if kind == "stl" else list(targets)
+    n_classes = {t: int(targets[t].max()) + 1 for t in tasks}
+    torch.manual_seed(seed)
+    model = build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size, m.pretrained)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    weights = model.loss_weights if hasattr(model, "loss_weights") else {
+        t: m.principal_weight if t == "principal" else m.auxiliary_weight for t in tasks}
+    y = {t: torch.from_numpy(targets[t].astype(np.int64)) for t in tasks}
+    curve, t0 = [], time.time()
+    for epoch in range(m.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(images))
+        for b in range(len(order) // m.batch_size):
+            idx = order[b * m.batch_size:(b + 1) * m.batch_size]
+            loss, _ = multitask_loss(model(to_float_images(torch.from_numpy(images[idx]))), {t: y[t][idx] for t in tasks}, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        curve.append(round(accuracy(model, *test), 4))
+    return {"test_principal_accuracy": curve[-1], "curve": curve, "time_s": round(time.time() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True, help="a finished pipeline run (config.yaml, discover/labels.parquet)")
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME:MODEL[,KEY=VALUE...]",
+                    help="a model (stl, hps, nddr, mti) to train under a name, with config overrides (repeatable); the "
+                         "variant named 'stl' is the baseline of the t-tests")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Path(args.run_dir)
+    base = load_config(str(run / "config.yaml"), [])
+    src = build_source(base.data, base.seed)
+    labels = pq.read_table(run / "discover" / "labels.parquet").to_pydict()
+    rows = np.asarray(labels["row"])
+    targets = {t: np.asarray(v) for t, v in labels.items() if t == "principal" or t.startswith("auxiliary")}
+    t0 = time.time()
+    images, test_rows = src.images(rows), src.test_rows()
+    test = (src.images(test_rows), src.principal[test_rows])
+    print(f"{len(rows)} training / {len(test_rows)} test images in {time.time() - t0:.1f}s", flush=True)
+    seeds = [base.seed + i for i in range(args.seeds)]
+    acc, runs = {}, {}
+    for spec in args.variant:
+        name, _, rest = spec.partition(":")
+        kind, *sets = rest.split(",")
+        cfg = load_config(str(run / "config.yaml"), sets)
+        for seed in seeds:
+            r = train(cfg, kind, images, targets, test, seed)
+            acc.setdefault(name, []).append(r["test_principal_accuracy"])
+            runs.setdefault(name, []).append(r)
+            print(f"[{name}] seed {seed}: {r['test_principal_accuracy']:.4f} (curve {r['curve']}, {r['time_s']}s)", flush=True)
+    stats = seed_statistics(seeds, acc, "")
+    for name, row in stats.models.items():
+        p = f", Welch p vs stl {row['p_value']:.3g}" if "p_value" in row else ""
+        print(f"{name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
+    if args.out:
+        out = {"run_dir": str(run), "variants": args.variant, "seeds": seeds, "statistics": stats.to_dict(), "runs": runs,
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
