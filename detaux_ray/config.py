@@ -363,6 +363,17 @@ def _flat(cfg: Config) -> dict[str, Any]:
     return out
 
 
+def arch_image_size_problem(arch: str, image_size: int) -> str | None:
+    """The one rule on stage 1's image sizes (None when fine): the conv autoencoder halves 16, 32 or 64 px down to
+    a 4x4 map; the ResNet-18 one takes multiples of 32 from 64 px (its map is image_size / 32 on a side)."""
+    if arch == "conv" and image_size not in (16, 32, 64):
+        return (f"takes data.image_size 16, 32 or 64, got {image_size}: use disentangle.arch=resnet18 for larger "
+                f"images")
+    if arch == "resnet18" and (image_size < 64 or image_size % 32):
+        return f"needs data.image_size a multiple of 32 and >= 64, got {image_size}"
+    return None
+
+
 def validate(cfg: Config) -> None:
     """Every key's range or choice (RANGES, CHOICES), then the rules that span several keys; a ConfigError names
     the offending key."""
@@ -375,8 +386,9 @@ def validate(cfg: Config) -> None:
     d = cfg.disentangle
     if d.principal_subspace >= d.k:
         raise ConfigError(f"disentangle.principal_subspace={d.principal_subspace} must be in [0, k={d.k})")
-    if d.arch == "resnet18" and (cfg.data.image_size < 64 or cfg.data.image_size % 32):
-        raise ConfigError(f"disentangle.arch=resnet18 needs data.image_size a multiple of 32 and >= 64, got {cfg.data.image_size}")
+    problem = arch_image_size_problem(d.arch, cfg.data.image_size)
+    if problem:
+        raise ConfigError(f"disentangle.arch={d.arch} {problem}")
     if d.cons_swaps > d.k:
         raise ConfigError(f"disentangle.cons_swaps must be in [1, k={d.k}], got {d.cons_swaps}")
     if cfg.discover.n_auxiliary > d.k - 1:

@@ -12,12 +12,15 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .config import arch_image_size_problem
+
 
 def _conv_channels(image_size: int) -> tuple[int, ...]:
     # The paper's 64x64 encoder: 4 convs (32, 32, 64, 64), 4x4 kernels, stride 2, down to 4x4.
     # Smaller inputs drop the leading layers so the last map is always 4x4.
-    if image_size not in (16, 32, 64):
-        raise ValueError(f"the conv autoencoder takes 16, 32 or 64 pixel images, got {image_size}")
+    problem = arch_image_size_problem("conv", image_size)
+    if problem:
+        raise ValueError(f"the conv autoencoder {problem}")
     n_layers = int(math.log2(image_size // 4))
     return (32, 32, 64, 64)[-n_layers:]
 
@@ -105,8 +108,9 @@ class ResNetMapEncoder(nn.Module):
 
 
 def map_side(image_size: int) -> int:
-    if image_size < 64 or image_size % 32:
-        raise ValueError(f"the ResNet-18 autoencoder takes image sizes that are multiples of 32, >= 64; got {image_size}")
+    problem = arch_image_size_problem("resnet18", image_size)
+    if problem:
+        raise ValueError(f"the ResNet-18 autoencoder {problem}")
     return image_size // 32
 
 

@@ -19,7 +19,7 @@ from detaux_ray.artifacts import write_json  # noqa: E402
 from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.report import summary_line  # noqa: E402
-from detaux_ray.results import MTLResult, Report  # noqa: E402
+from detaux_ray.results import MTLResult, Report  # noqa: E402  (what each stage returns: detaux_ray/results.py)
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
@@ -49,8 +49,7 @@ def detaux(p) -> Report:
         write_json(out / "results.json", res.to_dict())
         return res
 
-    s3 = p.stage("mtl", multitask)
-    return p.finish(s1, s2, s3)  # report.md / report.json, config.yaml
+    return p.finish(s1, s2, p.stage("mtl", multitask))  # report.md / report.json, config.yaml
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,5 +37,5 @@ def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     loss.backward()
     assert torch.isfinite(loss) and set(terms) >= {"rec", "prin", "dist", "spar", "cons", "reg"}
     assert model.encoder.trunk[0].weight.grad is not None and model.projectors.w1.grad is not None
-    with pytest.raises(ValueError, match="multiples of 32"):
+    with pytest.raises(ValueError, match="a multiple of 32 and >= 64"):
         DisentangleAE(48, 3, 4, arch="resnet18")

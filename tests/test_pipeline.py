@@ -158,7 +158,8 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     (["--set", "data.principal=colour"], 3, "principal factor 'colour' does not exist"),
     (["--set", "data.dataset=imagenet"], 3, "unknown dataset 'imagenet'"),
     (["--set", "data.n_images=1", "--set", "data.heldout_hues=[]"], 3, "principal class"),
-    (["--set", "data.image_size=48"], 3, "image_size must be 16, 32 or 64"),
+    (["--set", "data.image_size=48"], 2, "disentangle.arch=conv takes data.image_size 16, 32 or 64, got 48"),
+    (["--set", "disentangle.arch=resnet18", "--set", "data.image_size=96"], 3, "image_size must be 16, 32 or 64"),
     (["--set", "data.heldout_hues=[]"], 3, "held-out split is empty"),
     (["--set", "disentangle.pairs_per_epoch=8"], 2, "less than one batch"),
 ])

@@ -108,9 +108,6 @@ class Pipeline:
         if n_pairs // world < d.batch_size:
             raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
                               f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
-        if d.arch == "conv" and cfg.data.image_size not in (16, 32, 64):
-            raise ConfigError(f"disentangle.arch=conv takes data.image_size 16, 32 or 64, got {cfg.data.image_size}: "
-                              f"use disentangle.arch=resnet18 for larger images")
         self._cache: ImageCache | SourceImages | None = None
         self.stages: dict[str, StageRun] = {}
         self.current_stage = ""  # the stage running now (an interrupted run says which)
