@@ -3,6 +3,7 @@ trainer, a fit() that Ctrl-C can stop, and stopping (not restarting) on failures
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
 
     On the main thread Ray Train replaces the process's SIGINT handler with one that aborts the run and exits the
     process (status 1, nothing said, and the handler stays installed for every later stage). Run from a helper
-    thread, fit() leaves signals alone (as under Tune): Ctrl-C interrupts the wait here, the pipeline says where
+    thread, fit() leaves signals alone (as under Tune): Ctrl-C interrupts the wait here (our own handler), the pipeline says where
     it stopped, and Ray ends the run's actors when the driver exits; the checkpoints on disk stay for the rerun.
     Meanwhile a second thread prints the epochs that rank 0 reports (`progress`).
     """
@@ -136,8 +137,24 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
     printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
     if printer is not None:
         printer.start()
-    while t.is_alive():
-        t.join(0.5)
+    # Ctrl-C sets a flag as well as raising: a KeyboardInterrupt that lands inside a finalizer is swallowed by
+    # Python (a CI run went on to the end after a Ctrl-C once), the flag is not.
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        while t.is_alive():
+            t.join(0.5)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+    finally:
+        if main and previous is not None:  # None: a handler not set from Python, nothing to restore
+            signal.signal(signal.SIGINT, previous)
     if printer is not None:
         done.set()
         printer.join()
