@@ -3,6 +3,7 @@ trainer, a fit() that Ctrl-C can stop, and stopping (not restarting) on failures
 
 from __future__ import annotations
 
+import math
 import signal
 import tempfile
 import threading
@@ -65,8 +66,6 @@ def diverged(values, rank: int, status_dir: str, message: str) -> bool:
     """True when an epoch's losses are not all finite; rank 0 then leaves the DIVERGED marker with `message`.
     Not an exception: Ray Train would restart the worker group and diverge again. Every rank sees the NaN (DDP
     shares the parameters) and stops; the driver reads the marker and raises NonFiniteLossError."""
-    import math
-
     if all(math.isfinite(v) for v in values):
         return False
     if rank == 0:
