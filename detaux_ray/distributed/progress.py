@@ -33,10 +33,13 @@ class Progress:
             print(self.line(msg), flush=True)
 
     def follow(self, done: threading.Event, every_s: float = 0.5) -> None:
-        """Print what arrives until `done` is set (then once more)."""
-        while not done.wait(every_s):
+        """Print what arrives until `done` is set (then once more), or until the queue is gone."""
+        try:
+            while not done.wait(every_s):
+                self.drain()
             self.drain()
-        self.drain()
+        except ray.exceptions.RayError:
+            pass  # the queue actor died with its owner (Ctrl-C, shutdown): there is nothing left to print
 
     def line(self, msg: dict[str, Any]) -> str:
         if "resumed_after" in msg:

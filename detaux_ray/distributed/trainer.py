@@ -154,9 +154,11 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
     finally:
         if main and previous is not None:  # None: a handler not set from Python, nothing to restore
             signal.signal(signal.SIGINT, previous)
-    if printer is not None:
+        # Also on Ctrl-C: a printer left polling while Ray shuts down prints the queue actor's death (a CI run).
         done.set()
-        printer.join()
+        if printer is not None:
+            printer.join(timeout=5)
+    if printer is not None:
         progress.close()
     if "error" in box:
         raise box["error"]

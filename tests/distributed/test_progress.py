@@ -31,6 +31,27 @@ def test_epoch_lines_reach_the_driver_once_in_order(ray_session, capsys):
     send(None, epoch=0)  # no queue (e.g. a rank other than 0 is never given one): nothing happens
 
 
+def test_printer_ends_quietly_when_the_queue_dies_under_it(ray_session):
+    """After a Ctrl-C the queue actor dies with the driver while the printer still polls (a CI run printed the
+    actor's death as a thread traceback): the printer stops without raising."""
+    import ray
+
+    from detaux_ray.distributed.progress import Progress
+
+    progress = Progress("disentangle", 2, "pairs")
+    errors = []
+    threading.excepthook, previous = (lambda args: errors.append(args.exc_value)), threading.excepthook
+    try:
+        done = threading.Event()
+        printer = threading.Thread(target=progress.follow, args=(done, 0.05))
+        printer.start()
+        ray.kill(progress.queue.actor)
+        printer.join(timeout=30)
+    finally:
+        threading.excepthook = previous
+    assert not printer.is_alive() and errors == []
+
+
 def test_quiet_env_keeps_ray_info_lines_off_the_console_unless_asked(monkeypatch):
     import yaml
 
