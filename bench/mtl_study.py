@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.models import to_float_images  # noqa: E402
-from detaux_ray.mtl import build_mtl_model, multitask_loss  # noqa: E402
+from detaux_ray.mtl import build_mtl_model, learning_rate, multitask_loss  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
@@ -56,6 +56,8 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     y = {t: torch.from_numpy(targets[t].astype(np.int64)) for t in tasks}
     curve, t0 = [], time.time()
     for epoch in range(m.epochs):
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
         order = np.random.default_rng([seed, epoch]).permutation(len(images))
         for b in range(len(order) // m.batch_size):
             idx = order[b * m.batch_size:(b + 1) * m.batch_size]

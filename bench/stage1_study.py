@@ -83,7 +83,7 @@ def table(paths: list[str]) -> str:
             d = f["discovery"].get(crit)
             disc.append(f"{d['subspace']} -> {d['best_factor']} {d['homogeneity']:.2f} / {d['completeness']:.2f}, "
                         f"{d['nmi_principal_aux']:.3f}" if d else "-")
-        lines.append(f"| {r['name']} | {', '.join(o.split('.', 1)[1] for o in r['overrides']) or '-'} | {r['steps']} | "
+        lines.append(f"| {r['name']} | {', '.join(o.split('.', 1)[-1] for o in r['overrides']) or '-'} | {r['steps']} | "
                      f"{sep['in_alpha']:.2f} | {sep['best_other']:.2f} | {'; '.join(best)} | " + " | ".join(disc) + " |")
     return "\n".join(lines)
 

@@ -64,7 +64,10 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
+    w_indep: float = 0.0  # CKA between every two subspaces over the batch, with beta1 (ours; 0 = off, the paper)
+    indep_kernel: str = "rbf"  # rbf (any dependence) | linear (RV coefficient): losses.independence_loss
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
+    cons_relative: bool = False  # L_cons over each subspace's batch spread (scale-free; paper: the plain MSE)
     cons_fraction: float = 1.0  # share of each batch's pairs swapped for L_cons (an unbiased sample; cheaper steps)
     log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
     scorecard_every: int = 5  # epochs between scorecards (probe of every subspace x factor) in TensorBoard; 0 = never
@@ -107,6 +110,7 @@ class MTLConfig:
     epochs: int = 150
     batch_size: int = 32
     lr: float = 5e-4
+    lr_schedule: str = "constant"  # constant | cosine (annealed to 0 over the epochs, per epoch: mtl.learning_rate)
     weight_decay: float = 1e-4
     width: int = 32  # channels of the first backbone stage
     loss_weighting: str = "fixed"  # fixed (the weights below) | uncertainty (Kendall et al., learned)
@@ -316,6 +320,7 @@ RANGES: dict[str, Range] = {
     "disentangle.margin": _NONNEG, "disentangle.warmup_frac": _UNIT, "disentangle.beta_rise": _POS,
     "disentangle.beta1_center": _UNIT, "disentangle.beta2_center": _UNIT, "disentangle.w_dist": _NONNEG,
     "disentangle.w_spar": _NONNEG, "disentangle.w_cons": _NONNEG, "disentangle.w_reg": _NONNEG,
+    "disentangle.w_indep": _NONNEG,
     "disentangle.cons_swaps": _at_least(1), "disentangle.cons_fraction": Range(0, 1, open_lo=True),
     "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
     "disentangle.scorecard_images": _at_least(64),
@@ -341,6 +346,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "disentangle.variant": ("detaux", "paper"),
     "disentangle.pulls": ("all", "same", "principal"),
     "disentangle.pair_mode": ("oracle_prob", "random"),
+    "disentangle.indep_kernel": ("rbf", "linear"),
     "discover.criterion": CRITERIA,
     "discover.clusterer": ("hdbscan", "kmeans", "kmeans++", "meanshift"),
     "discover.backend": ("auto", "cpu", "cuml"),
@@ -349,6 +355,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mtl.compare": ("hps", "nddr", "mti", "maxl", "auxilearn"),
     "mtl.backbone": ("conv", "resnet18"),
     "mtl.loss_weighting": ("fixed", "uncertainty"),
+    "mtl.lr_schedule": ("constant", "cosine"),
     "resources.amp": ("none", "bf16"),
 }
 

@@ -94,8 +94,12 @@ def detaux_loss(
     terms["spar"] = losses.sparsity_loss(s)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = total + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]
+    if cfg.w_indep > 0 and cfg.variant != "paper":
+        terms["indep"] = losses.independence_loss(s, cfg.indep_kernel)
+        total = total + betas.beta1 * cfg.w_indep * terms["indep"]
     if with_cons:
-        terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx)
+        spread = losses.mean_pairwise_sq_distance(s) if cfg.cons_relative and cfg.variant != "paper" else None
+        terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx, spread)
         total = total + betas.beta2 * cfg.w_cons * terms["cons"]
     return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
@@ -127,10 +131,12 @@ def consistency_term(model: DisentangleAE, s1: Tensor, s2: Tensor, n_swaps: int,
     return reencoded_consistency(model, x_swap, s1, rows, idx)
 
 
-def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
-    """L_cons (MSE) over the swapped couples, given the decoded swaps x^."""
+def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows: Tensor, idx: Tensor,
+                          spread: Tensor | None = None) -> Tensor:
+    """L_cons over the swapped couples, given the decoded swaps x^; relative to each subspace's batch spread (k,)
+    when given."""
     s_back = model.projectors.project_one(model.encoder(x_swap), idx)
-    return losses.consistency_loss(s_back, s1[rows, idx])
+    return losses.consistency_loss(s_back, s1[rows, idx], None if spread is None else spread[idx])
 
 
 @torch.no_grad()

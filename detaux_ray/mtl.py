@@ -7,6 +7,8 @@ forward returns {task: logits}; in training MTI-Net adds deep-supervision logits
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -224,6 +226,18 @@ class MTINet(nn.Module):
 
 
 MODELS = ("stl", "hps", "nddr", "mti")
+
+
+def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
+    """Stage 3's learning rate in `epoch` (0-based): `base` (constant), or base * (1 + cos(pi * epoch / epochs)) / 2
+    (cosine annealing without restarts, Loshchilov & Hutter 2017): a short budget ends on small steps instead of
+    stopping wherever the last large step left the weights. A function of the epoch alone, so a resumed run goes on
+    exactly where it stopped."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    raise ValueError(f"mtl.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
 def build_mtl_model(kind: str, n_classes: dict[str, int], width: int, weighting: str = "fixed", backbone: str = "conv",

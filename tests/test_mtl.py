@@ -1,5 +1,7 @@
 """detaux_ray/mtl.py: STL, MTL-HPS, NDDR-CNN, MTI-Net, loss weighting, backbones."""
 
+import math
+
 import pytest
 import torch
 
@@ -114,3 +116,13 @@ def test_resnet18_backbone_and_local_pretrained_weights(tmp_path):
     torch.save({"w": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="no tensor matching a ResNet-18"):
         ResNet18Backbone(32, str(bad))
+
+
+def test_learning_rate_schedules():
+    from detaux_ray.mtl import learning_rate
+
+    assert [learning_rate(1e-3, e, 8, "constant") for e in (0, 7)] == [1e-3, 1e-3]
+    cosine = [learning_rate(1.0, e, 4, "cosine") for e in range(4)]
+    assert cosine == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(1.0, 0, 4, "step")

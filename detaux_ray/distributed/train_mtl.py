@@ -17,7 +17,7 @@ from ..auxlearn import LEARNERS, AuxLabelLearner, build_learner
 from ..auxlearn import train_loss as learner_loss
 from ..config import Config
 from ..models import autocast, count_parameters, to_float_images
-from ..mtl import build_mtl_model, multitask_loss
+from ..mtl import build_mtl_model, learning_rate, multitask_loss
 from ..results import FitResult
 from .checkpoints import resume, run_path
 from .faults import maybe_kill
@@ -53,6 +53,8 @@ def _train(config: dict) -> None:
 
     for epoch in range(start_epoch, m.epochs):
         t0, total, n_batches, meta = time.time(), torch.zeros((), device=device), 0, {}
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
         ddp_model.train()
         for step, batch in enumerate(shards["train"].iter_torch_batches(  # Ray Data: this rank's shard, shuffled
                 batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size, local_shuffle_seed=cfg.seed * 100_003 + epoch,
@@ -71,7 +73,8 @@ def _train(config: dict) -> None:
             if learner is not None and step % m.meta_every == 0:  # the generator's step (fp32: second order)
                 for k, v in _meta_step(learner, model, x, targets["principal"], meta_batches).items():
                     meta[k] = meta.get(k, []) + [v]
-        metrics = {"epoch": epoch, "train_loss": float(total) / max(n_batches, 1), "epoch_time_s": time.time() - t0}
+        metrics = {"epoch": epoch, "train_loss": float(total) / max(n_batches, 1), "epoch_time_s": time.time() - t0,
+                   "lr": opt.param_groups[0]["lr"]}
         if diverged([metrics["train_loss"]], rank, config["status_dir"], f"stage 3 ({kind}) loss became non-finite in "
                     f"epoch {epoch}; the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr."):
             return
@@ -110,7 +113,7 @@ def _log_epoch(writer: SummaryWriter, kind: str, model: torch.nn.Module, metrics
     """TensorBoard: loss and accuracies; uncertainty weights; a learner's meta losses (the epoch's mean) and how its
     generated labels spread over the C * psi classes (on the epoch's last batch x, y)."""
     for name, value in metrics.items():
-        if name.endswith("accuracy") or name == "train_loss":
+        if name.endswith("accuracy") or name in ("train_loss", "lr"):
             writer.add_scalar(f"{kind}/{name}", value, epoch)
     for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
         writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
