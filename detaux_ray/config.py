@@ -64,10 +64,10 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
-    w_indep: float = 0.0  # CKA between every two subspaces over the batch, with beta1 (ours; 0 = off, the paper)
+    w_indep: float = 0.0  # CKA between every two subspaces, with beta1 (ours; 0 = off; measured worse: docs/stage1-study.md)
     indep_kernel: str = "rbf"  # rbf (any dependence) | linear (RV coefficient): losses.independence_loss
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
-    cons_relative: bool = False  # L_cons over each subspace's batch spread (scale-free; paper: the plain MSE)
+    cons_relative: bool = False  # L_cons over each subspace's batch spread (ours; collapsed the latent in the study)
     cons_fraction: float = 1.0  # share of each batch's pairs swapped for L_cons (an unbiased sample; cheaper steps)
     log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
     scorecard_every: int = 5  # epochs between scorecards (probe of every subspace x factor) in TensorBoard; 0 = never
