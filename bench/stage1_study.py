@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=5, help="epochs between scorecards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
+    ap.add_argument("--embeddings", default="", help="also save the final embeddings (N, k, d), rows and factors (.npz)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset, args.overrides)
@@ -159,6 +160,9 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(row, indent=1))
+    if args.embeddings:  # for comparing subspace criteria offline on the same embeddings
+        np.savez_compressed(args.embeddings, s=embed(model, images), rows=rows, principal=src.principal[rows],
+                            **{f"factor_{f}": v[rows] for f, v in src.factors.items() if f != src.principal_name})
 
 
 if __name__ == "__main__":
