@@ -68,7 +68,7 @@ def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
 def table(paths: list[str]) -> str:
     """Markdown table of finished runs (JSON rows): the scorecard targets and each criterion's discovery."""
     lines = ["| run | changes vs quick preset | steps | principal in alpha | best other | best factor per subspace (probe) | "
-             "cluster: subspace -> factor H / C, NMI | l_dist | dot |", "|---|---|---|---|---|---|---|---|---|"]
+             "cluster: subspace -> factor H / C, NMI | calinski | l_dist | dot |", "|---|---|---|---|---|---|---|---|---|---|"]
     for p in paths:
         r = json.loads(Path(p).read_text())
         f = r["final"]
@@ -79,7 +79,7 @@ def table(paths: list[str]) -> str:
             j = int(np.argmax(row[1:])) + 1  # the best non-principal factor
             best.append(f"{i}: {card['factors'][j]} {row[j]:.2f}")
         disc = []
-        for crit in ("cluster", "l_dist", "dot"):
+        for crit in ("cluster", "calinski", "l_dist", "dot"):
             d = f["discovery"].get(crit)
             disc.append(f"{d['subspace']} -> {d['best_factor']} {d['homogeneity']:.2f} / {d['completeness']:.2f}, "
                         f"{d['nmi_principal_aux']:.3f}" if d else "-")

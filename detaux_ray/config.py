@@ -13,7 +13,7 @@ import yaml
 
 from .errors import ConfigError
 
-CRITERIA = ("l_dist", "dot", "cluster")  # stage-2 subspace criteria (detaux_ray.discovery)
+CRITERIA = ("l_dist", "dot", "cluster", "calinski")  # stage-2 subspace criteria (detaux_ray.discovery)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -82,7 +82,9 @@ class DisentangleConfig:
 
 @dataclass
 class DiscoverConfig:
-    criterion: str = "cluster"  # cluster (scale-free: KMeans silhouette) | l_dist (paper) | dot (authors' code)
+    # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/stage1-study.md) | cluster
+    # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
+    criterion: str = "calinski"
     clusterer: str = "hdbscan"  # hdbscan | kmeans | kmeans++ | meanshift
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N

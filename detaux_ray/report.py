@@ -87,12 +87,13 @@ def render_markdown(r: Report) -> str:
             lines.append(f"| {f}{mark} | {s['homogeneity']:.4f} | {s['completeness']:.4f} | {s['v_measure']:.4f} |")
         lines.append("")
     lines += ["Per-subspace criteria (l_dist: smaller wins; dot: |<s_j, s_alpha>|, closer to 0 wins; cluster: "
-              "silhouette x (1 - NMI with the principal), larger wins):", "",
-              "| subspace | l_dist | dot | cluster | variance |", "|---|---|---|---|---|"]
+              "silhouette x (1 - NMI with the principal), larger wins; calinski: between / within sum of squares of the "
+              "same clusters x (1 - NMI), larger wins):", "",
+              "| subspace | l_dist | dot | cluster | calinski | variance |", "|---|---|---|---|---|---|"]
     sc = r.discover.subspace_scores
     for j in range(len(sc["variance"])):
-        cl = f"{sc['cluster'][j]:.4g}" if "cluster" in sc else "-"
-        lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {sc['variance'][j]:.4g} |")
+        cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # older runs lack them
+        lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
     lines += ["", "## Stages", "", "| stage | wall time (s) | this run |", "|---|---|---|"]
     for name, s in r.stages.items():
         lines.append(f"| {name} | {s.wall_time_s} | {'reused' if s.reused else 'ran'} |")

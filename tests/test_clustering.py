@@ -4,7 +4,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from detaux_ray.clustering import cluster
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores
+from detaux_ray.discovery import choose_subspace, diagnostics, rank_subspaces, subspace_scores
 from detaux_ray.errors import SingleClusterError
 
 
@@ -99,3 +99,21 @@ def test_cluster_criterion_with_one_cluster_asked_scores_two():
     s = rng.normal(size=(300, 3, 2))
     sc = subspace_scores(s, rng.integers(0, 2, 300), alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=1)
     assert np.isfinite(sc["cluster"]).all()
+
+
+def test_calinski_criterion_prefers_tight_clusters_discounts_the_principal_and_ignores_scale():
+    rng = np.random.default_rng(0)
+    n = 2000
+    y, hue = rng.integers(0, 4, n), rng.integers(0, 4, n)
+    s = np.zeros((n, 5, 2))
+    s[:, 0, 0] = y
+    s[:, 1, 0] = 0.001 * (y + 0.05 * rng.normal(size=n))  # the principal again, tiny: scale must not help it
+    s[:, 2] = rng.uniform(size=(n, 2))  # a continuum: any KMeans partition of it has a fair silhouette
+    s[:, 3, 1] = 50.0 * (hue + 0.05 * rng.normal(size=n))  # a discrete nuisance factor
+    s[:, 4] = 1e-3 * s[:, 3] + 0.3e-3 * rng.normal(size=(n, 2))  # the same factor, smaller and blurred
+    sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
+    assert rank_subspaces(sc, "calinski", alpha=0, dead_frac=0.0, n=3) == [3, 4, 2]
+    assert sc["calinski"][1] < 0.1 * sc["calinski"][2]  # the principal copy clusters perfectly but is discounted
+    scaled = s.copy()
+    scaled[:, 3] *= 1e-4
+    assert np.isclose(subspace_scores(scaled, y, 0, 1.0, 0.5, 0, n_clusters=4)["calinski"][3], sc["calinski"][3], rtol=1e-6)

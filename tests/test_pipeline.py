@@ -59,7 +59,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert 0.0 <= report["stl_accuracy"] <= 1.0 and report["n_aux_classes"] == 4
     assert set(report["factor_scores"]) == {"floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"}
     assert all(set(v) >= {"homogeneity", "completeness"} for v in report["factor_scores"].values())
-    assert report["subspace_criterion"] == "cluster" and report["chosen_subspace"] in (1, 2)
+    assert report["subspace_criterion"] == "calinski" and report["chosen_subspace"] in (1, 2)
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# Detaux run report") and "## Stage 1 scorecard" in md and "![scorecard](scorecard.png)" in md
     for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet", "discover/subspaces.parquet",
