@@ -73,15 +73,21 @@ def test_subspace_choice_skips_principal_and_dead_subspaces():
         choose_subspace(subspace_scores(s, y, 0, 1.0, 0.5, 0), "dot", 0, 0.01)
 
 
-def test_cluster_criterion_prefers_a_clustered_factor_unrelated_to_the_principal():
+def _toy_latent(k: int, n: int = 2000) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """Subspaces: 0 the principal (4 classes), 1 a tiny copy of it, 2 a continuum, 3 a discrete nuisance factor;
+    any further ones zero. Returns (s, y, rng)."""
     rng = np.random.default_rng(0)
-    n = 2000
     y, hue = rng.integers(0, 4, n), rng.integers(0, 4, n)
-    s = np.zeros((n, 4, 2))
+    s = np.zeros((n, k, 2))
     s[:, 0, 0] = y
     s[:, 1, 0] = 0.001 * (y + 0.05 * rng.normal(size=n))  # the principal again, tiny: scale must not help it
-    s[:, 2] = rng.normal(size=(n, 2))  # no cluster structure
+    s[:, 2] = rng.uniform(size=(n, 2))  # no cluster structure: any KMeans partition of it has a fair silhouette
     s[:, 3, 1] = 50.0 * (hue + 0.05 * rng.normal(size=n))  # a discrete nuisance factor
+    return s, y, rng
+
+
+def test_cluster_criterion_prefers_a_clustered_factor_unrelated_to_the_principal():
+    s, y, _ = _toy_latent(4)
     sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
     assert choose_subspace(sc, "cluster", alpha=0, dead_frac=0.0) == 3
     assert sc["cluster"][1] < 0.1 < sc["cluster"][3]  # the principal copy clusters well but is discounted
@@ -102,15 +108,8 @@ def test_cluster_criterion_with_one_cluster_asked_scores_two():
 
 
 def test_calinski_criterion_prefers_tight_clusters_discounts_the_principal_and_ignores_scale():
-    rng = np.random.default_rng(0)
-    n = 2000
-    y, hue = rng.integers(0, 4, n), rng.integers(0, 4, n)
-    s = np.zeros((n, 5, 2))
-    s[:, 0, 0] = y
-    s[:, 1, 0] = 0.001 * (y + 0.05 * rng.normal(size=n))  # the principal again, tiny: scale must not help it
-    s[:, 2] = rng.uniform(size=(n, 2))  # a continuum: any KMeans partition of it has a fair silhouette
-    s[:, 3, 1] = 50.0 * (hue + 0.05 * rng.normal(size=n))  # a discrete nuisance factor
-    s[:, 4] = 1e-3 * s[:, 3] + 0.3e-3 * rng.normal(size=(n, 2))  # the same factor, smaller and blurred
+    s, y, rng = _toy_latent(5)
+    s[:, 4] = 1e-3 * s[:, 3] + 0.3e-3 * rng.normal(size=s[:, 3].shape)  # the same factor, smaller and blurred
     sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
     assert rank_subspaces(sc, "calinski", alpha=0, dead_frac=0.0, n=3) == [3, 4, 2]
     assert sc["calinski"][1] < 0.1 * sc["calinski"][2]  # the principal copy clusters perfectly but is discounted
