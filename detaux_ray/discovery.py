@@ -42,7 +42,7 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
       within-cluster sums of squares (B/W is the Calinski-Harabasz index without its (n - c)/(c - 1) factor, which is
       the same for every subspace). Scale-free like `cluster`, but unlike the silhouette, which sits near 0.45-0.6
       for any KMeans partition of a continuous latent, B/W grows steeply as the clusters tighten: on the quick
-      preset it picked the subspace whose labels best match a hidden factor at every seed measured
+      preset it picked the subspace whose labels best match a hidden factor at 5 of 6 seeds, `cluster` at 3
       (docs/stage1-study.md); largest wins.
     variance[i]: total variance of subspace i (used to skip dead subspaces, which trivially score 0 on both).
     """
