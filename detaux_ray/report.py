@@ -73,7 +73,7 @@ def render_markdown(r: Report) -> str:
         "",
         "## Discovered auxiliary task (Table 3 style)",
         "",
-        f"- chosen subspace: **{first.subspace}** by criterion `{r.discover.criterion}`",
+        f"- chosen subspace: **{first.subspace}** by criterion `{r.discover.criterion}`" + _margin(r.discover),
         f"- clusterer: `{first.clusterer}` {first.clusterer_params}",
         f"- auxiliary classes: {diag.n_aux_classes}, sizes {diag.cluster_sizes}",
         f"- NMI(principal, auxiliary) = {diag.nmi_principal_aux:.4f}, AMI = {diag.ami_principal_aux:.4f}, "
@@ -126,3 +126,15 @@ def summary_line(r: Report) -> str:
             f"classes, NMI(principal, aux) {diag.nmi_principal_aux:.4f}"
             + (f" | best factor {diag.best_factor}: homogeneity {fs['homogeneity']:.3f}, completeness "
                f"{fs['completeness']:.3f}" if fs else ""))
+
+
+def _margin(disc) -> str:
+    """How clearly the chosen subspace stood out, and what that meant where it was measured."""
+    m = disc.criterion_margin
+    if m is None:
+        return ""
+    text = f", {m:.2f}x the runner-up's score"
+    if disc.criterion == "calinski":
+        text += (" (on the quick preset's six seeds, >= 1.7 came with labels matching a hidden factor at >= 0.8, "
+                 "<= 1.16 with <= 0.52: docs/stage1-study.md)")
+    return text

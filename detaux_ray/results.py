@@ -107,6 +107,7 @@ class DiscoverResult(_Result):
     auxiliary_tasks: list[AuxiliaryTask]
     scorecard: dict | None = None
     scorecard_png: str | None = None
+    criterion_margin: float | None = None  # the chosen subspace's score / the runner-up's (largest-wins criteria)
 
     @property
     def first(self) -> AuxiliaryTask:
@@ -266,6 +267,7 @@ class Report(_Result):
             "scorecard": disc.scorecard,
             "chosen_subspace": disc.first.subspace,
             "subspace_criterion": disc.criterion,
+            "criterion_margin": disc.criterion_margin,
             "subspace_scores": disc.subspace_scores,
             "clusterer": disc.first.clusterer,
             "clusterer_params": disc.first.clusterer_params,

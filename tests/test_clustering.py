@@ -4,7 +4,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from detaux_ray.clustering import cluster
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discovery import choose_subspace, diagnostics, rank_subspaces, subspace_scores
+from detaux_ray.discovery import choose_subspace, criterion_margin, diagnostics, rank_subspaces, subspace_scores
 from detaux_ray.errors import SingleClusterError
 
 
@@ -113,6 +113,8 @@ def test_calinski_criterion_prefers_tight_clusters_discounts_the_principal_and_i
     sc = subspace_scores(s, y, alpha=0, margin=1.0, oracle_prob=0.5, seed=0, n_clusters=4)
     assert rank_subspaces(sc, "calinski", alpha=0, dead_frac=0.0, n=3) == [3, 4, 2]
     assert sc["calinski"][1] < 0.1 * sc["calinski"][2]  # the principal copy clusters perfectly but is discounted
+    assert criterion_margin(sc, "calinski", 0, 0.0) == pytest.approx(sc["calinski"][3] / sc["calinski"][4])
+    assert criterion_margin(sc, "l_dist", 0, 0.0) is None  # smallest-wins criteria: no ratio
     scaled = s.copy()
     scaled[:, 3] *= 1e-4
     assert np.isclose(subspace_scores(scaled, y, 0, 1.0, 0.5, 0, n_clusters=4)["calinski"][3], sc["calinski"][3], rtol=1e-6)

@@ -62,3 +62,7 @@ def test_report_json_and_markdown_from_typed_results():
     assert "| STL | principal | 0.9500 | 0.9400 |" in md and "| MTL-NDDR + Detaux | principal | 0.9675 | - |" in md
     assert "MTL-NDDR + entangled-AE labels (ablation)" in md and "| wall_hue (best match) | 0.8265 |" in md
     assert render_markdown(report(stl=False, best=None)).count("STL") == 0
+    assert "runner-up" not in md and j["criterion_margin"] is None  # no margin recorded: nothing claimed
+    r.discover.criterion, r.discover.criterion_margin = "calinski", 1.72
+    assert "**3** by criterion `calinski`, 1.72x the runner-up's score (on the quick preset" in render_markdown(r)
+    assert r.to_dict()["criterion_margin"] == 1.72
