@@ -41,7 +41,7 @@ from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.data.shapes import ShapesRenderer  # noqa: E402
 from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, detaux_loss  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, detaux_loss, optimizer  # noqa: E402
 from detaux_ray.models import DisentangleAE, autocast, to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 from detaux_ray.scorecard import heatmap, scorecard  # noqa: E402
@@ -70,7 +70,7 @@ def _model(cfg, n_principal: int, device: torch.device, seed: int) -> Disentangl
     torch.manual_seed(seed)
     return DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch,
                          n_principal if d.formulation()[0] > 0 else 0,
-                         n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
+                         n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden).to(device, memory_format=torch.channels_last)
 
 
 def _batches(images, labels, n_pairs, cfg, epoch):
@@ -100,7 +100,7 @@ def precision(cfg, images, labels, device, steps: int, warmup: int) -> dict:
     out = {}
     for amp in ("none", "bf16"):
         model = _model(cfg, int(labels.max()) + 1, device, cfg.seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+        opt = optimizer(model, d)
         for b in batches[:warmup]:
             _step(model, opt, b, betas, cfg, device, amp)
         _sync(device)
@@ -140,7 +140,7 @@ def stage1(cfg, src, rows, images, device, budget_s: float, pairs_per_s: float, 
     factors = {f: v[rows] for f, v in src.factors.items() if f != src.principal_name}
     probe = np.sort(np.random.default_rng([cfg.seed, 19]).choice(len(rows), min(len(rows), 3000), replace=False))
     model = _model(cfg, int(labels.max()) + 1, device, cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    opt = optimizer(model, d)
     curve, step, t0 = [], 0, time.perf_counter()
     for epoch in range(d.epochs):
         steps = n_pairs // d.batch_size

@@ -41,9 +41,9 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, y: np.ndarray) -> float
 
 
 def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-          seed: int) -> dict:
+          seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
-    accuracy."""
+    accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given."""
     m = cfg.mtl
     tasks = ["principal"] if kind == "stl" else list(targets)
     n_classes = {t: int(targets[t].max()) + 1 for t in tasks}
@@ -66,7 +66,10 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
             loss.backward()
             opt.step()
         curve.append(round(accuracy(model, *test), 4))
-    return {"test_principal_accuracy": curve[-1], "curve": curve, "time_s": round(time.time() - t0, 1)}
+    out = {"test_principal_accuracy": curve[-1], "curve": curve, "time_s": round(time.time() - t0, 1)}
+    if iid_test is not None:
+        out["iid_principal_accuracy"] = round(accuracy(model, *iid_test), 4)
+    return out
 
 
 def main() -> None:
@@ -77,6 +80,9 @@ def main() -> None:
                          "variant named 'stl' is the baseline of the t-tests")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iid-test", type=float, default=0.0, metavar="FRAC",
+                    help="also hold out this seeded fraction of the training split as a second test set, from the "
+                         "training distribution (on shapes the test split's floor / wall hue combinations are unseen)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -89,24 +95,38 @@ def main() -> None:
     t0 = time.time()
     images, test_rows = src.images(rows), src.test_rows()
     test = (src.images(test_rows), src.principal[test_rows])
-    print(f"{len(rows)} training / {len(test_rows)} test images in {time.time() - t0:.1f}s", flush=True)
+    iid = None
+    if args.iid_test > 0:  # the same held-out rows for every variant and seed
+        held = np.zeros(len(rows), bool)
+        held[np.random.default_rng(base.seed).permutation(len(rows))[:int(args.iid_test * len(rows))]] = True
+        iid = (images[held], targets["principal"][held])
+        images, targets = images[~held], {t: v[~held] for t, v in targets.items()}
+    print(f"{len(images)} training / {len(test_rows)} test{f' / {len(iid[1])} iid test' if iid else ''} images in "
+          f"{time.time() - t0:.1f}s", flush=True)
     seeds = [base.seed + i for i in range(args.seeds)]
-    acc, runs = {}, {}
+    acc, iid_acc, runs = {}, {}, {}
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
         cfg = load_config(str(run / "config.yaml"), sets)
         for seed in seeds:
-            r = train(cfg, kind, images, targets, test, seed)
+            r = train(cfg, kind, images, targets, test, seed, iid)
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
+            if iid:
+                iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])
             runs.setdefault(name, []).append(r)
-            print(f"[{name}] seed {seed}: {r['test_principal_accuracy']:.4f} (curve {r['curve']}, {r['time_s']}s)", flush=True)
+            extra = f", iid {r['iid_principal_accuracy']:.4f}" if iid else ""
+            print(f"[{name}] seed {seed}: {r['test_principal_accuracy']:.4f}{extra} (curve {r['curve']}, {r['time_s']}s)",
+                  flush=True)
     stats = seed_statistics(seeds, acc, "")
-    for name, row in stats.models.items():
-        p = f", Welch p vs stl {row['p_value']:.3g}" if "p_value" in row else ""
-        print(f"{name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
+    iid_stats = seed_statistics(seeds, iid_acc, "") if iid else None
+    for which, st in (("test", stats), ("iid test", iid_stats)):
+        for name, row in (st.models.items() if st else []):
+            p = f", Welch p vs stl {row['p_value']:.3g}" if "p_value" in row else ""
+            print(f"{which}: {name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
     if args.out:
         out = {"run_dir": str(run), "variants": args.variant, "seeds": seeds, "statistics": stats.to_dict(), "runs": runs,
+               "iid_test_frac": args.iid_test, "iid_statistics": iid_stats.to_dict() if iid_stats else None,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -26,7 +26,7 @@ from detaux_ray.clustering import cluster  # noqa: E402
 from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, detaux_loss  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, detaux_loss, optimizer  # noqa: E402
 from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 from detaux_ray.scorecard import scorecard  # noqa: E402
@@ -113,9 +113,9 @@ def main() -> None:
     labels = torch.from_numpy(src.principal[rows])
     w_principal = d.formulation()[0]
     model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes if w_principal > 0 else 0,
-                          n_adversary=d.w_adversary > 0)
+                          n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden)
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    opt = optimizer(model, d)
     n_pairs = d.pairs_per_epoch or len(rows)
     curve, step = [], 0
     t_train = time.time()

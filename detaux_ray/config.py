@@ -52,6 +52,8 @@ class DisentangleConfig:
     variant: str = "detaux"  # detaux (the knobs below) | paper (w_principal=0, w_adversary=0, pulls=all, absolute distances)
     w_principal: float = 0.01  # cross-entropy of a linear principal classifier on s_alpha (0 = the paper: oracle only)
     w_adversary: float = 0.1  # confusion loss against principal classifiers on the other subspaces (0 = off; ours)
+    adversary_hidden: int = 0  # hidden units of each adversary classifier (0 = linear)
+    adversary_lr_scale: float = 1.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
@@ -319,6 +321,7 @@ RANGES: dict[str, Range] = {
     "disentangle.epochs": _at_least(1), "disentangle.pairs_per_epoch": _NONNEG, "disentangle.batch_size": _at_least(2),
     "disentangle.lr": _POS, "disentangle.weight_decay": _NONNEG, "disentangle.oracle_prob": _UNIT,
     "disentangle.oracle_temperature": _POS, "disentangle.w_principal": _NONNEG, "disentangle.w_adversary": _NONNEG,
+    "disentangle.adversary_hidden": _NONNEG, "disentangle.adversary_lr_scale": _POS,
     "disentangle.margin": _NONNEG, "disentangle.warmup_frac": _UNIT, "disentangle.beta_rise": _POS,
     "disentangle.beta1_center": _UNIT, "disentangle.beta2_center": _UNIT, "disentangle.w_dist": _NONNEG,
     "disentangle.w_spar": _NONNEG, "disentangle.w_cons": _NONNEG, "disentangle.w_reg": _NONNEG,

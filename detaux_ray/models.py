@@ -168,18 +168,34 @@ class MapProjectors(Projectors):
 
 
 class SubspaceClassifiers(nn.Module):
-    """m linear classifiers, one per subspace, on batch-standardised inputs: s (B, m, d) -> logits (m, B, C)."""
+    """m classifiers, one per subspace, on batch-standardised inputs: s (B, m, d) -> logits (m, B, C).
 
-    def __init__(self, m: int, d: int, n_classes: int):
+    hidden = 0: linear, logits = z W_i + b_i. hidden = h > 0: one hidden layer each,
+    logits = relu(z V_i + c_i) W_i + b_i, so information a linear map cannot read (a factor encoded along a curve,
+    which a kNN probe still finds) is visible to the adversary too. All m run as one batched einsum.
+    """
+
+    def __init__(self, m: int, d: int, n_classes: int, hidden: int = 0):
         super().__init__()
-        self.w = nn.Parameter(torch.randn(m, d, n_classes) / math.sqrt(d))
+        width = hidden or d
+        if hidden:
+            self.w_hidden = nn.Parameter(torch.randn(m, d, hidden) * math.sqrt(2.0 / d))
+            self.b_hidden = nn.Parameter(torch.zeros(m, hidden))
+        self.hidden = hidden
+        self.w = nn.Parameter(torch.randn(m, width, n_classes) / math.sqrt(width))
         self.b = nn.Parameter(torch.zeros(m, n_classes))
 
     def forward(self, s: Tensor, frozen: bool = False) -> Tensor:
         """frozen: the weights are detached (the encoder's side of an adversarial loss moves s only)."""
         z = (s - s.mean(0, keepdim=True)) / (s.std(0, keepdim=True) + 1e-5)
-        w, b = (self.w.detach(), self.b.detach()) if frozen else (self.w, self.b)
-        return torch.einsum("bmd,mdc->mbc", z, w) + b[:, None, :]
+
+        def weight(p: Tensor) -> Tensor:
+            return p.detach() if frozen else p
+
+        if self.hidden:
+            h = torch.relu(torch.einsum("bmd,mdh->bmh", z, weight(self.w_hidden)) + weight(self.b_hidden))
+            return torch.einsum("bmh,mhc->mbc", h, weight(self.w)) + weight(self.b)[:, None, :]
+        return torch.einsum("bmd,mdc->mbc", z, weight(self.w)) + weight(self.b)[:, None, :]
 
 
 class DisentangleAE(nn.Module):
@@ -192,7 +208,7 @@ class DisentangleAE(nn.Module):
     """
 
     def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv", n_principal: int = 0,
-                 n_adversary: bool = False):
+                 n_adversary: bool = False, adversary_hidden: int = 0):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
@@ -217,14 +233,15 @@ class DisentangleAE(nn.Module):
         self.principal_head = (nn.Sequential(nn.BatchNorm1d(self.latent_dim, affine=False), nn.Linear(self.latent_dim, n_principal))
                                if n_principal > 0 else None)
         # Principal classifiers on the other subspaces, against which the encoder plays (w_adversary > 0).
-        self.adversary = SubspaceClassifiers(k - 1, self.latent_dim, n_principal) if n_adversary and n_principal > 0 else None
+        self.adversary = (SubspaceClassifiers(k - 1, self.latent_dim, n_principal, adversary_hidden)
+                          if n_adversary and n_principal > 0 else None)
 
     @classmethod
     def from_state(cls, state: dict, image_size: int, k: int, latent_dim: int, arch: str = "conv") -> "DisentangleAE":
         """A model shaped like `state` (with or without its principal head), weights loaded."""
-        head = state.get("principal_head.1.weight")
+        head, hidden = state.get("principal_head.1.weight"), state.get("adversary.w_hidden")
         model = cls(image_size, k, latent_dim, arch, n_principal=0 if head is None else int(head.shape[0]),
-                    n_adversary="adversary.w" in state)
+                    n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]))
         model.load_state_dict(state)
         return model
 

@@ -190,6 +190,35 @@ def test_adversary_classifiers_learn_on_detached_subspaces_and_confusion_moves_o
     assert losses.confusion_loss(torch.tensor([[[5.0, 0, 0, 0]]])).item() > math.log(4)
 
 
+def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
+    from detaux_ray.config import DisentangleConfig
+    from detaux_ray.disentangle import optimizer
+    from detaux_ray.models import DisentangleAE
+
+    model = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True, adversary_hidden=8)
+    opt = optimizer(model, DisentangleConfig(lr=1e-3, adversary_lr_scale=10))
+    main, adv = opt.param_groups
+    assert adv["lr"] == pytest.approx(1e-2) and main["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in adv["params"]} == {id(p) for p in model.adversary.parameters()}
+    assert len(main["params"]) + len(adv["params"]) == len(list(model.parameters()))
+    # scale 1: both groups take the very steps one group over all parameters takes
+    torch.manual_seed(0)
+    a = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
+    b = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
+    b.load_state_dict(a.state_dict())
+    cfg = DisentangleConfig(lr=1e-3)
+    opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    x = torch.rand(4, 3, 16, 16)
+    for model_, opt_ in zip((a, b), opts):
+        for _ in range(2):
+            s = model_.subspaces(x)
+            loss = s.square().mean() + model_.adversary(s[:, 1:]).square().mean()
+            opt_.zero_grad()
+            loss.backward()
+            opt_.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
 def test_swap_plan_samples_a_fraction_of_the_pairs():
     from detaux_ray.disentangle import swap_plan
 

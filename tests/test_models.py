@@ -39,3 +39,33 @@ def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     assert model.encoder.trunk[0].weight.grad is not None and model.projectors.w1.grad is not None
     with pytest.raises(ValueError, match="a multiple of 32 and >= 64"):
         DisentangleAE(48, 3, 4, arch="resnet18")
+
+
+def test_hidden_layer_adversary_reads_what_a_linear_one_cannot_and_survives_a_checkpoint():
+    """A label coded by the radius (inside / outside a ring) is invisible to a linear classifier, not to an MLP:
+    the adversary with adversary_hidden > 0 must see such a factor for the confusion loss to remove it."""
+    from detaux_ray.models import SubspaceClassifiers
+
+    torch.manual_seed(0)
+    s = torch.randn(512, 1, 2)
+    y = (s.norm(dim=2).squeeze(1) > 1.18).long()  # ~half the points inside, half outside
+
+    def train_accuracy(hidden: int) -> float:
+        heads = SubspaceClassifiers(1, 2, 2, hidden)
+        opt = torch.optim.Adam(heads.parameters(), lr=0.02)
+        for _ in range(300):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(heads(s)[0], y).backward()
+            opt.step()
+        return (heads(s)[0].argmax(1) == y).float().mean().item()
+
+    assert train_accuracy(0) < 0.7 and train_accuracy(32) > 0.9
+    heads = SubspaceClassifiers(3, 4, 5, 8)
+    s3 = torch.randn(6, 3, 4, requires_grad=True)
+    out = heads(s3, frozen=True)
+    assert out.shape == (3, 6, 5)
+    out.sum().backward()
+    assert s3.grad.abs().sum() > 0 and heads.w_hidden.grad is None and heads.w.grad is None
+    model = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True, adversary_hidden=8)
+    again = DisentangleAE.from_state(model.state_dict(), 16, 3, 4)
+    assert again.adversary.hidden == 8

@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from ..config import Config
-from ..disentangle import beta_schedule, detaux_loss, latent_traversal
+from ..disentangle import beta_schedule, detaux_loss, latent_traversal, optimizer
 from ..models import DisentangleAE, autocast, to_device, to_float_images
 from ..scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
@@ -33,8 +33,8 @@ def _train(config: dict) -> None:
     cfg, rank, world, device = w.cfg, w.rank, w.world, w.device
     d, res, rows = cfg.disentangle, cfg.resources, config["train_rows"]
     model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, config["n_principal"] if d.formulation()[0] > 0 else 0,
-                          n_adversary=d.w_adversary > 0).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+                          n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden).to(device, memory_format=torch.channels_last)
+    opt = optimizer(model, d)
     state = resume(config["run_path"], model, opt)
     start_epoch, global_step = state.get("epoch", -1) + 1, state.get("step", 0)
     ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
