@@ -206,7 +206,7 @@ def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
     a = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
     b = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
     b.load_state_dict(a.state_dict())
-    cfg = DisentangleConfig(lr=1e-3)
+    cfg = DisentangleConfig(lr=1e-3, adversary_lr_scale=1.0)
     opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     x = torch.rand(4, 3, 16, 16)
     for model_, opt_ in zip((a, b), opts):
