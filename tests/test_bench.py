@@ -78,3 +78,24 @@ def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():
     assert adjusted_rand_score(KMeans(6, n_init=10, random_state=0).fit_predict(x), labels) > 0.99
     noisy = np.random.default_rng(1).integers(-1, 5, 1000)  # noise label -1 included; ties broken alike
     assert np.array_equal(label_by_neighbours(x[:1000], noisy, x), label_by_neighbours_torch(x[:1000], noisy, x, chunk=700))
+
+
+def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_radius(tmp_path):
+    """bench/subspace_probe.py on saved embeddings: subspace 0 holds the label linearly, subspace 1 by its radius
+    (a ring: invisible to a linear classifier), subspace 2 is noise."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    s = rng.normal(size=(n, 3, 2)).astype(np.float32)
+    s[:, 0, 0] += 4.0 * y
+    radius = np.where(y == 1, 2.0, 0.5) + 0.1 * rng.normal(size=n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    s[:, 1] = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+    np.savez(tmp_path / "e.npz", s=s, principal=y)
+    proc = subprocess.run([sys.executable, "bench/subspace_probe.py", str(tmp_path / "e.npz"), "--out",
+                           str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "o.json").read_text())["runs"]["e.npz"]
+    assert rows[0]["linear"]["score"] > 0.9 and rows[0]["mlp"]["score"] > 0.9
+    assert rows[1]["linear"]["score"] < 0.3 and rows[1]["mlp"]["score"] > 0.9
+    assert abs(rows[2]["linear"]["score"]) < 0.15 and abs(rows[2]["mlp"]["score"]) < 0.15
