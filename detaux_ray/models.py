@@ -193,8 +193,7 @@ class SubspaceClassifiers(nn.Module):
             return p.detach() if frozen else p
 
         if self.hidden:
-            h = torch.relu(torch.einsum("bmd,mdh->bmh", z, weight(self.w_hidden)) + weight(self.b_hidden))
-            return torch.einsum("bmh,mhc->mbc", h, weight(self.w)) + weight(self.b)[:, None, :]
+            z = torch.relu(torch.einsum("bmd,mdh->bmh", z, weight(self.w_hidden)) + weight(self.b_hidden))
         return torch.einsum("bmd,mdc->mbc", z, weight(self.w)) + weight(self.b)[:, None, :]
 
 
