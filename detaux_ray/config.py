@@ -139,7 +139,10 @@ class ResourcesConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     data_cpus: float = 0.25  # CPUs per Ray Data map actor/task (fractional: Train workers must not starve it)
-    torch_threads: int = 0  # per training worker; 0 = this node's cores / its workers
+    torch_threads: int = 0  # per training worker; 0 = this node's cores / its workers (and the fits running at once)
+    # Stage 3's fits (STL, the model, `compare`, each seed) running at once; 0 = as many as the cluster holds:
+    # GPUs / num_workers, else CPUs / (num_workers * cpus_per_worker + data_cpus). Inside a tuning trial: 1.
+    concurrent_fits: int = 0
     amp: str = "none"  # "bf16": bfloat16 autocast in both training stages and the embedding (GPU)
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
     storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints
@@ -342,7 +345,7 @@ RANGES: dict[str, Range] = {
     "mtl.meta_every": _at_least(1), "mtl.entropy_weight": _NONNEG, "mtl.neumann_steps": _at_least(0),
     "mtl.aux_split": Range(0, 0.5, True, True),
     "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
-    "resources.torch_threads": _NONNEG, "resources.max_failures": _NONNEG,
+    "resources.torch_threads": _NONNEG, "resources.concurrent_fits": _NONNEG, "resources.max_failures": _NONNEG,
     "debug.nan_epoch": _at_least(-1),
 }
 

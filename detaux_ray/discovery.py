@@ -81,11 +81,17 @@ def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, d
     return rank_subspaces(scores, criterion, alpha, dead_frac, 1)[0]
 
 
+def dead_subspaces(variance, alpha: int, dead_frac: float) -> list[int]:
+    """The subspaces j != alpha whose variance is below dead_frac x the largest: never chosen. A scale-free probe
+    can still read a factor in one (docs/stage1-study.md), so the log and the report name them."""
+    var = np.asarray(variance, dtype=float)
+    return [j for j in range(len(var)) if j != alpha and var[j] < dead_frac * var.max()]
+
+
 def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float, n: int) -> list[int]:
     """The n live subspaces j != alpha with the best criterion score (smallest, or largest for HIGHER_WINS), best first."""
-    var = scores["variance"]
-    k = len(var)
-    live = [j for j in range(k) if j != alpha and var[j] >= dead_frac * var.max()]
+    k, dead = len(scores["variance"]), dead_subspaces(scores["variance"], alpha, dead_frac)
+    live = [j for j in range(k) if j != alpha and j not in dead]
     if not live:
         raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead (variance < "
                                  f"{dead_frac} x the largest): nothing to cluster; train longer or lower k")
@@ -194,6 +200,10 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     margin = criterion_margin(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac)
     if margin is not None:
         say(f"subspace {chosen[0]} leads the runner-up by {margin:.2f}x on criterion {disc.criterion}")
+    dead = dead_subspaces(scores["variance"], d.principal_subspace, disc.dead_subspace_frac)
+    if dead:
+        say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
+            f"{disc.dead_subspace_frac} x the largest" + (" (no runner-up left to compare with)" if margin is None else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",
                           margin)
     write_json(out / "diagnostics.json", info.to_dict())

@@ -73,7 +73,7 @@ def render_markdown(r: Report) -> str:
         "",
         "## Discovered auxiliary task (Table 3 style)",
         "",
-        f"- chosen subspace: **{first.subspace}** by criterion `{r.discover.criterion}`" + _margin(r.discover),
+        f"- chosen subspace: **{first.subspace}** by criterion `{r.discover.criterion}`" + _margin(r.discover) + _dead(r),
         f"- clusterer: `{first.clusterer}` {first.clusterer_params}",
         f"- auxiliary classes: {diag.n_aux_classes}, sizes {diag.cluster_sizes}",
         f"- NMI(principal, auxiliary) = {diag.nmi_principal_aux:.4f}, AMI = {diag.ami_principal_aux:.4f}, "
@@ -126,6 +126,19 @@ def summary_line(r: Report) -> str:
             f"classes, NMI(principal, aux) {diag.nmi_principal_aux:.4f}"
             + (f" | best factor {diag.best_factor}: homogeneity {fs['homogeneity']:.3f}, completeness "
                f"{fs['completeness']:.3f}" if fs else ""))
+
+
+def _dead(r) -> str:
+    """The subspaces skipped for their tiny variance (discover.dead_subspace_frac), which the criterion never saw."""
+    from .discovery import dead_subspaces  # the report itself needs no sklearn unless there is a stage 2 to describe
+
+    frac = r.config.get("discover", {}).get("dead_subspace_frac", 0.0)
+    alpha = r.config.get("disentangle", {}).get("principal_subspace", 0)
+    dead = dead_subspaces(r.discover.subspace_scores.get("variance", []), alpha, frac)
+    if not dead:
+        return ""
+    return (f"; not considered: subspace{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} (variance below "
+            f"{frac:g} x the largest, `discover.dead_subspace_frac`; 0 lets the criterion weigh them too)")
 
 
 def _margin(disc) -> str:

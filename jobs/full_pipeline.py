@@ -34,14 +34,13 @@ def detaux(p) -> Report:
         train, n_classes = p.labels()
         kinds = {"stl": "stl"} if m.baseline else {}
         kinds |= {"mtl": m.model} | {k: k for k in m.compare if k != m.model}  # result key -> model
-        res = MTLResult({key: p.fit(kind, train, n_classes, tune_reports=key == "mtl") for key, kind in kinds.items()},
-                        n_classes)
-        if m.seeds > 1:  # every model again with seeds seed+1, ... (init and data order; the same labels)
-            seeds = [cfg.seed + i for i in range(m.seeds)]
-            acc = {key: [r.test_principal_accuracy] for key, r in res.results.items()}
-            for seed in seeds[1:]:
-                for key, kind in kinds.items():
-                    acc[key].append(p.fit(kind, train, n_classes, seed=seed).test_principal_accuracy)
+        seeds = [cfg.seed + i for i in range(m.seeds)]  # > 1: every model again with seeds seed+1, ... (same labels)
+        runs = [(key, kind, seed) for seed in seeds for key, kind in kinds.items()]
+        fits = p.fit_many([{"kind": kind, "seed": None if seed == cfg.seed else seed,  # as many at once as Ray holds
+                            "tune_reports": key == "mtl" and seed == cfg.seed} for key, kind, seed in runs], train, n_classes)
+        res = MTLResult({key: f for (key, _, seed), f in zip(runs, fits) if seed == cfg.seed}, n_classes)
+        if m.seeds > 1:  # per model, its accuracy at each seed
+            acc = {key: [f.test_principal_accuracy for (k, _, _), f in zip(runs, fits) if k == key] for key in kinds}
             res.seeds = seed_statistics(seeds, acc, m.model)
         if m.entangled_ablation:  # paper Sec. 5.3: labels from a plain autoencoder's latent instead
             res.entangled_ablation = p.entangled_ablation(out, n_classes)

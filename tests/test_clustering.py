@@ -4,7 +4,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from detaux_ray.clustering import cluster
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discovery import choose_subspace, criterion_margin, diagnostics, rank_subspaces, subspace_scores
+from detaux_ray.discovery import (choose_subspace, criterion_margin, dead_subspaces, diagnostics, rank_subspaces,
+                                  subspace_scores)
 from detaux_ray.errors import SingleClusterError
 
 
@@ -98,6 +99,14 @@ def test_diagnostics_never_match_an_identifier_column():
     aux = rng.integers(0, 4, 500)
     d = diagnostics(aux, rng.integers(0, 3, 500), {"file": np.array([f"img_{i}.png" for i in range(500)]), "hue": aux.copy()})
     assert set(d.factor_scores) == {"hue"} and d.best_factor == "hue"
+
+
+def test_dead_subspaces_are_the_tiny_ones_other_than_alpha():
+    var = np.array([1e-4, 0.5, 0.004, 1.0, 0.01])
+    assert dead_subspaces(var, alpha=0, dead_frac=0.01) == [2]  # alpha is never listed; 0.01 x max is live
+    assert dead_subspaces(var, alpha=0, dead_frac=0.0) == []
+    sc = {"variance": var, "calinski": np.array([0.0, 1.0, 9.0, 2.0, 3.0])}
+    assert rank_subspaces(sc, "calinski", 0, 0.01, 3) == [4, 3, 1]  # the best-scoring subspace 2 is skipped
 
 
 def test_cluster_criterion_with_one_cluster_asked_scores_two():

@@ -93,12 +93,14 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
     # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
     # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, repeats every model over 2 seeds, and
-    # runs the entangled ablation (one training worker: `resources` is not part of any stage's hash).
+    # runs the entangled ablation (one training worker: `resources` is not part of any stage's hash), two fits at a
+    # time (0.5 + 0.25 CPUs each on the session's 2).
     between = tmp_path / "between"
     shutil.copytree(reference, between)
     assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
                "mtl.compare=[mti, maxl, auxilearn]", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
-               "resources.num_workers=1", "resources.cpus_per_worker=1") == 0
+               "resources.num_workers=1", "resources.cpus_per_worker=0.5") == 0
+    assert "[pipeline] 10 fits, 2 at a time" in capsys.readouterr().out  # 5 models x 2 seeds
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
     r = json.loads((between / "report.json").read_text())

@@ -66,3 +66,6 @@ def test_report_json_and_markdown_from_typed_results():
     r.discover.criterion, r.discover.criterion_margin = "calinski", 1.72
     assert "**3** by criterion `calinski`, 1.72x the runner-up's score (on the quick preset" in render_markdown(r)
     assert r.to_dict()["criterion_margin"] == 1.72
+    assert "not considered" not in render_markdown(r)  # no dead_subspace_frac in this config: nothing skipped
+    r.config = {"discover": {"dead_subspace_frac": 0.7}, "disentangle": {"principal_subspace": 0}}  # variance 0.1, 0.2, 0.3
+    assert "; not considered: subspace 1 (variance below 0.7 x the largest" in render_markdown(r)

@@ -19,6 +19,7 @@ def maybe_kill(kill_at: str, stage: str, epoch: int, step: int, rank: int, statu
     marker = Path(status_dir) / f"killed-{stage}"
     if marker.exists():
         return
+    marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     print(f"[debug] killing rank 0 of '{stage}' at epoch {epoch} step {step}", flush=True)
     os._exit(1)

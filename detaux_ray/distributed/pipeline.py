@@ -5,6 +5,7 @@ on Ray Data, the rest in the core). Each stage reads the previous stage's artifa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ from . import train_disentangle, train_mtl
 from .discover import embed
 from .logs import quiet_env, silence_worker_logs
 from .streams import ImageCache, SourceImages, images_for
+from .trainer import fits_held, run_concurrently
 
 
 def ensure_ray(address: str = "", **init_kwargs) -> None:
@@ -256,18 +258,40 @@ class Pipeline:
         return principal_only(src.test_rows()), principal_only(src.val_rows()) if len(src.val_rows()) else None
 
     def fit(self, kind: str, train: pa.Table, n_classes: dict[str, int], seed: int | None = None,
-            tune_reports: bool = False, tb: str = "", tag: str = "") -> FitResult:
+            tune_reports: bool = False, tb: str = "", tag: str = "", fits_at_once: int = 1) -> FitResult:
         """Train model `kind` (stl, hps, nddr, mti, maxl, auxilearn) on Ray Train; its held-out accuracy, size and
         time. `seed` replaces cfg.seed (init and data order); `tune_reports` hands it the Tune callbacks; `tag` keeps
-        the checkpoints of runs on other labels (the ablation) apart."""
+        the checkpoints of runs on other labels (the ablation) apart; `fits_at_once`: how many fits run now."""
         cfg = self.cfg if seed is None else dataclasses.replace(self.cfg, seed=seed)
         tb = tb or ("mtl" if seed is None else f"seeds/{seed}")
+        more = f"{'/' + tag if tag else ''}{'' if seed is None else f' seed {seed}'}"  # tells apart the fits' lines
+        label, name = kind + more, kind.upper() + more
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
-        _say(f"training {kind.upper()}{' (' + tag + ')' if tag else ''} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
+        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
-                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag)
-        _say(f"{kind.upper()}: principal test accuracy {res.test_principal_accuracy:.4f}")
+                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
+                            fits_at_once=fits_at_once, label=label)
+        _say(f"{name}: principal test accuracy {res.test_principal_accuracy:.4f}")
         return res
+
+    def fit_many(self, fits: list[dict], train: pa.Table, n_classes: dict[str, int]) -> list[FitResult]:
+        """Several `fit`s (each a dict of its keyword arguments: kind, seed, tune_reports, ...), their results in
+        order. They run `fits_at_once` at a time, each on a thread of this driver, sharing the cluster."""
+        at_once = self.fits_at_once(len(fits))
+        if at_once == 1:
+            return [self.fit(train=train, n_classes=n_classes, **f) for f in fits]
+        _say(f"{len(fits)} fits, {at_once} at a time (resources.concurrent_fits)")
+        _ = self.cache  # built once, here, not by the first threads at the same time
+        return run_concurrently([functools.partial(self.fit, train=train, n_classes=n_classes, fits_at_once=at_once, **f)
+                                 for f in fits], at_once)
+
+    def fits_at_once(self, n_fits: int) -> int:
+        """resources.concurrent_fits, or (0) as many as the cluster holds (`trainer.fits_held`); 1 inside a tuning
+        trial, whose resources are sized for one fit at a time."""
+        res = self.cfg.resources
+        if self.mtl_callbacks is not None or n_fits <= 1:
+            return 1
+        return min(n_fits, res.concurrent_fits or fits_held(res))
 
     def entangled_ablation(self, out: Path, n_classes: dict[str, int]) -> Ablation:
         """Paper Sec. 5.3: the same autoencoder trained on L_rec alone (warm-up for every epoch: no oracle, no

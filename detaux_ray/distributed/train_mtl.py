@@ -147,16 +147,19 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
         cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path, val_table: pa.Table | None = None,
-        callbacks: list | None = None, tag: str = "") -> FitResult:
+        callbacks: list | None = None, tag: str = "", fits_at_once: int = 1, label: str = "") -> FitResult:
     """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count.
 
     `val_table` adds a per-epoch validation accuracy (tuning's objective); `callbacks` are Ray Train callbacks
     (a Tune trial passes TuneReportCallback so each epoch reaches the scheduler); `tag` tells apart runs of the same
-    model and config on different labels (the entangled ablation), whose checkpoints must not be shared.
+    model and config on different labels (the entangled ablation), whose checkpoints must not be shared;
+    `fits_at_once` is how many fits share the cluster now (their workers share a node's cores); `label` names the fit
+    in the progress lines. A fit's failure markers go to a folder of its own under `status_dir` (fits may run at once).
     """
     res = cfg.resources
-    raise_if_failed(status_dir, clear=True)
     name = f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}"
+    status_dir = Path(status_dir) / ".status" / name
+    raise_if_failed(status_dir, clear=True)
     meta_table = None
     if kind == "auxilearn":  # its generator learns on a held-out share of the training split
         train_table, meta_table = auxiliary_split(train_table, cfg.mtl.aux_split, cfg.seed)
@@ -166,10 +169,11 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     if meta_table is not None:
         datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
-    progress = Progress(f"mtl:{kind}", cfg.mtl.epochs, "images")
+    progress = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images")
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir), "status_dir": str(status_dir),
-        "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue},
+        "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue,
+        "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)
     try:
         result = fit(trainer, progress)

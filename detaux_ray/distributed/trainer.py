@@ -18,7 +18,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, L
 from ray.train.torch import TorchTrainer
 
 from ..artifacts import save_torch
-from ..config import Config, config_from_dict
+from ..config import Config, ResourcesConfig, config_from_dict
 from ..errors import find_data_error
 from ..models import set_torch_threads
 from .logs import quiet_worker, train_log_level
@@ -38,7 +38,8 @@ def start_worker(config: dict) -> Worker:
     """A training worker's config, rank, world size and device; its torch threads and seed set."""
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
-    set_torch_threads(cfg.resources.torch_threads, ctx.get_local_world_size())
+    # Fits running at once on this node (stage 3) share its cores too.
+    set_torch_threads(cfg.resources.torch_threads, ctx.get_local_world_size() * config.get("fits_at_once", 1))
     torch.manual_seed(cfg.seed)
     return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
 
@@ -90,6 +91,17 @@ def torch_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, 
     )
 
 
+def fits_held(res: ResourcesConfig, extra_cpus: float = 0.0) -> int:
+    """How many training runs of resources `res` the cluster holds at once: its GPUs over the workers per run, or
+    its CPUs over a run's request (workers x cpus_per_worker, plus data_cpus left free for its Ray Data tasks and
+    `extra_cpus`, e.g. a Tune trial's own process). At least 1."""
+    total = ray.cluster_resources()
+    if res.use_gpu:
+        return max(1, int(total.get("GPU", 0) // res.num_workers))
+    need = extra_cpus + res.num_workers * res.cpus_per_worker + res.data_cpus
+    return max(1, int(total.get("CPU", 1) // need))
+
+
 def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
     """Run a train_loop_per_worker body. A data error leaves its marker for the driver; a single worker then just
     returns (nothing to retry, no traceback), while DDP workers raise so that Ray stops the ranks still waiting in
@@ -136,24 +148,9 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
     printer = threading.Thread(target=progress.follow, args=(done,), name="progress", daemon=True) if progress else None
     if printer is not None:
         printer.start()
-    # Ctrl-C sets a flag as well as raising: a KeyboardInterrupt that lands inside a finalizer is swallowed by
-    # Python (a CI run went on to the end after a Ctrl-C once), the flag is not.
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame) -> None:
-        interrupted.set()
-        raise KeyboardInterrupt
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
-        while t.is_alive():
-            t.join(0.5)
-            if interrupted.is_set():
-                raise KeyboardInterrupt
+        wait_interruptibly(lambda: t.join(0.5) or t.is_alive())
     finally:
-        if main and previous is not None:  # None: a handler not set from Python, nothing to restore
-            signal.signal(signal.SIGINT, previous)
         # Also on Ctrl-C: a printer left polling while Ray shuts down prints the queue actor's death (a CI run).
         done.set()
         if printer is not None:
@@ -163,3 +160,62 @@ def fit(trainer: Any, progress: Progress | None = None) -> Any:
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def wait_interruptibly(busy: Callable[[], bool]) -> None:
+    """Wait while busy() (a check that itself waits a little, e.g. a join with a timeout), with Ctrl-C raising
+    KeyboardInterrupt here (on the main thread).
+
+    Ctrl-C sets a flag as well as raising: a KeyboardInterrupt that lands inside a finalizer is swallowed by
+    Python (a CI run went on to the end after a Ctrl-C once), the flag is not.
+    """
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        while busy():
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+    finally:
+        if main and previous is not None:  # None: a handler not set from Python, nothing to restore
+            signal.signal(signal.SIGINT, previous)
+
+
+def run_concurrently(calls: list[Callable[[], Any]], at_once: int) -> list[Any]:
+    """Each call on a thread of its own, at most `at_once` running; their results in order.
+
+    The threads are daemons: Ctrl-C (KeyboardInterrupt here) leaves at once and Ray ends the runs' actors when
+    the driver exits, as for a single fit(). After a failure no further call starts; the ones running are waited
+    for (they hold cluster resources that a caller going on, e.g. a test session, would find taken), then the first
+    failure is raised.
+    """
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+    slots = threading.Semaphore(at_once)
+    running: list[threading.Thread] = []
+
+    def target(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            slots.release()
+
+    for i in range(len(calls)):
+        wait_interruptibly(lambda: not slots.acquire(timeout=0.5))
+        if errors:
+            slots.release()
+            break
+        t = threading.Thread(target=target, args=(i,), name=f"fit-{i}", daemon=True)
+        t.start()
+        running.append(t)
+    wait_interruptibly(lambda: any(t.join(0.5) or t.is_alive() for t in running))
+    if errors:
+        raise errors[0]
+    return results

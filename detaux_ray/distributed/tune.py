@@ -31,6 +31,7 @@ from ..errors import ConfigError, DetauxError, NonFiniteLossError, SingleCluster
 from ..results import Report
 from ..search import METRIC, SearchSpec, apply_params, start_points
 from .pipeline import Pipeline, ensure_ray
+from .trainer import fits_held
 
 EXPERIMENT = "tune"  # <run-dir>/tune: Tune's experiment (per-trial results, TensorBoard + HParams, --resume state)
 STAGES = "stages"  # <run-dir>/stages: the shared stage store
@@ -102,12 +103,7 @@ def _stage_counts(pipe: Pipeline | None) -> dict:
 
 def concurrency(cfg: Config, trial_cpus: float) -> int:
     """How many trials the cluster holds at once: GPUs / workers per trial, else CPUs / a trial's CPU request."""
-    res = cfg.resources
-    total = ray.cluster_resources()
-    if res.use_gpu:
-        return max(1, int(total.get("GPU", 0) // res.num_workers))
-    need = trial_cpus + res.num_workers * res.cpus_per_worker + res.data_cpus
-    return max(1, int(total.get("CPU", 1) // need))
+    return fits_held(cfg.resources, extra_cpus=trial_cpus)
 
 
 def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, recipe: Callable[[Pipeline], Report],

@@ -1,0 +1,58 @@
+"""distributed/trainer.py: stage 3's fits run several at once (`run_concurrently`), as many as the cluster holds
+(`fits_held`); results keep their order, and a failure stops what has not started."""
+
+import threading
+import time
+
+import pytest
+
+from detaux_ray.config import ResourcesConfig
+from detaux_ray.distributed.trainer import fits_held, run_concurrently
+
+
+def test_calls_run_at_most_at_once_and_results_keep_their_order():
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def call(i: int):
+        def body():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05 * (3 - i % 3))  # later calls finish first
+            with lock:
+                running[0] -= 1
+            return i * i
+        return body
+
+    assert run_concurrently([call(i) for i in range(7)], at_once=3) == [i * i for i in range(7)]
+    assert peak[0] == 3
+
+
+def test_a_failure_stops_the_calls_not_started_and_waits_for_the_running_ones():
+    started, finished = [], []
+
+    def ok(i: int, s: float):
+        def body():
+            started.append(i)
+            time.sleep(s)
+            finished.append(i)
+            return i
+        return body
+
+    def bad():
+        started.append(1)
+        raise ValueError("stage 3 (hps) loss became non-finite")
+
+    with pytest.raises(ValueError, match="non-finite"):
+        run_concurrently([ok(0, 0.5), bad, ok(2, 0.0), ok(3, 0.0)], at_once=2)
+    assert finished == [0]  # the running call ended before the error was raised
+    assert sorted(started) == [0, 1]  # ...and no call started after the failure was seen
+
+
+def test_fits_held_counts_cpus_per_fit_with_its_data_share(ray_session):
+    # The test session's Ray has 2 CPUs (conftest).
+    assert fits_held(ResourcesConfig(cpus_per_worker=0.75, data_cpus=0.25)) == 2  # the quick preset: STL and HPS at once
+    assert fits_held(ResourcesConfig(cpus_per_worker=1.0, data_cpus=0.25)) == 1
+    assert fits_held(ResourcesConfig(num_workers=2, cpus_per_worker=0.5, data_cpus=0.25)) == 1
+    assert fits_held(ResourcesConfig(cpus_per_worker=0.5, data_cpus=0.2), extra_cpus=0.3) == 2  # a Tune trial's own CPUs
+    assert fits_held(ResourcesConfig(use_gpu=True)) == 1  # no GPU here: never 0
