@@ -203,7 +203,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     dead = dead_subspaces(scores["variance"], d.principal_subspace, disc.dead_subspace_frac)
     if dead:
         say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
-            f"{disc.dead_subspace_frac} x the largest" + (" (no runner-up left to compare with)" if margin is None else ""))
+            f"{disc.dead_subspace_frac} x the largest" + (" (one candidate left)" if s.shape[1] - 1 - len(dead) == 1 else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",
                           margin)
     write_json(out / "diagnostics.json", info.to_dict())
