@@ -101,11 +101,6 @@ def _stage_counts(pipe: Pipeline | None) -> dict:
     return {"stages_reused": sum(s.reused for s in stages), "stages_run": sum(not s.reused for s in stages)}
 
 
-def concurrency(cfg: Config, trial_cpus: float) -> int:
-    """How many trials the cluster holds at once: GPUs / workers per trial, else CPUs / a trial's CPU request."""
-    return fits_held(cfg.resources, extra_cpus=trial_cpus)
-
-
 def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: int, recipe: Callable[[Pipeline], Report],
                seed: int = 0, max_concurrent: int = 0, resume: bool = False) -> dict:
     """Run (or resume) the search, each trial running `recipe` on a `Pipeline`; write the trial table and the best
@@ -145,7 +140,7 @@ def run_search(spec: SearchSpec, base_cfg: Config, run_dir: Path, num_samples: i
                                         search_alg=DetauxOptunaSearch(seed=seed, points_to_evaluate=[
                                             {k.replace(".", "/"): v for k, v in p.items()}
                                             for p in start_points(spec, base_cfg.to_dict())] or None), scheduler=sched,
-                                        max_concurrent_trials=max_concurrent or concurrency(base_cfg, spec.trial_cpus)),
+                                        max_concurrent_trials=max_concurrent or fits_held(base_cfg.resources, spec.trial_cpus)),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir), verbose=1),
         )
     t0 = time.time()
