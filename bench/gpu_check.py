@@ -1,6 +1,6 @@
 """GPU check (issue 13): the project's core on one accelerator, no Ray. One run, one JSON, one scorecard PNG.
 
-    python bench/gpu_check.py --out bench/results/gpu/h200.json            # on the GPU machine, ~9 minutes
+    python bench/gpu_check.py --budget-s 270 --out bench/results/gpu/h200.json   # on the GPU machine, ~5 minutes
     python bench/gpu_check.py --tiny --out /tmp/gpu_check.json             # CPU, seconds: what the test runs
 
 1. **Mixed precision**: the stage-1 step at the paper preset's model and batch (64 px, k = 10, batch 32), fp32
@@ -8,7 +8,7 @@
    same batches for N steps (the difference says whether bf16 changes the optimisation).
 2. **Stage 1 at GPU budget**: 64 px shapes (rendered on every core), k = 10, the stage-1 defaults as they stand,
    for as many epochs as fit in --budget-s (timed from part 1), the scorecard every --every epochs (the learning
-   curve), and at the end discovery as the pipeline runs it (the `cluster` criterion, KMeans++ on the chosen
+   curve), and at the end discovery as the pipeline runs it (the preset's criterion, KMeans++ on the chosen
    subspace): homogeneity / completeness of the labels against every hidden factor, NMI with the principal.
 3. **Clustering on the accelerator**: the chosen subspace's points clustered by KMeans++ and labelled by their
    nearest fitted neighbours on the CPU (sklearn, SciPy's KD-tree: the pipeline's path) and on the accelerator

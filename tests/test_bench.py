@@ -65,6 +65,17 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert (tmp_path / "gpu.png").stat().st_size > 1000
 
 
+def test_step_profile_small(tmp_path):
+    """bench/step_profile.py at 16 px on the CPU: the step's wall time and its op counts are reported."""
+    out_path = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "bench/step_profile.py", "--set", "data.image_size=16", "--steps", "2",
+                           "--warmup", "1", "--out", str(out_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads(out_path.read_text())
+    assert r["step_wall_ms"] > 0 and r["aten_calls_per_step"] > 100 and r["kernels_per_step"] == 0  # no CUDA here
+    assert r["top_self_cpu"] and all(row["op"].startswith("aten::") for row in r["top_self_cpu"])
+
+
 def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():
     from sklearn.cluster import KMeans
     from sklearn.datasets import make_blobs
