@@ -122,21 +122,36 @@ def _codes(values: np.ndarray) -> np.ndarray:
     return np.unique(values, return_inverse=True)[1].astype(np.int64).ravel()
 
 
-def probe_score(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_neighbors: int = 15) -> float:
-    """(acc - majority) / (1 - majority) of a kNN probe; 0 when x carries no spread at all (a dead subspace)."""
-    from sklearn.neighbors import KNeighborsClassifier
+def probe_scores(x_fit: np.ndarray, x_eval: np.ndarray, ys_fit: list[np.ndarray], ys_eval: list[np.ndarray],
+                 n_neighbors: int = 15) -> list[float]:
+    """(acc - majority) / (1 - majority) of a kNN probe on x for each label column; 0 when x carries no spread at
+    all (a dead subspace). The neighbours depend on x alone, so they are found once and vote for every column
+    (a plain majority of the n_neighbors nearest, ties to the smallest label: what KNeighborsClassifier predicts)."""
+    from sklearn.neighbors import NearestNeighbors
 
-    values, counts = np.unique(y_fit, return_counts=True)
-    majority_label = values[np.argmax(counts)]
-    majority = float(np.mean(y_eval == majority_label))
-    if majority >= 1.0:
-        return 0.0
     spread = float(x_fit.std(0).max()) if len(x_fit) else 0.0
     if not np.isfinite(spread) or spread <= 1e-12 * max(1.0, float(np.abs(x_fit).max())):
-        return 0.0
-    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(x_fit)), algorithm="auto").fit(x_fit / spread, y_fit)
-    acc = float(np.mean(knn.predict(x_eval / spread) == y_eval))
-    return max(-1.0, (acc - majority) / (1.0 - majority))
+        return [0.0] * len(ys_fit)
+    nn = NearestNeighbors(n_neighbors=min(n_neighbors, len(x_fit)), algorithm="brute").fit(x_fit / spread)
+    idx = nn.kneighbors(x_eval / spread, return_distance=False)
+    rows = np.arange(len(x_eval))[:, None]
+    out = []
+    for y_fit, y_eval in zip(ys_fit, ys_eval):
+        values, codes, counts = np.unique(y_fit, return_inverse=True, return_counts=True)
+        majority = float(np.mean(y_eval == values[np.argmax(counts)]))
+        if majority >= 1.0:
+            out.append(0.0)
+            continue
+        votes = np.bincount((rows * len(values) + codes.ravel()[idx]).ravel(),
+                            minlength=len(x_eval) * len(values)).reshape(len(x_eval), len(values))
+        acc = float(np.mean(values[votes.argmax(1)] == y_eval))
+        out.append(max(-1.0, (acc - majority) / (1.0 - majority)))
+    return out
+
+
+def probe_score(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_neighbors: int = 15) -> float:
+    """The kNN probe score of one label column (see probe_scores)."""
+    return probe_scores(x_fit, x_eval, [y_fit], [y_eval], n_neighbors)[0]
 
 
 def scorecard(s: np.ndarray, principal_name: str, principal: np.ndarray, factors: dict[str, np.ndarray] | None,
@@ -157,9 +172,9 @@ def scorecard(s: np.ndarray, principal_name: str, principal: np.ndarray, factors
     whole = (s[:, live] / spread[live][None, :, None]).reshape(n, -1) if live.any() else s.reshape(n, -1)
     views = [s[:, i] for i in range(k)] + [whole]
     scores = np.zeros((k + 1, len(columns)))
+    ys = list(columns.values())
     for r, x in enumerate(views):
-        for c, y in enumerate(columns.values()):
-            scores[r, c] = probe_score(x[fit], y[fit], x[ev], y[ev], n_neighbors)
+        scores[r] = probe_scores(x[fit], x[ev], [y[fit] for y in ys], [y[ev] for y in ys], n_neighbors)
     return Scorecard(list(columns), [str(i) for i in range(k)] + ["all"], scores, principal_name, alpha,
                      len(fit), len(ev), skipped)
 
