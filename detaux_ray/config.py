@@ -115,6 +115,7 @@ class MTLConfig:
     seeds: int = 1  # > 1: repeat STL, `model` and `compare` over this many seeds; mean, std, Welch t-test vs STL
     entangled_ablation: bool = False  # also cluster a plain (L_rec only) autoencoder's latent and train `model` on it
     epochs: int = 150
+    test_every: int = 1  # epochs between held-out test accuracies (TensorBoard, progress); the last epoch always
     batch_size: int = 32
     lr: float = 5e-4
     lr_schedule: str = "constant"  # constant | cosine (annealed to 0 over the epochs, per epoch: mtl.learning_rate)
@@ -339,7 +340,8 @@ RANGES: dict[str, Range] = {
     "discover.n_clusters": _at_least(1), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
     "discover.n_auxiliary": _at_least(1),
-    "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
+    "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.test_every": _at_least(1),
+    "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,
     "mtl.auxiliary_weight": _NONNEG, "mtl.psi": _at_least(2), "mtl.meta_lr": _POS, "mtl.meta_alpha": _POS,
     "mtl.meta_every": _at_least(1), "mtl.entropy_weight": _NONNEG, "mtl.neumann_steps": _at_least(0),

@@ -79,7 +79,10 @@ def _train(config: dict) -> None:
                     f"epoch {epoch}; the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr."):
             return
         if rank == 0:
-            metrics |= {f"{name}_principal_accuracy": _accuracy(model, shard, device) for name, shard in shards.items() if name != "train"}
+            # Validation every epoch (tuning's objective); the test split every mtl.test_every epochs and at the end.
+            due = (epoch + 1) % m.test_every == 0 or epoch == m.epochs - 1
+            metrics |= {f"{name}_principal_accuracy": _accuracy(model, shard, device) for name, shard in shards.items()
+                        if name == "val" or (name == "test" and due)}
             _log_epoch(writer, kind, model, metrics, learner, meta, x, targets["principal"], epoch)
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                             **({"learner": learner.state_dict()} if learner is not None else {})},
