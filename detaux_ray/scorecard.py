@@ -149,11 +149,6 @@ def probe_scores(x_fit: np.ndarray, x_eval: np.ndarray, ys_fit: list[np.ndarray]
     return out
 
 
-def probe_score(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_neighbors: int = 15) -> float:
-    """The kNN probe score of one label column (see probe_scores)."""
-    return probe_scores(x_fit, x_eval, [y_fit], [y_eval], n_neighbors)[0]
-
-
 def scorecard(s: np.ndarray, principal_name: str, principal: np.ndarray, factors: dict[str, np.ndarray] | None,
               alpha: int, seed: int = 0, n_fit: int = 3000, n_eval: int = 2000, n_neighbors: int = 15) -> Scorecard:
     """The (k + 1) x F probe scores of embeddings s (N, k, d) against the principal labels and known factors."""

@@ -6,7 +6,7 @@ from detaux_ray.config import DisentangleConfig
 from detaux_ray.disentangle import beta_schedule, detaux_loss
 from detaux_ray.models import DisentangleAE, to_float_images
 from detaux_ray.pairs import sample_pairs
-from detaux_ray.scorecard import factor_columns, heatmap, scorecard
+from detaux_ray.scorecard import factor_columns, heatmap, probe_scores, scorecard
 
 
 def _embeddings(n=3000, seed=0):
@@ -108,3 +108,20 @@ def _learn_and_check(variant: str) -> None:
     assert before < 0.5
     assert card.score(0, "size") >= 0.8, card.to_dict()
     assert card.score(0, "size") >= 2 * max(card.score(1, "size"), 0.05), card.to_dict()
+
+
+def test_probe_scores_vote_like_a_knn_classifier():
+    """One neighbour search voting for several label columns scores exactly as a KNeighborsClassifier per column."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(900, 4))
+    ys = [rng.integers(0, 6, 900), (x[:, 0] > 0).astype(int) + 2 * (x[:, 1] > 0.5), np.zeros(900, int)]
+    got = probe_scores(x[:500], x[500:], [y[:500] for y in ys], [y[500:] for y in ys], n_neighbors=15)
+    spread = x[:500].std(0).max()
+    for y, score in zip(ys[:2], got):
+        values, counts = np.unique(y[:500], return_counts=True)
+        majority = np.mean(y[500:] == values[np.argmax(counts)])
+        acc = np.mean(KNeighborsClassifier(15).fit(x[:500] / spread, y[:500]).predict(x[500:] / spread) == y[500:])
+        assert score == pytest.approx((acc - majority) / (1 - majority), abs=1e-12)
+    assert got[1] > 0.5 and abs(got[0]) < 0.1 and got[2] == 0.0  # a held factor, noise, a constant column
