@@ -167,9 +167,9 @@ def scorecard(s: np.ndarray, principal_name: str, principal: np.ndarray, factors
     whole = (s[:, live] / spread[live][None, :, None]).reshape(n, -1) if live.any() else s.reshape(n, -1)
     views = [s[:, i] for i in range(k)] + [whole]
     scores = np.zeros((k + 1, len(columns)))
-    ys = list(columns.values())
+    ys_fit, ys_ev = [y[fit] for y in columns.values()], [y[ev] for y in columns.values()]
     for r, x in enumerate(views):
-        scores[r] = probe_scores(x[fit], x[ev], [y[fit] for y in ys], [y[ev] for y in ys], n_neighbors)
+        scores[r] = probe_scores(x[fit], x[ev], ys_fit, ys_ev, n_neighbors)
     return Scorecard(list(columns), [str(i) for i in range(k)] + ["all"], scores, principal_name, alpha,
                      len(fit), len(ev), skipped)
 
