@@ -48,7 +48,8 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     tasks = ["principal"] if kind == "stl" else list(targets)
     n_classes = {t: int(targets[t].max()) + 1 for t in tasks}
     torch.manual_seed(seed)
-    model = build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size, m.pretrained)
+    model = build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size, m.pretrained,
+                            m.aux_gradient if kind != "stl" else "sum")
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     weights = model.loss_weights if hasattr(model, "loss_weights") else {

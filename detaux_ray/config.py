@@ -122,6 +122,9 @@ class MTLConfig:
     weight_decay: float = 1e-4
     width: int = 32  # channels of the first backbone stage
     loss_weighting: str = "fixed"  # fixed (the weights below) | uncertainty (Kendall et al., learned)
+    # hps: how the auxiliary gradient joins the principal one at the shared features (mtl.combine_task_gradients):
+    # sum (plain MTL) | cosine (only while they agree, Du et al. 2018) | project (minus the opposing part, PCGrad)
+    aux_gradient: str = "sum"
     principal_weight: float = 1.0
     auxiliary_weight: float = 0.5
     # maxl / auxilearn (detaux_ray/auxlearn.py): the label generator and its meta step.
@@ -368,6 +371,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mtl.compare": ("hps", "nddr", "mti", "maxl", "auxilearn"),
     "mtl.backbone": ("conv", "resnet18"),
     "mtl.loss_weighting": ("fixed", "uncertainty"),
+    "mtl.aux_gradient": ("sum", "cosine", "project"),
     "mtl.lr_schedule": ("constant", "cosine"),
     "resources.amp": ("none", "bf16"),
 }

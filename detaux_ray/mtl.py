@@ -96,19 +96,75 @@ def pool(x: Tensor) -> Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-class HardSharingNet(nn.Module):
-    """MTL-HPS: one shared backbone, one linear head per task. With only the principal task, it is the STL baseline."""
+AUX_GRADIENTS = ("sum", "cosine", "project")
 
-    def __init__(self, n_classes: dict[str, int], width: int = 32, backbone=None):
+
+def combine_task_gradients(g_principal: Tensor, g_auxiliary: list[Tensor], mode: str) -> Tensor:
+    """The gradient the shared representation h passes down, from the principal task's g_p = dL_p/dh and each
+    auxiliary task's g_a = dL_a/dh (loss weights included; dot products over the whole batch's h):
+
+    - sum:     g = g_p + sum_a g_a (plain multi-task learning);
+    - cosine:  g = g_p + sum_a [cos(g_p, g_a) > 0] g_a (Du et al. 2018: an auxiliary task's gradient is used only
+               while it points the principal task's way);
+    - project: g = g_p + sum_a (g_a - min(0, <g_a, g_p>) / |g_p|^2 g_p) (PCGrad's projection, Yu et al. 2020,
+               one-sided: the auxiliary gradient loses its component against the principal one, never the reverse).
+
+    cosine and project can only drop or shorten what opposes the principal task, so the auxiliary task shapes h
+    where it agrees with the principal task or is orthogonal to it.
+    """
+    if mode == "sum":
+        return g_principal + sum(g_auxiliary)
+    total = g_principal
+    norm2 = g_principal.square().sum()
+    for g in g_auxiliary:
+        dot = (g * g_principal).sum()
+        if mode == "cosine":
+            total = total + g * (dot > 0).to(g.dtype)
+        elif mode == "project":
+            total = total + g - torch.clamp(dot, max=0.0) / norm2.clamp_min(1e-30) * g_principal
+        else:
+            raise ValueError(f"mtl.aux_gradient must be one of {', '.join(AUX_GRADIENTS)}, got {mode!r}")
+    return total
+
+
+class _GradientFork(torch.autograd.Function):
+    """Identity forward into one copy of h per task; backward hands the tasks' separate gradients (which autograd
+    would otherwise sum at h) to `combine_task_gradients`. Inside the model's forward, so DDP and a single
+    backward pass see nothing unusual."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, mode: str, n: int) -> tuple[Tensor, ...]:
+        ctx.mode = mode
+        return tuple(h.view_as(h) for _ in range(n))
+
+    @staticmethod
+    def backward(ctx, g_principal: Tensor, *g_auxiliary: Tensor):
+        return combine_task_gradients(g_principal, list(g_auxiliary), ctx.mode), None, None
+
+
+class HardSharingNet(nn.Module):
+    """MTL-HPS: one shared backbone, one linear head per task. With only the principal task, it is the STL baseline.
+
+    `aux_gradient` (sum | cosine | project) decides how the auxiliary tasks' gradients join the principal task's
+    at the shared representation (`combine_task_gradients`)."""
+
+    def __init__(self, n_classes: dict[str, int], width: int = 32, backbone=None, aux_gradient: str = "sum"):
         super().__init__()
         if "principal" not in n_classes:
             raise ValueError("a 'principal' task is required")
+        if aux_gradient not in AUX_GRADIENTS:
+            raise ValueError(f"mtl.aux_gradient must be one of {', '.join(AUX_GRADIENTS)}, got {aux_gradient!r}")
         self.backbone = backbone or ConvBackbone(width)
         self.heads = nn.ModuleDict({t: nn.Linear(self.backbone.out_dim, c) for t, c in n_classes.items()})
+        self.aux_gradient = aux_gradient
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         h = self.backbone(x)
-        return {t: head(h) for t, head in self.heads.items()}
+        if self.aux_gradient == "sum" or len(self.heads) == 1 or not torch.is_grad_enabled():
+            return {t: head(h) for t, head in self.heads.items()}
+        tasks = ["principal"] + [t for t in self.heads if t != "principal"]
+        copies = _GradientFork.apply(h, self.aux_gradient, len(tasks))
+        return {t: self.heads[t](c) for t, c in zip(tasks, copies)}
 
 
 class NDDRLayer(nn.Module):
@@ -241,19 +297,24 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
 
 
 def build_mtl_model(kind: str, n_classes: dict[str, int], width: int, weighting: str = "fixed", backbone: str = "conv",
-                    image_size: int = 32, pretrained: str = "") -> nn.Module:
+                    image_size: int = 32, pretrained: str = "", aux_gradient: str = "sum") -> nn.Module:
     """'stl' keeps the principal head only; 'hps', 'nddr' and 'mti' have a head for every task.
 
     weighting="uncertainty" attaches `loss_weights` (UncertaintyWeights) to a multi-task model, so that DDP and
-    the checkpoints carry it with the weights; the STL baseline always trains on plain cross-entropy.
+    the checkpoints carry it with the weights; the STL baseline always trains on plain cross-entropy. `aux_gradient`
+    (HardSharingNet) applies to 'hps' only: NDDR and MTI have no single shared representation.
     """
+    if aux_gradient != "sum" and kind not in ("stl", "hps"):
+        raise ValueError(f"mtl.aux_gradient={aux_gradient!r} applies to hps only (the shared backbone's output), "
+                         f"not {kind}")
+
     def make() -> ConvBackbone:
         return make_backbone(backbone, width, image_size, pretrained)
 
     if kind == "stl":
         return HardSharingNet({"principal": n_classes["principal"]}, width, make())
     if kind == "hps":
-        model = HardSharingNet(n_classes, width, make())
+        model = HardSharingNet(n_classes, width, make(), aux_gradient)
     elif kind == "nddr":
         model = NDDRNet(n_classes, width, make)
     elif kind == "mti":

@@ -25,7 +25,8 @@ def render_markdown(r: Report) -> str:
     for key in [k for k in order if k in models]:  # STL, the MTL model, the compared ones, the ablation
         m = models[key]
         val = f"{m.val_principal_accuracy:.4f}" if m.val_principal_accuracy is not None else "-"
-        lines.append(f"| {model_name(key, m.model)} | {', '.join(m.tasks)} | {m.test_principal_accuracy:.4f} | {val} | "
+        how = f" (`{m.aux_gradient}` auxiliary gradient)" if m.aux_gradient != "sum" else ""
+        lines.append(f"| {model_name(key, m.model)}{how} | {', '.join(m.tasks)} | {m.test_principal_accuracy:.4f} | {val} | "
                      f"{m.parameters:,} | {m.wall_time_s} |")
     seeds = r.mtl.seeds
     if seeds:

@@ -140,6 +140,7 @@ class FitResult(_Result):
     auxiliary_classes: int | None = None  # maxl / auxilearn: the generator's classes
     auxiliary_split_images: int | None = None  # auxilearn: images held out for the generator
     labels: str | None = None  # where the auxiliary labels came from, when not stage 2 (the ablation)
+    aux_gradient: str = "sum"  # hps: how the auxiliary gradient joined the principal one (mtl.aux_gradient)
 
 
 @dataclass

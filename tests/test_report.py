@@ -17,3 +17,12 @@ def test_summary_line_names_the_accuracies_and_the_best_matching_factor():
                                       "aux) 0.0023 | best factor wall_hue: homogeneity 0.827, completeness 0.818")
     # no baseline, no known factors
     assert summary_line(report(stl=False, best=None)) == "MTL-NDDR accuracy 0.9675 | 10 auxiliary classes, NMI(principal, aux) 0.0023"
+
+
+def test_markdown_names_the_auxiliary_gradient_rule_when_it_is_not_the_plain_sum():
+    from detaux_ray.report import render_markdown as markdown
+
+    r = report()
+    assert "auxiliary gradient" not in markdown(r)
+    r.mtl.results["mtl"].aux_gradient = "project"
+    assert "MTL-NDDR + Detaux (`project` auxiliary gradient)" in markdown(r)
