@@ -84,6 +84,9 @@ def main() -> None:
     ap.add_argument("--iid-test", type=float, default=0.0, metavar="FRAC",
                     help="also hold out this seeded fraction of the training split as a second test set, from the "
                          "training distribution (on shapes the test split's floor / wall hue combinations are unseen)")
+    ap.add_argument("--train-frac", type=float, default=1.0, metavar="FRAC",
+                    help="train on this seeded fraction of the training split only (the same images for every variant "
+                         "and seed; the rest unused): does the auxiliary task help when principal labels are scarce?")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,6 +105,9 @@ def main() -> None:
         held[np.random.default_rng(base.seed).permutation(len(rows))[:int(args.iid_test * len(rows))]] = True
         iid = (images[held], targets["principal"][held])
         images, targets = images[~held], {t: v[~held] for t, v in targets.items()}
+    if args.train_frac < 1.0:  # a seeded subset, drawn after the iid hold-out so both stay disjoint
+        keep = np.sort(np.random.default_rng([base.seed, 1]).permutation(len(images))[:int(args.train_frac * len(images))])
+        images, targets = images[keep], {t: v[keep] for t, v in targets.items()}
     print(f"{len(images)} training / {len(test_rows)} test{f' / {len(iid[1])} iid test' if iid else ''} images in "
           f"{time.time() - t0:.1f}s", flush=True)
     seeds = [base.seed + i for i in range(args.seeds)]
@@ -127,7 +133,7 @@ def main() -> None:
             print(f"{which}: {name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
     if args.out:
         out = {"run_dir": str(run), "variants": args.variant, "seeds": seeds, "statistics": stats.to_dict(), "runs": runs,
-               "iid_test_frac": args.iid_test, "iid_statistics": iid_stats.to_dict() if iid_stats else None,
+               "iid_test_frac": args.iid_test, "train_frac": args.train_frac, "iid_statistics": iid_stats.to_dict() if iid_stats else None,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
