@@ -49,7 +49,7 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     n_classes = {t: int(targets[t].max()) + 1 for t in tasks}
     torch.manual_seed(seed)
     model = build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size, m.pretrained,
-                            m.aux_gradient if kind != "stl" else "sum")
+                            m.aux_gradient)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
@@ -133,7 +133,8 @@ def main() -> None:
             print(f"{which}: {name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
     if args.out:
         out = {"run_dir": str(run), "variants": args.variant, "seeds": seeds, "statistics": stats.to_dict(), "runs": runs,
-               "iid_test_frac": args.iid_test, "train_frac": args.train_frac, "iid_statistics": iid_stats.to_dict() if iid_stats else None,
+               "iid_test_frac": args.iid_test, "train_frac": args.train_frac,
+               "iid_statistics": iid_stats.to_dict() if iid_stats else None,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -417,6 +417,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"disentangle.cons_swaps must be in [1, k={d.k}], got {d.cons_swaps}")
     if cfg.discover.n_auxiliary > d.k - 1:
         raise ConfigError(f"discover.n_auxiliary must be in [1, k-1={d.k - 1}], got {cfg.discover.n_auxiliary}")
+    if cfg.mtl.aux_gradient != "sum" and "hps" not in [cfg.mtl.model, *cfg.mtl.compare]:
+        raise ConfigError(f"mtl.aux_gradient={cfg.mtl.aux_gradient} shapes MTL-HPS only; set mtl.model=hps or add hps "
+                          f"to mtl.compare")
     if cfg.mtl.pretrained and cfg.mtl.backbone != "resnet18":
         raise ConfigError("mtl.pretrained is for mtl.backbone=resnet18")
     if cfg.mtl.pretrained and not Path(cfg.mtl.pretrained).is_file():

@@ -302,12 +302,9 @@ def build_mtl_model(kind: str, n_classes: dict[str, int], width: int, weighting:
 
     weighting="uncertainty" attaches `loss_weights` (UncertaintyWeights) to a multi-task model, so that DDP and
     the checkpoints carry it with the weights; the STL baseline always trains on plain cross-entropy. `aux_gradient`
-    (HardSharingNet) applies to 'hps' only: NDDR and MTI have no single shared representation.
+    (HardSharingNet) shapes 'hps' only; the other kinds ignore it (NDDR and MTI have no single shared representation,
+    and STL no auxiliary task), so one config can compare HPS under a gradient rule with the others.
     """
-    if aux_gradient != "sum" and kind not in ("stl", "hps"):
-        raise ValueError(f"mtl.aux_gradient={aux_gradient!r} applies to hps only (the shared backbone's output), "
-                         f"not {kind}")
-
     def make() -> ConvBackbone:
         return make_backbone(backbone, width, image_size, pretrained)
 

@@ -30,6 +30,7 @@ def test_stage_hash_tracks_upstream_only():
     ("quick", ["disentangle.k=three"], "disentangle.k' expects int"),
     ("quick", ["discover.clusterer=dbscan"], "discover.clusterer"),
     ("quick", ["disentangle.principal_subspace=9"], "principal_subspace"),
+    ("quick", ["mtl.model=nddr", "mtl.aux_gradient=project"], "aux_gradient=project shapes MTL-HPS only"),
     ("quick", ["novalue"], "section.key=value"),
 ])
 def test_bad_config_is_one_clear_error(preset, overrides, match):

@@ -164,5 +164,11 @@ def test_hps_aux_gradient_reaches_the_backbone_as_combined(mode):
     assert all(torch.allclose(a, b.grad, atol=1e-7) for a, b in zip(got, model.backbone.parameters()))
     # and the combination is not the plain sum here, or the test could not tell them apart
     assert not torch.allclose(combine_task_gradients(gp, [ga], mode), gp + ga)
-    with pytest.raises(ValueError, match="hps only"):
-        build_mtl_model("nddr", {"principal": 4, "auxiliary": 3}, 8, aux_gradient=mode)
+    # the other kinds ignore the rule: NDDR trains exactly as under the plain sum
+    torch.manual_seed(1)
+    a = build_mtl_model("nddr", {"principal": 4, "auxiliary": 3}, 8, aux_gradient=mode)
+    torch.manual_seed(1)
+    b = build_mtl_model("nddr", {"principal": 4, "auxiliary": 3}, 8)
+    for m in (a, b):
+        multitask_loss(m(x), y, {"principal": 1.0, "auxiliary": 0.5})[0].backward()
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))

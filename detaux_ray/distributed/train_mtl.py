@@ -97,7 +97,7 @@ def _build(kind: str, n_classes: dict[str, int], cfg: Config, device: torch.devi
     m = cfg.mtl
     if kind not in LEARNERS:
         return build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size,
-                               m.pretrained, m.aux_gradient if kind == "hps" else "sum").to(device, memory_format=torch.channels_last), None
+                               m.pretrained, m.aux_gradient).to(device, memory_format=torch.channels_last), None
     model, gen = build_learner(n_classes["principal"], m.psi, m.width, m.backbone, cfg.data.image_size)
     learner = AuxLabelLearner(kind, gen.to(device, memory_format=torch.channels_last), m.meta_lr, m.meta_alpha,
                               m.auxiliary_weight, m.entropy_weight, m.neumann_steps)
