@@ -21,7 +21,10 @@ def seed_statistics(seeds: list[int], acc: dict[str, list[float]], model: str) -
             continue
         row = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
         if key != "stl" and len(acc.get("stl", [])) > 1 and len(values) > 1:
-            t, p = ttest_ind(values, acc["stl"], equal_var=False)
-            row.update(t_statistic=float(t), p_value=float(p))  # NaN when both samples have zero variance
+            if np.ptp(values) == 0 and np.ptp(acc["stl"]) == 0 and values[0] == acc["stl"][0]:
+                t, p = 0.0, 1.0  # the same accuracy at every seed (e.g. both at 1.0): no difference, not "undefined"
+            else:  # zero variance with different means: scipy's limit, |t| = inf and p = 0
+                t, p = ttest_ind(values, acc["stl"], equal_var=False)
+            row.update(t_statistic=float(t), p_value=float(p))
         rows[key] = row
     return SeedStatistics(seeds, model, acc, rows)

@@ -15,3 +15,16 @@ def test_seed_statistics_welch_t_test():
     assert out.p_value < 0.05 and "p_value" not in out.models["stl"]
     flat = out.to_dict()  # results.json keeps the flat keys for a quick look
     assert flat["mtl_mean"] == out.models["mtl"]["mean"] and flat["p_value"] == out.p_value
+
+
+def test_identical_accuracies_at_every_seed_are_no_difference_not_nan():
+    """Both models at 1.0 on every seed (measured: `data.principal=shape`): Welch's t is 0/0; report t = 0, p = 1."""
+    import math
+
+    from detaux_ray.statistics import seed_statistics
+
+    same = seed_statistics([0, 1, 2], {"stl": [1.0, 1.0, 1.0], "mtl": [1.0, 1.0, 1.0]}, "hps").models["mtl"]
+    assert (same["t_statistic"], same["p_value"]) == (0.0, 1.0)
+    # zero variance with different means keeps scipy's limit: p = 0
+    apart = seed_statistics([0, 1], {"stl": [0.9, 0.9], "mtl": [1.0, 1.0]}, "hps").models["mtl"]
+    assert apart["p_value"] == 0.0 and not math.isnan(apart["t_statistic"])
