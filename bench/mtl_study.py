@@ -1,12 +1,14 @@
 """Stage-3 study harness: STL vs multi-task models on a finished run's auxiliary labels, plain PyTorch (no Ray).
 
 Reads `<run-dir>/discover/labels.parquet` and the run's `config.yaml`, renders / reads the same images, and trains
-each variant over seeds the way the Ray stage does (same model builders, loss, AdamW, batch size and epochs; one
+each variant over seeds the way the Ray stage does (same model builders, loss, optimizer, batch size and epochs; one
 seeded shuffle per epoch), then reports the held-out principal accuracy per seed, mean +/- sample std and Welch's
 p against STL. A variant is a name plus config overrides, so loss weights and models compare one change at a time:
 
     python bench/mtl_study.py --run-dir runs/quick --seeds 3 --variant stl:stl --variant hps:hps \\
         --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
+
+A harness-only key `opt=adamw|sgd|taskadam` in a variant overrides mtl.optimizer (`train`; taskadam: `TaskAdam`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.models import to_float_images  # noqa: E402
-from detaux_ray.mtl import build_mtl_model, learning_rate, multitask_loss  # noqa: E402
+from detaux_ray.mtl import build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
@@ -40,10 +42,53 @@ def accuracy(model: torch.nn.Module, images: np.ndarray, y: np.ndarray) -> float
     return float((pred == y).mean())
 
 
+class TaskAdam:
+    """Adam whose moments are kept per task on the shared parameters (the harness's `opt=taskadam`).
+
+    AdamW normalises each parameter's step by the root of its summed gradient's second moment, so where the principal
+    task's gradient is ~0 the auxiliary task takes full-size steps whatever its loss weight. Here each task t has its
+    own moments (m_t, v_t) of its unweighted gradient g_t, and a shared parameter moves by
+        -lr * sum_t w_t * m_t_hat / (sqrt(v_t_hat) + eps)  (plus decoupled weight decay),
+    so w_t scales the task's *step*; a task-specific parameter (a head) is plain AdamW on its own task's gradient.
+    """
+
+    def __init__(self, model: torch.nn.Module, tasks: list[str], weights: dict[str, float], lr: float,
+                 weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.shared = list(model.backbone.parameters())
+        self.heads = {t: list(model.heads[t].parameters()) for t in tasks}
+        self.tasks, self.weights, self.lr, self.wd, self.betas, self.eps = tasks, weights, lr, weight_decay, betas, eps
+        self.state = {t: [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.shared + self.heads[t]] for t in tasks}
+        self.step_n = 0
+
+    @torch.no_grad()
+    def _adam(self, t: str, i: int, g: torch.Tensor) -> torch.Tensor:
+        m, v = self.state[t][i]
+        b1, b2 = self.betas
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        return (m / (1 - b1 ** self.step_n)) / ((v / (1 - b2 ** self.step_n)).sqrt() + self.eps)
+
+    def step(self, losses: dict[str, torch.Tensor]) -> None:
+        self.step_n += 1
+        grads = {}
+        for j, t in enumerate(self.tasks):
+            params = self.shared + self.heads[t]
+            grads[t] = torch.autograd.grad(losses[t], params, retain_graph=j < len(self.tasks) - 1, allow_unused=True)
+        with torch.no_grad():
+            for i, p in enumerate(self.shared):
+                upd = sum(self.weights[t] * self._adam(t, i, grads[t][i]) for t in self.tasks if grads[t][i] is not None)
+                p.mul_(1 - self.lr * self.wd).sub_(self.lr * upd)
+            for t in self.tasks:
+                for i, p in enumerate(self.heads[t]):
+                    k = len(self.shared) + i
+                    p.mul_(1 - self.lr * self.wd).sub_(self.lr * self.weights[t] * self._adam(t, k, grads[t][k]))
+
+
 def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-          seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+          seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None, opt_name: str = "config") -> dict:
     """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
-    accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given."""
+    accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given.
+    `opt_name`: config (mtl.optimizer, the product's) | adamw | sgd | taskadam (`TaskAdam`, hps)."""
     m = cfg.mtl
     tasks = ["principal"] if kind == "stl" else list(targets)
     n_classes = {t: int(targets[t].max()) + 1 for t in tasks}
@@ -51,18 +96,29 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     model = build_mtl_model(kind, n_classes, m.width, m.loss_weighting, m.backbone, cfg.data.image_size, m.pretrained,
                             m.aux_gradient)
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
         t: m.principal_weight if t == "principal" else m.auxiliary_weight for t in tasks}
+    if opt_name == "taskadam":
+        opt = TaskAdam(model, tasks, weights, m.lr, m.weight_decay)
+    else:
+        opt = make_optimizer(model, m.optimizer if opt_name == "config" else opt_name, m.lr, m.weight_decay, m.momentum)
     y = {t: torch.from_numpy(targets[t].astype(np.int64)) for t in tasks}
     curve, t0 = [], time.time()
     for epoch in range(m.epochs):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
+        lr = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
+        if isinstance(opt, TaskAdam):
+            opt.lr = lr
+        else:
+            for group in opt.param_groups:
+                group["lr"] = lr
         order = np.random.default_rng([seed, epoch]).permutation(len(images))
         for b in range(len(order) // m.batch_size):
             idx = order[b * m.batch_size:(b + 1) * m.batch_size]
-            loss, _ = multitask_loss(model(to_float_images(torch.from_numpy(images[idx]))), {t: y[t][idx] for t in tasks}, weights)
+            out = model(to_float_images(torch.from_numpy(images[idx])))
+            if isinstance(opt, TaskAdam):
+                opt.step({t: torch.nn.functional.cross_entropy(out[t], y[t][idx]) for t in tasks})
+                continue
+            loss, _ = multitask_loss(out, {t: y[t][idx] for t in tasks}, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -115,9 +171,10 @@ def main() -> None:
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
-        cfg = load_config(str(run / "config.yaml"), sets)
+        opt_name = next((x.split("=", 1)[1] for x in sets if x.startswith("opt=")), "config")  # harness-only key
+        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith("opt=")])
         for seed in seeds:
-            r = train(cfg, kind, images, targets, test, seed, iid)
+            r = train(cfg, kind, images, targets, test, seed, iid, opt_name)
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
             if iid:
                 iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])

@@ -57,7 +57,7 @@ class DisentangleConfig:
     # 3 with a linear adversary at the encoder's rate (adversary_hidden=0, adversary_lr_scale=1).
     adversary_hidden: int = 32  # hidden units of each adversary classifier (0 = linear)
     adversary_lr_scale: float = 10.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
-    pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal (losses.pull_weights)
+    pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
     margin: float = 0.2  # m in L_dist (relative_distances: in units of the subspace's typical pair distance)
@@ -117,6 +117,8 @@ class MTLConfig:
     epochs: int = 150
     test_every: int = 1  # epochs between held-out test accuracies (TensorBoard, progress); the last epoch always
     batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum `momentum`; its lr is ~100x AdamW's: mtl.make_optimizer)
+    momentum: float = 0.9  # sgd only
     lr: float = 5e-4
     lr_schedule: str = "constant"  # constant | cosine (annealed to 0 over the epochs, per epoch: mtl.learning_rate)
     weight_decay: float = 1e-4
@@ -348,7 +350,7 @@ RANGES: dict[str, Range] = {
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,
     "mtl.auxiliary_weight": _NONNEG, "mtl.psi": _at_least(2), "mtl.meta_lr": _POS, "mtl.meta_alpha": _POS,
     "mtl.meta_every": _at_least(1), "mtl.entropy_weight": _NONNEG, "mtl.neumann_steps": _at_least(0),
-    "mtl.aux_split": Range(0, 0.5, True, True),
+    "mtl.aux_split": Range(0, 0.5, True, True), "mtl.momentum": Range(0, 1, False, True),
     "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
     "resources.torch_threads": _NONNEG, "resources.concurrent_fits": _NONNEG, "resources.max_failures": _NONNEG,
     "debug.nan_epoch": _at_least(-1),
@@ -360,7 +362,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("auto", "memory", "stream"),
     "disentangle.arch": ("conv", "resnet18"),
     "disentangle.variant": ("detaux", "paper"),
-    "disentangle.pulls": ("all", "same", "principal"),
+    "disentangle.pulls": ("all", "same", "principal", "alpha"),
     "disentangle.pair_mode": ("oracle_prob", "random"),
     "disentangle.indep_kernel": ("rbf", "linear"),
     "discover.criterion": CRITERIA,
@@ -373,6 +375,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mtl.loss_weighting": ("fixed", "uncertainty"),
     "mtl.aux_gradient": ("sum", "cosine", "project"),
     "mtl.lr_schedule": ("constant", "cosine"),
+    "mtl.optimizer": ("adamw", "sgd"),
     "resources.amp": ("none", "bf16"),
 }
 

@@ -53,7 +53,7 @@ def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
     return (x - x_rec).pow(2).mean()
 
 
-PULLS = ("all", "same", "principal")
+PULLS = ("all", "same", "principal", "alpha")
 
 
 def pull_weights(lam: Tensor, same: Tensor, principal: int, pulls: str) -> Tensor:
@@ -66,16 +66,18 @@ def pull_weights(lam: Tensor, same: Tensor, principal: int, pulls: str) -> Tenso
       are closer than a typical pair"): pulling same-label pairs in the other subspaces teaches them the principal
       label (measured: it leaks back into every subspace once L_dist is on), pulling differing pairs there teaches
       them to ignore it, and pulling same-label pairs in alpha teaches alpha to ignore the nuisance factors.
+    alpha: a pair sharing its label is pulled in alpha only; a pair whose labels differ is pulled nowhere (the
+      other subspaces are left to the reconstruction, the sparsity and consistency terms, and the adversary).
     """
     if pulls == "all":
         return 1.0 - lam
     same_f = same.view(-1, 1).to(lam.dtype)
     if pulls == "same":
         return (1.0 - lam) * same_f
-    if pulls == "principal":
+    if pulls in ("principal", "alpha"):
         is_alpha = torch.zeros(lam.shape[1], dtype=lam.dtype, device=lam.device)
         is_alpha[principal] = 1.0
-        return same_f * is_alpha + (1.0 - same_f) * (1.0 - is_alpha)
+        return same_f * is_alpha + (0.0 if pulls == "alpha" else (1.0 - same_f) * (1.0 - is_alpha))
     raise ValueError(f"unknown pulls '{pulls}'; one of {', '.join(PULLS)}")
 
 

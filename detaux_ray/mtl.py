@@ -284,6 +284,25 @@ class MTINet(nn.Module):
 MODELS = ("stl", "hps", "nddr", "mti")
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+                   ) -> torch.optim.Optimizer:
+    """Stage 3's optimiser over every parameter of `model`.
+
+    adamw: theta <- theta (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps)   (Loshchilov & Hutter 2019);
+    sgd:   b <- mu b + g + wd theta,  theta <- theta - lr (g + wd theta + mu b)   (Nesterov momentum mu).
+    SGD's step is proportional to the gradient where AdamW's is normalised per parameter, so its useful learning
+    rates are ~10-100x larger (the quick preset: AdamW 2e-3, SGD 5e-2; bench/README.md, session 12)."""
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=momentum > 0,
+                               weight_decay=weight_decay)
+    raise ValueError(f"mtl.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
 def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
     """Stage 3's learning rate in `epoch` (0-based): `base` (constant), or base * (1 + cos(pi * epoch / epochs)) / 2
     (cosine annealing without restarts, Loshchilov & Hutter 2017): a short budget ends on small steps instead of

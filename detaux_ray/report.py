@@ -28,6 +28,11 @@ def render_markdown(r: Report) -> str:
         how = f" (`{m.aux_gradient}` auxiliary gradient)" if m.aux_gradient != "sum" else ""
         lines.append(f"| {model_name(key, m.model)}{how} | {', '.join(m.tasks)} | {m.test_principal_accuracy:.4f} | {val} | "
                      f"{m.parameters:,} | {m.wall_time_s} |")
+    mc = r.config.get("mtl", {})
+    if "optimizer" in mc:  # how every model above trained (a report written before the key existed has no line)
+        lines += ["", f"Every model trained {mc['epochs']} epochs in batches of {mc['batch_size']} with "
+                  f"`{mc['optimizer']}` at learning rate {mc['lr']:g} ({mc['lr_schedule']}); loss weights: principal "
+                  f"{mc['principal_weight']:g}, auxiliary {mc['auxiliary_weight']:g} (`{mc['loss_weighting']}`)."]
     seeds = r.mtl.seeds
     if seeds:
         lines += ["", f"Over {len(seeds.seeds)} seeds ({', '.join(map(str, seeds.seeds))}): mean +/- sample std of "

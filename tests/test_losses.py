@@ -100,6 +100,9 @@ def test_distance_loss_differing_pairs_and_relative_distances():
     assert value("same") == pytest.approx(0.25 / 4)
     assert value("principal") == pytest.approx((0.25 + 4.0) / 4)
     assert losses.pull_weights(lam, same, 0, "principal").tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    # `alpha`: pair 1 (same label) pulled in alpha = 0 (0.5^2); pair 0 (differing) pulled nowhere
+    assert losses.pull_weights(lam, same, 0, "alpha").tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    assert value("alpha") == pytest.approx(0.25 / 4)
     assert losses.distance_loss(s1, s2, lam, 1.0).item() == pytest.approx(value("all"))  # the default is the paper's
     # relative: distances over each subspace's batch spread, so scaling the whole latent changes nothing
     a = losses.distance_loss(s1, s2, lam, 1.0, relative=True)

@@ -128,6 +128,31 @@ def test_learning_rate_schedules():
         learning_rate(1.0, 0, 4, "step")
 
 
+def test_make_optimizer_steps_hand_computed():
+    from detaux_ray.mtl import make_optimizer
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    lr, wd, mu = 0.1, 0.01, 0.9
+    lin.weight.data.fill_(1.0)
+    opt = make_optimizer(lin, "sgd", lr, wd, mu)
+    theta, b = 1.0, 0.0
+    for x in (2.0, 3.0):  # loss = theta * x: gradient x
+        opt.zero_grad()
+        lin(torch.tensor([[x]])).sum().backward()
+        opt.step()
+        g = x + wd * theta  # Nesterov: b <- mu b + g; theta <- theta - lr (g + mu b)
+        b = mu * b + g
+        theta = theta - lr * (g + mu * b)
+        assert lin.weight.item() == pytest.approx(theta, rel=1e-6)
+    lin.weight.data.fill_(1.0)
+    opt = make_optimizer(lin, "adamw", lr, wd)
+    lin(torch.tensor([[2.0]])).sum().backward()
+    opt.step()  # the first AdamW step: decay, then lr * sign(g) (m_hat / sqrt(v_hat) = g / |g|)
+    assert lin.weight.item() == pytest.approx(1.0 * (1 - lr * wd) - lr, rel=1e-5)
+    with pytest.raises(ValueError, match="mtl.optimizer"):
+        make_optimizer(lin, "rmsprop", lr, wd)
+
+
 def test_combine_task_gradients_hand_computed():
     from detaux_ray.mtl import combine_task_gradients
 

@@ -26,3 +26,16 @@ def test_markdown_names_the_auxiliary_gradient_rule_when_it_is_not_the_plain_sum
     assert "auxiliary gradient" not in markdown(r)
     r.mtl.results["mtl"].aux_gradient = "project"
     assert "MTL-NDDR + Detaux (`project` auxiliary gradient)" in markdown(r)
+
+
+def test_markdown_says_how_every_model_trained():
+    from detaux_ray.config import Config
+    from detaux_ray.report import render_markdown as markdown
+
+    r = report()
+    assert "Every model trained" not in markdown(r)  # a report whose config predates the line
+    cfg = Config()
+    cfg.mtl.optimizer, cfg.mtl.lr, cfg.mtl.lr_schedule, cfg.mtl.epochs = "sgd", 0.05, "cosine", 8
+    r.config = cfg.to_dict()
+    assert ("Every model trained 8 epochs in batches of 32 with `sgd` at learning rate 0.05 (cosine); loss weights: "
+            "principal 1, auxiliary 0.5 (`fixed`).") in markdown(r)

@@ -34,3 +34,20 @@ def test_pair_table_splits_evenly_across_ranks():
     assert {p.num_rows for p in parts} == {104}
     full = pair_table(rows, principal, 330, 0.5, 0, 1)
     assert np.array_equal(parts[1].column("i1").to_numpy(), full.column("i1").to_numpy()[1:312:3])
+
+
+def test_stage3_training_table_is_shuffled_once_per_fit_seed():
+    import pyarrow as pa
+
+    from detaux_ray.distributed.train_mtl import shuffled
+
+    # Rows sorted by class, as an image folder lists them: 256 consecutive rows hold 1-2 classes.
+    labels = np.repeat(np.arange(10), 300)
+    table = pa.table({"row": np.arange(len(labels)), "principal": labels})
+    out = shuffled(table, seed=0)
+    rows = out.column("row").to_numpy()
+    assert sorted(rows.tolist()) == list(range(len(labels)))  # every row once
+    assert (out.column("principal").to_numpy() == labels[rows]).all()  # rows keep their labels
+    window = [len(np.unique(out.column("principal").to_numpy()[i:i + 256])) for i in range(0, len(rows) - 256, 256)]
+    assert min(window) == 10  # every class in every window of 256 once shuffled
+    assert shuffled(table, seed=0).equals(out) and not shuffled(table, seed=1).equals(out)
