@@ -117,7 +117,7 @@ class MTLConfig:
     epochs: int = 150
     test_every: int = 1  # epochs between held-out test accuracies (TensorBoard, progress); the last epoch always
     batch_size: int = 32
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum `momentum`; its lr is ~100x AdamW's: mtl.make_optimizer)
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov `momentum`; its useful lr is ~10x AdamW's: mtl.make_optimizer)
     momentum: float = 0.9  # sgd only
     lr: float = 5e-4
     lr_schedule: str = "constant"  # constant | cosine (annealed to 0 over the epochs, per epoch: mtl.learning_rate)

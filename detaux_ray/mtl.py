@@ -294,7 +294,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     adamw: theta <- theta (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps)   (Loshchilov & Hutter 2019);
     sgd:   b <- mu b + g + wd theta,  theta <- theta - lr (g + wd theta + mu b)   (Nesterov momentum mu).
     SGD's step is proportional to the gradient where AdamW's is normalised per parameter, so its useful learning
-    rates are ~10-100x larger (the quick preset: AdamW 2e-3, SGD 5e-2; bench/README.md, session 12)."""
+    rates are an order of magnitude larger (the quick preset's best: AdamW 2e-3, SGD 3e-2; bench/README.md)."""
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "sgd":
