@@ -8,7 +8,8 @@ p against STL. A variant is a name plus config overrides, so loss weights and mo
     python bench/mtl_study.py --run-dir runs/quick --seeds 3 --variant stl:stl --variant hps:hps \\
         --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
 
-A harness-only key `opt=adamw|sgd|taskadam` in a variant overrides mtl.optimizer (`train`; taskadam: `TaskAdam`).
+Harness-only keys in a variant: `opt=adamw|sgd|taskadam` overrides mtl.optimizer (`train`; taskadam: `TaskAdam`);
+`tasks=principal` trains the model's architecture on the principal task alone (the control for its size).
 """
 
 from __future__ import annotations
@@ -171,10 +172,12 @@ def main() -> None:
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
-        opt_name = next((x.split("=", 1)[1] for x in sets if x.startswith("opt=")), "config")  # harness-only key
-        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith("opt=")])
+        harness = dict(x.split("=", 1) for x in sets if x.startswith(("opt=", "tasks=")))  # harness-only keys
+        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith(("opt=", "tasks="))])
+        # tasks=principal: the model's architecture on the principal task alone (the control for its own size)
+        fit_targets = {"principal": targets["principal"]} if harness.get("tasks") == "principal" else targets
         for seed in seeds:
-            r = train(cfg, kind, images, targets, test, seed, iid, opt_name)
+            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"))
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
             if iid:
                 iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])
