@@ -6,6 +6,12 @@ with every subspace criterion (KMeans++ on the chosen subspace; homogeneity / co
 the principal labels). One JSON row per run, so variants can be compared one change at a time:
 
     python bench/stage1_study.py --name head --set disentangle.w_principal=1 --out bench/results/stage1/head.json
+
+A continuation ablation (which term acts in the later epochs): save the state once, then continue it under
+one change at a time; a continuation without changes reproduces the uninterrupted run exactly (measured):
+
+    python bench/stage1_study.py --set seed=2 --save-at 7 --state /tmp/seed2.pt
+    python bench/stage1_study.py --set seed=2 --resume /tmp/seed2.pt --every 1 --set disentangle.w_principal=0
 """
 
 from __future__ import annotations
@@ -100,6 +106,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="")
     ap.add_argument("--embeddings", default="", help="also save the final embeddings (N, k, d), rows and factors (.npz)")
+    ap.add_argument("--save-at", type=int, default=0, help="after this epoch, save model + optimiser to --state and stop")
+    ap.add_argument("--resume", default="", help="continue from a --save-at state under this run's --set overrides "
+                    "(a continuation ablation: which term acts in the later epochs)")
+    ap.add_argument("--state", default="", help="path of the --save-at state")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset, args.overrides)
@@ -112,14 +122,23 @@ def main() -> None:
     print(f"[{args.name}] {len(rows)} images in {time.time() - t0:.1f}s", flush=True)
     labels = torch.from_numpy(src.principal[rows])
     w_principal = d.formulation()[0]
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes if w_principal > 0 else 0,
-                          n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden)
+    state = torch.load(args.resume, weights_only=False) if args.resume else None
+    heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
+    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes if heads[0] else 0,
+                          n_adversary=heads[1], adversary_hidden=d.adversary_hidden)
     model = model.to(memory_format=torch.channels_last)
     opt = optimizer(model, d)
     n_pairs = d.pairs_per_epoch or len(rows)
-    curve, step = [], 0
+    curve, step, first = [], 0, 0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        for g in opt.param_groups:  # the continuation's own rates (--set disentangle.lr=...)
+            g["lr"] = d.lr * (d.adversary_lr_scale if len(opt.param_groups) > 1 and g is opt.param_groups[-1] else 1)
+        first, step = state["epoch"], state["step"]
+        curve.append({"epoch": first, "step": step, "time_s": 0.0, **evaluate(cfg, model, images, src, rows, full=False)})
     t_train = time.time()
-    for epoch in range(d.epochs):
+    for epoch in range(first, d.epochs):
         p1, p2, same = sample_pairs(src.principal[rows], n_pairs, d.oracle_prob, cfg.seed, epoch, d.pair_mode)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009)
         steps = n_pairs // d.batch_size
@@ -146,6 +165,11 @@ def main() -> None:
             curve.append({"epoch": epoch + 1, "step": step, "time_s": round(time.time() - t_train, 1), **ev})
             msg += f" | principal in alpha {sep['in_alpha']:.3f}, best other {sep['best_other']:.3f}"
         print(f"[{args.name}] epoch {epoch + 1}/{d.epochs} {msg}", flush=True)
+        if args.save_at and epoch + 1 == args.save_at:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
+                        "heads": heads}, args.state)
+            print(f"[{args.name}] saved the state after epoch {epoch + 1} to {args.state}")
+            return
     final = curve[-1]
     row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "steps": step,
            "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
