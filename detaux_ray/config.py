@@ -114,6 +114,10 @@ class MTLConfig:
     baseline: bool = True  # also train the STL baseline (tuning trials skip it: their objective is the MTL model)
     seeds: int = 1  # > 1: repeat STL, `model` and `compare` over this many seeds; mean, std, Welch t-test vs STL
     entangled_ablation: bool = False  # also cluster a plain (L_rec only) autoencoder's latent and train `model` on it
+    # Also train every architecture in `model` / `compare` that is not plain HPS (nddr, mti) on the principal task
+    # alone: the control that tells the discovered task's effect from the architecture's (HPS's control is STL).
+    # Measured on shapes: NDDR / MTI beat STL by ~0.6 points with or without the auxiliary task (bench/README.md).
+    controls: bool = False
     epochs: int = 150
     test_every: int = 1  # epochs between held-out test accuracies (TensorBoard, progress); the last epoch always
     batch_size: int = 32

@@ -22,6 +22,8 @@ def render_markdown(r: Report) -> str:
         "|---|---|---|---|---|---|",
     ]
     order = ["stl", "mtl"] + sorted(k for k in models if k not in ("stl", "mtl", "entangled")) + ["entangled"]
+    controls = {k: f"{models[k].model}_alone" for k in models  # mtl.controls: model key -> its principal-only control
+                if k != "entangled" and not k.endswith("_alone") and f"{models[k].model}_alone" in models}
     for key in [k for k in order if k in models]:  # STL, the MTL model, the compared ones, the ablation
         m = models[key]
         val = f"{m.val_principal_accuracy:.4f}" if m.val_principal_accuracy is not None else "-"
@@ -33,14 +35,25 @@ def render_markdown(r: Report) -> str:
         lines += ["", f"Every model trained {mc['epochs']} epochs in batches of {mc['batch_size']} with "
                   f"`{mc['optimizer']}` at learning rate {mc['lr']:g} ({mc['lr_schedule']}); loss weights: principal "
                   f"{mc['principal_weight']:g}, auxiliary {mc['auxiliary_weight']:g} (`{mc['loss_weighting']}`)."]
+    if controls:  # mtl.controls: what the auxiliary task adds to its architecture (HPS's control is STL)
+        lines += ["", "The discovered task's own effect, each architecture against itself trained on the principal alone "
+                  "(`mtl.controls`): " + "; ".join(
+                      f"{model_name(k, models[k].model)} {models[k].test_principal_accuracy:.4f} vs "
+                      f"{model_name(c, models[c].model)} {models[c].test_principal_accuracy:.4f} "
+                      f"({models[k].test_principal_accuracy - models[c].test_principal_accuracy:+.4f})"
+                      for k, c in controls.items()) + "."]
     seeds = r.mtl.seeds
     if seeds:
         lines += ["", f"Over {len(seeds.seeds)} seeds ({', '.join(map(str, seeds.seeds))}): mean +/- sample std of "
-                  "the principal test accuracy, and a Welch t-test of each model against STL:", "",
-                  "| model | accuracy | t | p |", "|---|---|---|---|"]
+                  "the principal test accuracy, and a Welch t-test of each model against STL"
+                  + (" and against its own architecture on the principal alone" if controls else "") + ":", "",
+                  "| model | accuracy | t | p |" + (" vs control: t | p |" if controls else ""),
+                  "|---|---|---|---|" + ("---|---|" if controls else "")]
         for key in [k for k in order if k in seeds.models]:
             row = seeds.models[key]
             test = f"{row['t_statistic']:.3f} | {row['p_value']:.3g}" if "p_value" in row else "- | -"
+            if controls:
+                test += f" | {row['t_vs_control']:.3f} | {row['p_vs_control']:.3g}" if "p_vs_control" in row else " | - | -"
             lines.append(f"| {model_name(key, models[key].model)} | {row['mean']:.4f} +/- {row['std']:.4f} | {test} |")
     abl = r.mtl.entangled_ablation
     if abl:
@@ -113,11 +126,13 @@ def write_report(run_dir: Path, report: Report) -> None:
 
 
 def model_name(key: str, kind: str) -> str:
-    """A report row's name: STL, the Detaux models, the peers that learn their own labels, the ablation."""
+    """A report row's name: STL, the Detaux models, the controls, the peers that learn their own labels, the ablation."""
     if key == "stl":
         return "STL"
     if key == "entangled":
         return f"MTL-{kind.upper()} + entangled-AE labels (ablation)"
+    if key.endswith("_alone"):
+        return f"{kind.upper()} on the principal alone (control)"
     if kind in ("maxl", "auxilearn"):
         return {"maxl": "MAXL (learned labels)", "auxilearn": "AuxiLearn (learned labels)"}[kind]
     return f"MTL-{kind.upper()} + Detaux"

@@ -143,15 +143,26 @@ class FitResult(_Result):
     aux_gradient: str = "sum"  # hps: how the auxiliary gradient joined the principal one (mtl.aux_gradient)
 
 
+def control_keys(kinds: dict[str, str]) -> dict[str, str]:
+    """{result key: its control's key} for the multi-task architectures whose principal-only version is not STL.
+
+    kinds: result key -> model kind (e.g. {"stl": "stl", "mtl": "nddr", "mti": "mti"}). NDDR-CNN and MTI-Net trained
+    on the principal task alone ("nddr_alone", "mti_alone") tell the auxiliary task's effect from the architecture's;
+    plain HPS on the principal alone is STL, and the label-learning peers (maxl, auxilearn) are measured against STL.
+    """
+    return {key: f"{kind}_alone" for key, kind in kinds.items() if kind in ("nddr", "mti")}
+
+
 @dataclass
 class SeedStatistics(_Result):
     """Per-model principal accuracies over seeds, mean / sample std, and Welch's t-test against STL
-    (`models[key]`: mean, std and, for key != stl, t_statistic and p_value)."""
+    (`models[key]`: mean, std and, for key != stl, t_statistic and p_value; a model with a control (mtl.controls)
+    also has control (its key), t_vs_control and p_vs_control)."""
 
     seeds: list[int]
     model: str  # mtl.model: the row reported as "mtl"
     accuracy: dict[str, list[float]]
-    models: dict[str, dict[str, float]] = field(default_factory=dict)
+    models: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
     @property
     def p_value(self) -> float | None:

@@ -19,7 +19,7 @@ from detaux_ray.artifacts import write_json  # noqa: E402
 from detaux_ray.cli import run_cli  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.report import summary_line  # noqa: E402
-from detaux_ray.results import MTLResult, Report  # noqa: E402  (what each stage returns: detaux_ray/results.py)
+from detaux_ray.results import MTLResult, Report, control_keys  # noqa: E402  (what each stage returns: detaux_ray/results.py)
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
@@ -34,14 +34,23 @@ def detaux(p) -> Report:
         train, n_classes = p.labels()
         kinds = {"stl": "stl"} if m.baseline else {}
         kinds |= {"mtl": m.model} | {k: k for k in m.compare if k != m.model}  # result key -> model
+        controls = control_keys(kinds) if m.controls else {}  # e.g. "mtl" -> "nddr_alone": NDDR on the principal alone
+        kinds |= {c: c.removesuffix("_alone") for c in controls.values()}
         seeds = [cfg.seed + i for i in range(m.seeds)]  # > 1: every model again with seeds seed+1, ... (same labels)
         runs = [(key, kind, seed) for seed in seeds for key, kind in kinds.items()]
-        fits = p.fit_many([{"kind": kind, "seed": None if seed == cfg.seed else seed,  # as many at once as Ray holds
-                            "tune_reports": key == "mtl" and seed == cfg.seed} for key, kind, seed in runs], train, n_classes)
+
+        def fit(key: str, kind: str, seed: int) -> dict:  # fit_many's keywords for one run
+            f = {"kind": kind, "seed": None if seed == cfg.seed else seed, "tune_reports": key == "mtl" and seed == cfg.seed}
+            if key.endswith("_alone"):  # a control: its own tasks, checkpoints and TensorBoard folder
+                f |= {"n_classes": {"principal": n_classes["principal"]}, "tag": "alone",
+                      "tb": "mtl_alone" if seed == cfg.seed else f"seeds/{seed}_alone"}
+            return f
+
+        fits = p.fit_many([fit(*r) for r in runs], train, n_classes)  # as many at once as Ray holds
         res = MTLResult({key: f for (key, _, seed), f in zip(runs, fits) if seed == cfg.seed}, n_classes)
         if m.seeds > 1:  # per model, its accuracy at each seed
             acc = {key: [f.test_principal_accuracy for (k, _, _), f in zip(runs, fits) if k == key] for key in kinds}
-            res.seeds = seed_statistics(seeds, acc, m.model)
+            res.seeds = seed_statistics(seeds, acc, m.model, controls)
         if m.entangled_ablation:  # paper Sec. 5.3: labels from a plain autoencoder's latent instead
             res.entangled_ablation = p.entangled_ablation(out, n_classes)
             res.results["entangled"] = res.entangled_ablation.result

@@ -92,15 +92,15 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
 
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
     # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
-    # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, repeats every model over 2 seeds, and
-    # runs the entangled ablation (one training worker: `resources` is not part of any stage's hash), two fits at a
-    # time (0.5 + 0.25 CPUs each on the session's 2).
+    # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, NDDR and MTI on the principal alone (the
+    # controls), repeats every model over 2 seeds, and runs the entangled ablation (one training worker: `resources`
+    # is not part of any stage's hash), two fits at a time (0.5 + 0.25 CPUs each on the session's 2).
     between = tmp_path / "between"
     shutil.copytree(reference, between)
     assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
-               "mtl.compare=[mti, maxl, auxilearn]", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
+               "mtl.compare=[mti, maxl, auxilearn]", "mtl.controls=true", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
                "resources.num_workers=1", "resources.cpus_per_worker=0.5") == 0
-    assert "[pipeline] 10 fits, 2 at a time" in capsys.readouterr().out  # 5 models x 2 seeds
+    assert "[pipeline] 14 fits, 2 at a time" in capsys.readouterr().out  # 5 models + 2 controls x 2 seeds
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
     r = json.loads((between / "report.json").read_text())
@@ -108,12 +108,17 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert r["models"]["mtl"]["tasks"] == ["auxiliary", "auxiliary_1", "principal"]
     assert r["models"]["mtl"]["parameters"] > r["models"]["stl"]["parameters"] * 3  # a backbone per task
     assert [t["subspace"] for t in r["auxiliary_tasks"]] in ([1, 2], [2, 1])
-    assert set(r["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn", "entangled"} and r["models"]["mti"]["model"] == "mti"
+    assert set(r["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn", "entangled", "nddr_alone", "mti_alone"}
+    assert r["models"]["mti"]["model"] == "mti" and r["models"]["nddr_alone"]["model"] == "nddr"
+    assert r["models"]["nddr_alone"]["tasks"] == ["principal"]  # the control: the same architecture, principal only
+    assert r["models"]["mtl"]["parameters"] > r["models"]["nddr_alone"]["parameters"] * 2  # a column per task
     # The peers learn their own labels (C * psi classes), with their generator in the parameter count.
     assert r["models"]["maxl"]["auxiliary_classes"] == 8 * 5 and r["models"]["auxilearn"]["auxiliary_split_images"] > 0
     assert r["models"]["maxl"]["parameters"] > r["models"]["stl"]["parameters"] * 1.9
-    assert set(r["seeds"]["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn"}
+    assert set(r["seeds"]["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn", "nddr_alone", "mti_alone"}
     assert all("p_value" in v for k, v in r["seeds"]["models"].items() if k != "stl")
+    assert {k: v.get("control") for k, v in r["seeds"]["models"].items() if "p_vs_control" in v} == {
+        "mtl": "nddr_alone", "mti": "mti_alone"}
     assert all(0.0 <= m["test_principal_accuracy"] <= 1.0 and m["parameters"] > 0 for m in r["models"].values())
     seeds = r["seeds"]
     assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
@@ -122,10 +127,13 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     md = (between / "report.md").read_text()
     assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
     assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md
+    assert "| NDDR on the principal alone (control) | principal |" in md and "vs control: t | p |" in md
     _, nddr_tags = scalars(between / "tensorboard" / "mtl", "")
     assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary", "nddr/log_sigma2_auxiliary_1",
             "mti/test_principal_accuracy", "maxl/meta_loss", "maxl/label_entropy", "maxl/label_diversity",
             "auxilearn/meta_loss", "auxilearn/label_entropy"} <= nddr_tags
+    _, control_tags = scalars(between / "tensorboard" / "mtl_alone", "")  # the controls log apart from the models
+    assert {"nddr/test_principal_accuracy", "mti/test_principal_accuracy"} <= control_tags
 
     # 3. Third run: every stage reused, identical auxiliary labels; an artifact changed since it was written is
     #    caught by its checksum and its stage recomputed (the same labels again).

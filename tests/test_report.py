@@ -39,3 +39,23 @@ def test_markdown_says_how_every_model_trained():
     r.config = cfg.to_dict()
     assert ("Every model trained 8 epochs in batches of 32 with `sgd` at learning rate 0.05 (cosine); loss weights: "
             "principal 1, auxiliary 0.5 (`fixed`).") in markdown(r)
+
+
+def test_markdown_sets_each_architecture_against_its_control():
+    """mtl.controls: the architecture on the principal alone is named as the control, and the difference is stated."""
+    from detaux_ray.report import render_markdown as markdown
+    from detaux_ray.statistics import seed_statistics
+    from test_results import fit
+
+    assert model_name("nddr_alone", "nddr") == "NDDR on the principal alone (control)"
+    r = report()
+    assert "control" not in markdown(r)
+    r.mtl.results["nddr_alone"] = fit("nddr", 0.9700)
+    r.mtl.seeds = seed_statistics([0, 1], {"stl": [0.95, 0.96], "mtl": [0.9675, 0.97], "nddr_alone": [0.97, 0.975]},
+                                  "nddr", {"mtl": "nddr_alone"})
+    md = markdown(r)
+    assert ("(`mtl.controls`): MTL-NDDR + Detaux 0.9675 vs NDDR on the principal alone (control) 0.9700 (-0.0025)." in md)
+    assert "| model | accuracy | t | p | vs control: t | p |" in md
+    t = r.mtl.seeds.models["mtl"]
+    assert f"| MTL-NDDR + Detaux | 0.9688 +/- 0.0018 | {t['t_statistic']:.3f} | {t['p_value']:.3g} | {t['t_vs_control']:.3f} |" in md
+    assert "| NDDR on the principal alone (control) | 0.9725 +/- 0.0035 |" in md

@@ -275,15 +275,15 @@ class Pipeline:
         return res
 
     def fit_many(self, fits: list[dict], train: pa.Table, n_classes: dict[str, int]) -> list[FitResult]:
-        """Several `fit`s (each a dict of its keyword arguments: kind, seed, tune_reports, ...), their results in
-        order. They run `fits_at_once` at a time, each on a thread of this driver, sharing the cluster."""
+        """Several `fit`s (each a dict of its keyword arguments: kind, seed, tune_reports, n_classes, ...), their
+        results in order. They run `fits_at_once` at a time, each on a thread of this driver, sharing the cluster."""
+        fits = [{"n_classes": n_classes, **f} for f in fits]  # a fit may name its own tasks (a control: principal only)
         at_once = self.fits_at_once(len(fits))
         if at_once == 1:
-            return [self.fit(train=train, n_classes=n_classes, **f) for f in fits]
+            return [self.fit(train=train, **f) for f in fits]
         _say(f"{len(fits)} fits, {at_once} at a time (resources.concurrent_fits)")
         _ = self.cache  # built once, here, not by the first threads at the same time
-        return run_concurrently([functools.partial(self.fit, train=train, n_classes=n_classes, fits_at_once=at_once, **f)
-                                 for f in fits], at_once)
+        return run_concurrently([functools.partial(self.fit, train=train, fits_at_once=at_once, **f) for f in fits], at_once)
 
     def fits_at_once(self, n_fits: int) -> int:
         """resources.concurrent_fits, or (0) as many as the cluster holds (`trainer.fits_held`); 1 inside a tuning
