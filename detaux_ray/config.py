@@ -57,7 +57,7 @@ class DisentangleConfig:
     # 3 with a linear adversary at the encoder's rate (adversary_hidden=0, adversary_lr_scale=1).
     adversary_hidden: int = 32  # hidden units of each adversary classifier (0 = linear)
     adversary_lr_scale: float = 10.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
-    pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha | gather (losses.pull_weights)
+    pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
     margin: float = 0.2  # m in L_dist (relative_distances: in units of the subspace's typical pair distance)
@@ -366,7 +366,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache": ("auto", "memory", "stream"),
     "disentangle.arch": ("conv", "resnet18"),
     "disentangle.variant": ("detaux", "paper"),
-    "disentangle.pulls": ("all", "same", "principal", "alpha", "gather"),
+    "disentangle.pulls": ("all", "same", "principal", "alpha"),
     "disentangle.pair_mode": ("oracle_prob", "random"),
     "disentangle.indep_kernel": ("rbf", "linear"),
     "discover.criterion": CRITERIA,

@@ -90,11 +90,7 @@ def detaux_loss(
         return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
     pull = losses.pull_weights(lam.detach(), same, cfg.principal_subspace, pulls)
-    within = None
-    if pulls == "gather":  # same-label pairs outside alpha are measured against each other (losses.pull_weights)
-        within = same.view(-1, 1).expand_as(lam).clone()
-        within[:, cfg.principal_subspace] = False
-    terms["dist"] = losses.distance_loss(s1, s2, lam, cfg.margin, pull, relative, within)
+    terms["dist"] = losses.distance_loss(s1, s2, lam, cfg.margin, pull, relative)
     terms["spar"] = losses.sparsity_loss(s)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = total + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]

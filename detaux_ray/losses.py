@@ -53,7 +53,7 @@ def reconstruction_loss(x: Tensor, x_rec: Tensor) -> Tensor:
     return (x - x_rec).pow(2).mean()
 
 
-PULLS = ("all", "same", "principal", "alpha", "gather")
+PULLS = ("all", "same", "principal", "alpha")
 
 
 def pull_weights(lam: Tensor, same: Tensor, principal: int, pulls: str) -> Tensor:
@@ -68,26 +68,21 @@ def pull_weights(lam: Tensor, same: Tensor, principal: int, pulls: str) -> Tenso
       them to ignore it, and pulling same-label pairs in alpha teaches alpha to ignore the nuisance factors.
     alpha: a pair sharing its label is pulled in alpha only; a pair whose labels differ is pulled nowhere (the
       other subspaces are left to the reconstruction, the sparsity and consistency terms, and the adversary).
-    gather: as `principal`, and a pair sharing its label is also pulled in every other subspace but the oracle's;
-      `distance_loss` measures those cells against same-label pairs only (`within`), so the pull says "closer than a
-      typical same-label pair" and teaches no principal label: each pair's difference is gathered into the
-      subspace where it is largest (the paper's winner-takes-all, without the leak).
     """
     if pulls == "all":
         return 1.0 - lam
     same_f = same.view(-1, 1).to(lam.dtype)
     if pulls == "same":
         return (1.0 - lam) * same_f
-    if pulls in ("principal", "alpha", "gather"):
+    if pulls in ("principal", "alpha"):
         is_alpha = torch.zeros(lam.shape[1], dtype=lam.dtype, device=lam.device)
         is_alpha[principal] = 1.0
-        w = same_f * is_alpha + (0.0 if pulls == "alpha" else (1.0 - same_f) * (1.0 - is_alpha))
-        return w + same_f * (1.0 - is_alpha) * (1.0 - lam) if pulls == "gather" else w
+        return same_f * is_alpha + (0.0 if pulls == "alpha" else (1.0 - same_f) * (1.0 - is_alpha))
     raise ValueError(f"unknown pulls '{pulls}'; one of {', '.join(PULLS)}")
 
 
 def distance_loss(s1: Tensor, s2: Tensor, lam: Tensor, margin: float, pull: Tensor | None = None,
-                  relative: bool = False, within: Tensor | None = None) -> Tensor:
+                  relative: bool = False) -> Tensor:
     """L_dist = mean over (n, i) of  w_ni D_i + lam_i max(m - delta_i, 0)^2,  delta_i = sqrt(D_i).
 
     Pulls the pair together where w (`pull_weights`; default the paper's 1 - lam: every subspace but the
@@ -95,19 +90,12 @@ def distance_loss(s1: Tensor, s2: Tensor, lam: Tensor, margin: float, pull: Tens
     relative=True: D_i is divided by the subspace's mean pairwise squared distance over the batch (both images of
     every pair), so m is in units of a typical pair's distance and the term cannot be lowered by shrinking the
     latent (the absolute form shrinks it: measured total variance 0.002-0.2).
-    within (B, k) bool, with relative=True: these cells are divided instead by the mean D_i over the column's
-    `within` cells (`pulls=gather`: same-label pairs outside alpha), so they are compared with each other only.
     lam is the oracle's decision and is not differentiated here (L_reg is where the oracle gets its gradient).
     """
     lam = lam.detach()
-    raw = subspace_sq_distances(s1, s2)
-    d2 = raw
+    d2 = subspace_sq_distances(s1, s2)
     if relative:
-        d2 = raw / mean_pairwise_sq_distance(torch.cat([s1, s2], dim=0)).clamp_min(1e-8)
-        if within is not None and within.any():
-            wf = within.to(raw.dtype)
-            ref = (raw * wf).sum(dim=0) / wf.sum(dim=0).clamp_min(1.0)
-            d2 = torch.where(within, raw / ref.clamp_min(1e-8), d2)
+        d2 = d2 / mean_pairwise_sq_distance(torch.cat([s1, s2], dim=0)).clamp_min(1e-8)
     delta = torch.sqrt(d2 + 1e-12)
     w = 1.0 - lam if pull is None else pull.detach()
     return (w * d2 + lam * torch.relu(margin - delta) ** 2).mean()

@@ -113,26 +113,6 @@ def test_distance_loss_differing_pairs_and_relative_distances():
     assert spread[0].item() == pytest.approx(((pts[:, None] - pts[None]) ** 2).mean().item())
 
 
-def test_gather_pulls_same_label_pairs_outside_alpha_against_each_other():
-    """pulls=gather: same-label pairs are also pulled in every non-alpha subspace but the oracle's, their distances
-    there divided by the mean over same-label pairs (not the batch spread), so the term is scale-free per subspace."""
-    s1 = torch.zeros(2, 3, 1)
-    s2 = torch.tensor([[[0.0], [1.0], [2.0]], [[0.0], [3.0], [1.0]]])  # D: [0, 1, 4] and [0, 9, 1]; alpha identical
-    lam = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # the oracle: each pair's largest other subspace
-    same = torch.tensor([True, True])
-    pull = losses.pull_weights(lam, same, 0, "gather")
-    assert pull.tolist() == [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
-    within = torch.tensor([[False, True, True], [False, True, True]])
-    # column means over same-label pairs: 5 and 2.5, so the pulled cells are 1 / 5 and 1 / 2.5; the pushed ones
-    # (4 / 2.5 and 9 / 5) are beyond the margin 0.2; 6 cells
-    value = losses.distance_loss(s1, s2, lam, 0.2, pull, relative=True, within=within)
-    assert value.item() == pytest.approx((0.2 + 0.4) / 6, rel=1e-5)
-    scaled = s2 * torch.tensor([1.0, 7.0, 0.1]).view(1, 3, 1)  # each subspace on its own scale: nothing changes
-    assert losses.distance_loss(s1, scaled, lam, 0.2, pull, relative=True, within=within).item() == pytest.approx(value.item(), rel=1e-5)
-    # `principal` pulls these same-label pairs in alpha only, where they do not differ
-    assert losses.distance_loss(s1, s2, lam, 0.2, losses.pull_weights(lam, same, 0, "principal"), relative=True).item() == 0.0
-
-
 def test_consistency_and_balance_are_means():
     assert losses.consistency_loss(torch.zeros(2, 4), torch.ones(2, 4)).item() == pytest.approx(1.0)
     # relative: ||.||^2 = 4 per couple, over spreads 2 and 8 -> mean(2, 0.5); the same at any latent scale
@@ -178,9 +158,6 @@ def test_full_objective_backpropagates_and_traversal_shape():
     assert "prin" in terms
     loss.backward()
     assert with_head.principal_head[1].weight.grad.abs().sum() > 0
-    gather = DisentangleConfig(k=4, latent_dim=6, epochs=4, pulls="gather")
-    loss, terms, _ = detaux_loss(with_head, x1, x2, y1 == y2, beta_schedule(3.5, gather), gather, y1=y1, y2=y2)
-    assert torch.isfinite(loss) and terms["dist"] > 0
     with pytest.raises(ValueError, match="principal"):
         detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg)
     assert latent_traversal(model, x1[0], x2[0], steps=6).shape == (4 * 6, 3, 16, 16)
