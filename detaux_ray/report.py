@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifacts import write_json, write_text
-from .results import Report
+from .results import Report, control_keys
 
 
 def render_markdown(r: Report) -> str:
@@ -22,8 +22,8 @@ def render_markdown(r: Report) -> str:
         "|---|---|---|---|---|---|",
     ]
     order = ["stl", "mtl"] + sorted(k for k in models if k not in ("stl", "mtl", "entangled")) + ["entangled"]
-    controls = {k: f"{models[k].model}_alone" for k in models  # mtl.controls: model key -> its principal-only control
-                if k != "entangled" and not k.endswith("_alone") and f"{models[k].model}_alone" in models}
+    trained = {k: m.model for k, m in models.items() if k != "entangled" and not k.endswith("_alone")}
+    controls = {k: c for k, c in control_keys(trained).items() if c in models}  # mtl.controls: model key -> control
     for key in [k for k in order if k in models]:  # STL, the MTL model, the compared ones, the ablation
         m = models[key]
         val = f"{m.val_principal_accuracy:.4f}" if m.val_principal_accuracy is not None else "-"
