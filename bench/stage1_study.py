@@ -111,6 +111,8 @@ def main() -> None:
                     "(a continuation ablation: which term acts in the later epochs)")
     ap.add_argument("--state", default="", help="path of the --save-at state")
     args = ap.parse_args()
+    if args.save_at and not args.state:
+        ap.error("--save-at needs --state PATH")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.preset, args.overrides)
     d = cfg.disentangle
