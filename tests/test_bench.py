@@ -110,3 +110,23 @@ def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_r
     assert rows[0]["linear"]["score"] > 0.9 and rows[0]["mlp"]["score"] > 0.9
     assert rows[1]["linear"]["score"] < 0.3 and rows[1]["mlp"]["score"] > 0.9
     assert abs(rows[2]["linear"]["score"]) < 0.15 and abs(rows[2]["mlp"]["score"]) < 0.15
+
+
+def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
+    """bench/stage1_study.py --save-at / --resume: continued without changes, the run ends where it would have."""
+    tiny = ["--set", "data.n_images=600", "--set", "data.image_size=16", "--set", "disentangle.epochs=2", "--set",
+            "disentangle.k=3", "--set", "disentangle.batch_size=32", "--threads", "1", "--every", "1"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "bench/stage1_study.py", *tiny, *extra], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+
+    for proc in (run("--out", str(tmp_path / "whole.json")), run("--save-at", "1", "--state", str(tmp_path / "s.pt")),
+                 run("--resume", str(tmp_path / "s.pt"), "--out", str(tmp_path / "continued.json"))):
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    whole, continued = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "continued"))
+    assert [c["epoch"] for c in continued["curve"]] == [1, 2]  # the saved state's scorecard, then epoch 2
+    assert continued["final"]["scorecard"] == whole["final"]["scorecard"]
+    assert continued["final"]["discovery"] == whole["final"]["discovery"]
+    bad = run("--save-at", "1")
+    assert bad.returncode == 2 and "--save-at needs --state PATH" in bad.stderr
