@@ -41,7 +41,7 @@ from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.data.shapes import ShapesRenderer  # noqa: E402
 from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, detaux_loss, optimizer  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
 from detaux_ray.models import DisentangleAE, autocast, to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 from detaux_ray.scorecard import heatmap, scorecard  # noqa: E402
@@ -68,9 +68,7 @@ def _render(size: int, noise: float, seed: int, ids: np.ndarray, workers: int) -
 def _model(cfg, n_principal: int, device: torch.device, seed: int) -> DisentangleAE:
     d = cfg.disentangle
     torch.manual_seed(seed)
-    return DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch,
-                         n_principal if d.formulation()[0] > 0 else 0,
-                         n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden).to(device, memory_format=torch.channels_last)
+    return build_model(d, cfg.data.image_size, n_principal).to(device, memory_format=torch.channels_last)
 
 
 def _batches(images, labels, n_pairs, cfg, epoch):

@@ -21,6 +21,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.clustering import cluster  # noqa: E402
 from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, detaux_loss, optimizer  # noqa: E402
+from detaux_ray.discovery import (choose_subspace, component_scores, diagnostics, independent_components,  # noqa: E402
+                                  subspace_scores)
+from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer, optimizer_step  # noqa: E402
 from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 from detaux_ray.scorecard import scorecard  # noqa: E402
@@ -68,13 +70,43 @@ def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
                                   "completeness": round(fs.get("completeness", 0), 4),
                                   "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes,
                                   "subspace_best_probe": card.best_factor(j)}
+    u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
+    kurt = component_scores(u, src.principal[rows], cfg.seed, n_clusters=disc.n_clusters)["kurtosis"]
+    c = int(np.argmin(kurt))  # discover.space=ica: the component of lowest kurtosis
+    res = cluster(u[:, c : c + 1], disc, cfg.seed)
+    diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
+    fs = diag.best_scores()
+    out["discovery"]["ica"] = {"subspace": int(np.argmax(loadings[c])), "component": c, "n_components": int(u.shape[1]),
+                               "kurtosis": np.round(kurt, 3).tolist(), "best_factor": diag.best_factor,
+                               "homogeneity": round(fs.get("homogeneity", 0), 4), "completeness": round(fs.get("completeness", 0), 4),
+                               "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes}
     return out
+
+
+def param_names(model: DisentangleAE, d) -> list[str]:
+    """Parameter names in the order `optimizer(model, d)` numbers them (its groups, one after the other)."""
+    opt = optimizer(model, d)
+    name = {id(p): n for n, p in model.named_parameters()}
+    return [name[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def remap_optimizer(saved: dict, old_names: list[str], new_names: list[str], fresh: dict) -> dict:
+    """`saved` (an optimiser state over old_names) renumbered for new_names; a parameter alpha_encoder.X takes
+    encoder.X's moments when it is new."""
+    where = {n: i for i, n in enumerate(old_names)}
+    state = {}
+    for i, n in enumerate(new_names):
+        src = n if n in where else "encoder." + n[len("alpha_encoder."):]
+        if where[src] in saved["state"]:
+            state[i] = {k: v.clone() for k, v in saved["state"][where[src]].items()}
+    groups = [{**g_saved, "params": g_fresh["params"]} for g_saved, g_fresh in zip(saved["param_groups"], fresh["param_groups"])]
+    return {"state": state, "param_groups": groups}
 
 
 def table(paths: list[str]) -> str:
     """Markdown table of finished runs (JSON rows): the scorecard targets and each criterion's discovery."""
     lines = ["| run | changes vs quick preset | steps | principal in alpha | best other | best factor per subspace (probe) | "
-             "cluster: subspace -> factor H / C, NMI | calinski | l_dist | dot |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "cluster: subspace -> factor H / C, NMI | calinski | l_dist | dot | ica |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in paths:
         r = json.loads(Path(p).read_text())
         f = r["final"]
@@ -85,7 +117,7 @@ def table(paths: list[str]) -> str:
             j = int(np.argmax(row[1:])) + 1  # the best non-principal factor
             best.append(f"{i}: {card['factors'][j]} {row[j]:.2f}")
         disc = []
-        for crit in ("cluster", "calinski", "l_dist", "dot"):
+        for crit in ("cluster", "calinski", "l_dist", "dot", "ica"):
             d = f["discovery"].get(crit)
             disc.append(f"{d['subspace']} -> {d['best_factor']} {d['homogeneity']:.2f} / {d['completeness']:.2f}, "
                         f"{d['nmi_principal_aux']:.3f}" if d else "-")
@@ -126,15 +158,24 @@ def main() -> None:
     w_principal = d.formulation()[0]
     state = torch.load(args.resume, weights_only=False) if args.resume else None
     heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, n_principal=src.n_principal_classes if heads[0] else 0,
-                          n_adversary=heads[1], adversary_hidden=d.adversary_hidden)
-    model = model.to(memory_format=torch.channels_last)
+    model = build_model(d, cfg.data.image_size, src.n_principal_classes, heads).to(memory_format=torch.channels_last)
     opt = optimizer(model, d)
     n_pairs = d.pairs_per_epoch or len(rows)
     curve, step, first = [], 0, 0
     if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        saved = dict(state["model"])
+        if model.alpha_encoder is not None and not any(n.startswith("alpha_encoder.") for n in saved):
+            # A shared-encoder state continued with a private alpha encoder: f_alpha starts as a copy of the shared
+            # encoder, weights and AdamW moments both, so at the first step nothing but the gradients' routing changed.
+            old_names = param_names(build_model(replace(d, alpha_encoder="shared"), cfg.data.image_size,
+                                                src.n_principal_classes, heads), d)
+            saved.update({"alpha_encoder." + n[len("encoder."):]: v.clone() for n, v in state["model"].items() if n.startswith("encoder.")})
+            saved["alpha_index"] = model.alpha_index
+            model.load_state_dict(saved)
+            opt.load_state_dict(remap_optimizer(state["opt"], old_names, param_names(model, d), opt.state_dict()))
+        else:
+            model.load_state_dict(saved)
+            opt.load_state_dict(state["opt"])
         for g in opt.param_groups:  # the continuation's own rates (--set disentangle.lr=...)
             g["lr"] = d.lr * (d.adversary_lr_scale if len(opt.param_groups) > 1 and g is opt.param_groups[-1] else 1)
         first, step = state["epoch"], state["step"]
@@ -152,9 +193,7 @@ def main() -> None:
             betas = beta_schedule(epoch + b / steps, d)
             loss, terms, _ = detaux_loss(model, x1, x2, torch.from_numpy(same[sl]), betas, d,
                                          y1=labels[p1[sl]], y2=labels[p2[sl]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, model, loss, d)
             step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

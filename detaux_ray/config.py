@@ -47,6 +47,7 @@ class DisentangleConfig:
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-2
+    grad_clip: float = 0.0  # clip the gradient's total norm to this before each step (0 = off; ours)
     oracle_prob: float = 0.5  # probability that a pair's principal labels differ
     oracle_temperature: float = 0.01
     variant: str = "detaux"  # detaux (the knobs below) | paper (w_principal=0, w_adversary=0, pulls=all, absolute distances)
@@ -57,6 +58,9 @@ class DisentangleConfig:
     # 3 with a linear adversary at the encoder's rate (adversary_hidden=0, adversary_lr_scale=1).
     adversary_hidden: int = 32  # hidden units of each adversary classifier (0 = linear)
     adversary_lr_scale: float = 10.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
+    # shared (paper: one encoder for every subspace) | private (s_alpha from an encoder of its own, so the principal
+    # terms never move the features the nuisance subspaces read; ours; variant=paper: shared)
+    alpha_encoder: str = "shared"
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
@@ -90,6 +94,10 @@ class DiscoverConfig:
     # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/stage1-study.md) | cluster
     # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
     criterion: str = "calinski"
+    # What is clustered: subspace (the paper: the chosen subspace) | ica (ours: the independent components of the
+    # live non-alpha subspaces together, the one of lowest kurtosis first; discovery.independent_components)
+    space: str = "subspace"
+    ica_var_cut: float = 1e-3  # space=ica: PCA directions holding more than this share of the nuisance variance are unmixed
     clusterer: str = "hdbscan"  # hdbscan | kmeans | kmeans++ | meanshift
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
@@ -348,7 +356,7 @@ RANGES: dict[str, Range] = {
     "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
     "discover.n_clusters": _at_least(1), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
-    "discover.n_auxiliary": _at_least(1),
+    "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG, "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
     "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.test_every": _at_least(1),
     "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,
@@ -367,9 +375,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "disentangle.arch": ("conv", "resnet18"),
     "disentangle.variant": ("detaux", "paper"),
     "disentangle.pulls": ("all", "same", "principal", "alpha"),
+    "disentangle.alpha_encoder": ("shared", "private"),
     "disentangle.pair_mode": ("oracle_prob", "random"),
     "disentangle.indep_kernel": ("rbf", "linear"),
     "discover.criterion": CRITERIA,
+    "discover.space": ("subspace", "ica"),
     "discover.clusterer": ("hdbscan", "kmeans", "kmeans++", "meanshift"),
     "discover.backend": ("auto", "cpu", "cuml"),
     "discover.predict": ("knn", "approximate"),

@@ -76,6 +76,62 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
     return {"l_dist": l_dist, "dot": dot, "cluster": quality, "calinski": calinski, "variance": spread / 2.0}
 
 
+def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: int, var_cut: float = 1e-3,
+                            fit_points: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """Independent components of the nuisance latent (ours; discover.space=ica).
+
+    X = [s_j for every live subspace j != alpha] (N, m*d), centred. PCA keeps the c >= 2 directions that each hold
+    more than var_cut of X's variance; FastICA (logcosh contrast) unmixes them into c components u = W x, each of
+    unit variance, fitted on at most fit_points seeded rows. Why: when the data's factors are independent and the
+    encoder mixes them linearly across subspaces (measured on shapes: a hue spread over every non-alpha subspace,
+    the whole nuisance latent 2-3 dimensional), the components recover the factors one by one where no single
+    subspace holds one.
+
+    Returns u (N, c) and loadings (c, k): the share of component c's variance in X that lies in subspace j, from the
+    mixing matrix A (x = A u): |A_jc|^2 summed over subspace j's coordinates, over the sum for all j (0 on alpha and
+    on dead subspaces)."""
+    from sklearn.decomposition import PCA, FastICA
+
+    n, k, d = s.shape
+    live = [j for j in range(k) if j != alpha and j not in dead_subspaces(_variance(s), alpha, dead_frac)]
+    if not live:
+        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead: nothing to unmix")
+    x = s[:, live].reshape(n, -1).astype(np.float64)
+    x -= x.mean(0)
+    fit = np.random.default_rng([seed, 17]).permutation(n)[:fit_points]
+    ratio = PCA(random_state=seed).fit(x[fit]).explained_variance_ratio_
+    c = int(min(max(2, (ratio > var_cut).sum()), x.shape[1]))
+    ica = FastICA(n_components=c, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-5).fit(x[fit])
+    u = ica.transform(x)
+    w2 = (ica.mixing_.T ** 2).reshape(c, len(live), d).sum(-1)
+    loadings = np.zeros((c, k))
+    loadings[:, live] = w2 / w2.sum(1, keepdims=True)
+    return u, loadings
+
+
+def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_clusters: int = 10,
+                     n_points: int = 3000) -> dict[str, np.ndarray]:
+    """Per-component scores: `calinski` as in subspace_scores (B/W of KMeans_c on the component, times
+    1 - NMI(principal, clusters)) and `kurtosis` (excess kurtosis: -1.2 for a uniform factor with many levels,
+    0 for a Gaussian)."""
+    from scipy.stats import kurtosis
+    from sklearn.cluster import KMeans
+
+    sub = np.random.default_rng([seed, 13]).permutation(len(u))[:n_points]
+    calinski = np.zeros(u.shape[1])
+    for i in range(u.shape[1]):
+        x = u[sub, i : i + 1]
+        km = KMeans(max(2, n_clusters), n_init=2, random_state=seed).fit(x)
+        total = float(((x - x.mean(0)) ** 2).sum())
+        within = max(float(km.inertia_), 1e-12 * total)
+        calinski[i] = (total - within) / within * (1.0 - metrics.normalized_mutual_info_score(principal_labels[sub], km.labels_))
+    return {"calinski": calinski, "kurtosis": kurtosis(u, axis=0)}
+
+
+def _variance(s: np.ndarray) -> np.ndarray:
+    return ((s - s.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)
+
+
 def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float) -> int:
     """The best live subspace j != alpha by the criterion's score."""
     return rank_subspaces(scores, criterion, alpha, dead_frac, 1)[0]
@@ -174,21 +230,39 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
              factors: dict[str, np.ndarray], cfg: Config, out: Path, title: str = "",
              say: Callable[[str], None] = print) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
-    discover.n_auxiliary of them by discover.criterion, cluster each into an auxiliary task, and write
-    labels.parquet, embeddings.parquet (the first chosen subspace), subspaces.parquet, the scorecard
+    discover.n_auxiliary of them by discover.criterion (or, with discover.space=ica, the independent components of
+    lowest kurtosis of the nuisance latent), cluster each into an auxiliary task, and write
+    labels.parquet, embeddings.parquet (the first chosen subspace or component), subspaces.parquet, the scorecard
     (scorecard.png) and diagnostics.json into `out`. Returns what it found."""
     d, disc = cfg.disentangle, cfg.discover
     scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
-    chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
     columns = {"row": rows, "id": ids, "principal": principal}
-    tasks = []
-    for task, j in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
-        result, diag = cluster_and_diagnose(s[:, j], disc, cfg.seed, principal, factors,
-                                            f"{task}: subspace {j} (criterion {disc.criterion})", say)
+    tasks, comp_scores = [], None
+    if disc.space == "ica":
+        u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
+        comp_scores = component_scores(u, principal, cfg.seed, n_clusters=disc.n_clusters)
+        if u.shape[1] < disc.n_auxiliary:
+            raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
+                                     f"nuisance latent has only {u.shape[1]} independent components above "
+                                     f"discover.ica_var_cut = {disc.ica_var_cut}: lower one of them")
+        chosen = [int(c) for c in np.argsort(comp_scores["kurtosis"])[: disc.n_auxiliary]]
+        say(f"nuisance latent: {u.shape[1]} independent components, excess kurtosis "
+            + ", ".join(f"{v:.2f}" for v in comp_scores["kurtosis"]))
+        points = [u[:, c : c + 1] for c in chosen]
+        where = [(int(np.argmax(loadings[c])), c, loadings[c].round(4).tolist()) for c in chosen]
+        what = [f"independent component {c} (loads on subspace {j} {loadings[c][j]:.0%}; kurtosis "
+                f"{comp_scores['kurtosis'][c]:.2f})" for j, c, _ in where]
+    else:
+        chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
+        points = [s[:, j] for j in chosen]
+        where = [(j, None, None) for j in chosen]
+        what = [f"subspace {j} (criterion {disc.criterion})" for j in chosen]
+    for task, x, (j, c, load), label in zip(auxiliary_tasks(disc.n_auxiliary), points, where, what):
+        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say)
         columns[task] = result.labels
-        tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag))
+        tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
     pq.write_table(pa.table(columns), out / "labels.parquet")
-    emb = s[:, chosen[0]].astype(np.float32)
+    emb = points[0].astype(np.float32)
     pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
                    out / "embeddings.parquet")
     pq.write_table(subspaces_table(ids, s), out / "subspaces.parquet")
@@ -196,8 +270,9 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     heatmap(card, out / "scorecard.png", title=title)
     sep = card.principal_separation()
     say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
-        + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in chosen))
-    margin = criterion_margin(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac)
+        + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j, _, _ in where))
+    margin = (criterion_margin(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac)
+              if disc.space == "subspace" else None)
     if margin is not None:
         say(f"subspace {chosen[0]} leads the runner-up by {margin:.2f}x on criterion {disc.criterion}")
     dead = dead_subspaces(scores["variance"], d.principal_subspace, disc.dead_subspace_frac)
@@ -205,6 +280,6 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
             f"{disc.dead_subspace_frac} x the largest" + (" (one candidate left)" if s.shape[1] - 1 - len(dead) == 1 else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",
-                          margin)
+                          margin, disc.space, None if comp_scores is None else {k: v.tolist() for k, v in comp_scores.items()})
     write_json(out / "diagnostics.json", info.to_dict())
     return info

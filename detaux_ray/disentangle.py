@@ -104,6 +104,16 @@ def detaux_loss(
     return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
 
+def build_model(cfg: DisentangleConfig, image_size: int, n_principal: int, heads: tuple[bool, bool] | None = None) -> DisentangleAE:
+    """The stage-1 autoencoder `cfg` asks for: the principal head when the formulation has one (n_principal classes),
+    the adversary when w_adversary > 0, a private alpha encoder when alpha_encoder=private (never under
+    variant=paper). heads=(head, adversary) overrides which of the two it gets (a continued run keeps its own)."""
+    head, adversary = heads if heads is not None else (cfg.formulation()[0] > 0, cfg.w_adversary > 0)
+    return DisentangleAE(image_size, cfg.k, cfg.latent_dim, cfg.arch, n_principal=n_principal if head else 0,
+                         n_adversary=adversary, adversary_hidden=cfg.adversary_hidden,
+                         alpha_encoder="shared" if cfg.variant == "paper" else cfg.alpha_encoder, alpha=cfg.principal_subspace)
+
+
 def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW:
     """AdamW over the autoencoder (and its principal head) at cfg.lr; the adversary, when there is one, in a group of
     its own at cfg.lr * cfg.adversary_lr_scale (with scale 1, the same steps as one group).
@@ -118,6 +128,15 @@ def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW
     if adversary:
         groups.append({"params": adversary, "lr": cfg.lr * cfg.adversary_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: Tensor, cfg: DisentangleConfig) -> None:
+    """One update: backward, the gradient's total norm clipped to cfg.grad_clip when it is > 0, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
 
 
 def swap_plan(b: int, k: int, n_swaps: int, device, fraction: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -151,7 +170,7 @@ def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows
                           spread: Tensor | None = None) -> Tensor:
     """L_cons over the swapped couples, given the decoded swaps x^; relative to each subspace's batch spread (k,)
     when given."""
-    s_back = model.projectors.project_one(model.encoder(x_swap), idx)
+    s_back = model.subspace(x_swap, idx)
     return losses.consistency_loss(s_back, s1[rows, idx], None if spread is None else spread[idx])
 
 

@@ -81,7 +81,8 @@ class Projectors(nn.Module):
         self.b2 = nn.Parameter(torch.empty(k, latent_dim).uniform_(-bound, bound))
 
     def forward(self, z: Tensor) -> Tensor:
-        h = torch.relu(torch.einsum("bd,kde->bke", z, self.w1) + self.b1)
+        """z (B, d), or (B, k, d) with its own input per projector (a private alpha encoder)."""
+        h = torch.relu(torch.einsum("bd,kde->bke" if z.dim() == 2 else "bkd,kde->bke", z, self.w1) + self.b1)
         return torch.einsum("bkd,kde->bke", h, self.w2) + self.b2
 
     def project_one(self, z: Tensor, i: Tensor) -> Tensor:
@@ -156,6 +157,10 @@ class MapProjectors(Projectors):
         self.c, self.p = channels, positions
 
     def forward(self, z: Tensor) -> Tensor:
+        if z.dim() == 3:  # (B, k, c*h*w): one input per projector
+            zc = z.view(z.shape[0], z.shape[1], self.c, self.p)
+            h = torch.relu(torch.einsum("bkcp,kce->bkep", zc, self.w1) + self.b1[None, :, :, None])
+            return (torch.einsum("bkcp,kce->bkep", h, self.w2) + self.b2[None, :, :, None]).flatten(2)
         zc = z.view(-1, self.c, self.p)
         h = torch.relu(torch.einsum("bcp,kce->bkep", zc, self.w1) + self.b1[None, :, :, None])
         s = torch.einsum("bkcp,kce->bkep", h, self.w2) + self.b2[None, :, :, None]
@@ -207,20 +212,26 @@ class DisentangleAE(nn.Module):
     """
 
     def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv", n_principal: int = 0,
-                 n_adversary: bool = False, adversary_hidden: int = 0):
+                 n_adversary: bool = False, adversary_hidden: int = 0, alpha_encoder: str = "shared", alpha: int = 0):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
-        self.k, self.image_size, self.arch = k, image_size, arch
+        if alpha_encoder not in ("shared", "private"):
+            raise ValueError(f"unknown alpha_encoder '{alpha_encoder}'; one of: shared, private")
+        if not 0 <= alpha < k:
+            raise ValueError(f"the principal subspace alpha={alpha} is not one of the k={k} subspaces")
+        self.k, self.image_size, self.arch, self.alpha = k, image_size, arch, alpha
         if arch == "conv":
             self.latent_dim = latent_dim
-            self.encoder = ConvEncoder(image_size, latent_dim)
+            make_encoder = lambda: ConvEncoder(image_size, latent_dim)  # noqa: E731
+            self.encoder = make_encoder()
             self.projectors = Projectors(k, latent_dim)
             self.decoder = ConvDecoder(image_size, latent_dim)
         elif arch == "resnet18":
             side = map_side(image_size)
             self.latent_dim = latent_dim * side * side
-            self.encoder = ResNetMapEncoder(image_size, latent_dim)
+            make_encoder = lambda: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
+            self.encoder = make_encoder()
             self.projectors = MapProjectors(k, latent_dim, side * side)
             self.decoder = ResNetMapDecoder(image_size, latent_dim)
         else:
@@ -234,19 +245,43 @@ class DisentangleAE(nn.Module):
         # Principal classifiers on the other subspaces, against which the encoder plays (w_adversary > 0).
         self.adversary = (SubspaceClassifiers(k - 1, self.latent_dim, n_principal, adversary_hidden)
                           if n_adversary and n_principal > 0 else None)
+        # Created last, so a shared-encoder model draws the same initial weights as before the option existed.
+        # alpha_encoder="private": s_alpha = p_alpha(f_alpha(x)) with an encoder of its own, so the principal terms
+        # (head, same-label pulls in alpha) train f_alpha and never the shared f that the nuisance subspaces read
+        # (measured: through a shared f the principal head spreads a gathered nuisance factor; docs/stage1-study.md).
+        self.alpha_encoder = make_encoder() if alpha_encoder == "private" else None
+        if self.alpha_encoder is not None:  # saved with the weights, so a checkpoint rebuilds the same model
+            self.register_buffer("alpha_index", torch.tensor(alpha))
 
     @classmethod
     def from_state(cls, state: dict, image_size: int, k: int, latent_dim: int, arch: str = "conv") -> "DisentangleAE":
         """A model shaped like `state` (with or without its principal head), weights loaded."""
         head, hidden = state.get("principal_head.1.weight"), state.get("adversary.w_hidden")
         model = cls(image_size, k, latent_dim, arch, n_principal=0 if head is None else int(head.shape[0]),
-                    n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]))
+                    n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]),
+                    alpha_encoder="private" if any(n.startswith("alpha_encoder.") for n in state) else "shared",
+                    alpha=int(state["alpha_index"]) if "alpha_index" in state else 0)
         model.load_state_dict(state)
         return model
 
     def subspaces(self, x: Tensor) -> Tensor:
-        """s = {p_i(f(x))}: (B, k, d)."""
-        return self.projectors(self.encoder(x))
+        """s = {p_i(f(x))}: (B, k, d); s_alpha = p_alpha(f_alpha(x)) with a private alpha encoder."""
+        z = self.encoder(x)
+        if self.alpha_encoder is None:
+            return self.projectors(z)
+        z = z.unsqueeze(1).repeat(1, self.k, 1)
+        z[:, self.alpha] = self.alpha_encoder(x)
+        return self.projectors(z)
+
+    def subspace(self, x: Tensor, i: Tensor) -> Tensor:
+        """s_{i_n}(x_n) for a per-row subspace index i (B,): (B, d) (L_cons re-encodes only the swapped subspace)."""
+        z = self.encoder(x)
+        if self.alpha_encoder is not None:
+            mine = i == self.alpha
+            if bool(mine.any()):
+                z = z.clone()
+                z[mine] = self.alpha_encoder(x[mine])
+        return self.projectors.project_one(z, i)
 
     def decode(self, s: Tensor) -> Tensor:
         """g(sum_i s_i)."""

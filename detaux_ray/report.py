@@ -67,7 +67,7 @@ def render_markdown(r: Report) -> str:
         lines += ["", "## Auxiliary tasks", "", "| task | subspace | classes | NMI(principal, aux) | best factor |",
                   "|---|---|---|---|---|"]
         for t in tasks:
-            lines.append(f"| {t.task} | {t.subspace} | {t.diagnostics.n_aux_classes} | "
+            lines.append(f"| {t.task} | {_where(t)} | {t.diagnostics.n_aux_classes} | "
                          f"{t.diagnostics.nmi_principal_aux:.4f} | {t.diagnostics.best_factor} |")
     card = r.discover.scorecard
     if card:
@@ -92,7 +92,7 @@ def render_markdown(r: Report) -> str:
         "",
         "## Discovered auxiliary task (Table 3 style)",
         "",
-        f"- chosen subspace: **{first.subspace}** by criterion `{r.discover.criterion}`" + _margin(r.discover) + _dead(r),
+        _chosen(r.discover, first) + _dead(r),
         f"- clusterer: `{first.clusterer}` {first.clusterer_params}",
         f"- auxiliary classes: {diag.n_aux_classes}, sizes {diag.cluster_sizes}",
         f"- NMI(principal, auxiliary) = {diag.nmi_principal_aux:.4f}, AMI = {diag.ami_principal_aux:.4f}, "
@@ -113,6 +113,13 @@ def render_markdown(r: Report) -> str:
     for j in range(len(sc["variance"])):
         cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # older runs lack them
         lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
+    comp = r.discover.component_scores
+    if comp:
+        lines += ["", "Independent components of the nuisance latent (`discover.space=ica`; the lowest excess kurtosis is "
+                  "clustered first: a factor with many evenly used levels scores about -1.2, a Gaussian 0):", "",
+                  "| component | kurtosis | calinski |", "|---|---|---|"]
+        for c, (ku, ch) in enumerate(zip(comp["kurtosis"], comp["calinski"])):
+            lines.append(f"| {c} | {ku:.3f} | {ch:.4g} |")
     lines += ["", "## Stages", "", "| stage | wall time (s) | this run |", "|---|---|---|"]
     for name, s in r.stages.items():
         lines.append(f"| {name} | {s.wall_time_s} | {'reused' if s.reused else 'ran'} |")
@@ -147,6 +154,19 @@ def summary_line(r: Report) -> str:
             f"classes, NMI(principal, aux) {diag.nmi_principal_aux:.4f}"
             + (f" | best factor {diag.best_factor}: homogeneity {fs['homogeneity']:.3f}, completeness "
                f"{fs['completeness']:.3f}" if fs else ""))
+
+
+def _where(t) -> str:
+    """What a task clustered: its subspace, or its independent component and the subspace it loads on most."""
+    return str(t.subspace) if t.component is None else f"component {t.component} (mostly subspace {t.subspace})"
+
+
+def _chosen(disc, first) -> str:
+    if first.component is None:
+        return f"- chosen subspace: **{first.subspace}** by criterion `{disc.criterion}`" + _margin(disc)
+    load = ", ".join(f"{j}: {v:.0%}" for j, v in enumerate(first.loadings or []) if v > 0)
+    return (f"- clustered: **independent component {first.component}** of the live non-alpha subspaces together "
+            f"(`discover.space=ica`), the one of lowest kurtosis; its variance per subspace: {load}")
 
 
 def _dead(r) -> str:

@@ -80,6 +80,10 @@ class AuxiliaryTask(_Result):
     clusterer_params: dict
     has_noise_label: bool
     diagnostics: Diagnostics
+    # discover.space=ica: the independent component clustered (subspace: the one it loads on most) and its loadings,
+    # the share of its variance in each subspace
+    component: int | None = None
+    loadings: list[float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> AuxiliaryTask:
@@ -108,6 +112,8 @@ class DiscoverResult(_Result):
     scorecard: dict | None = None
     scorecard_png: str | None = None
     criterion_margin: float | None = None  # the chosen subspace's score / the runner-up's (largest-wins criteria)
+    space: str = "subspace"  # what was clustered: a subspace (the paper) or independent components (ica)
+    component_scores: dict[str, list[float]] | None = None  # space=ica: per component, kurtosis and calinski
 
     @property
     def first(self) -> AuxiliaryTask:

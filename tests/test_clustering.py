@@ -4,8 +4,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from detaux_ray.clustering import cluster
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discovery import (choose_subspace, criterion_margin, dead_subspaces, diagnostics, rank_subspaces,
-                                  subspace_scores)
+from detaux_ray.discovery import (choose_subspace, component_scores, criterion_margin, dead_subspaces, diagnostics,
+                                  independent_components, rank_subspaces, subspace_scores)
 from detaux_ray.errors import SingleClusterError
 
 
@@ -127,3 +127,59 @@ def test_calinski_criterion_prefers_tight_clusters_discounts_the_principal_and_i
     scaled = s.copy()
     scaled[:, 3] *= 1e-4
     assert np.isclose(subspace_scores(scaled, y, 0, 1.0, 0.5, 0, n_clusters=4)["calinski"][3], sc["calinski"][3], rtol=1e-6)
+
+
+def _mixed_latent(n: int = 4000, seed: int = 0):
+    """Two independent 10-level nuisance factors and one Gaussian one, linearly mixed into every non-alpha subspace
+    (what stage 1 measured on shapes: a hue spread over all of them), the principal alone in alpha."""
+    rng = np.random.default_rng(seed)
+    y, wall, floor = rng.integers(0, 4, n), rng.integers(0, 10, n), rng.integers(0, 10, n)
+    sources = np.stack([wall + 0.05 * rng.normal(size=n), floor + 0.05 * rng.normal(size=n), 3 * rng.normal(size=n)], 1)
+    s = np.zeros((n, 4, 3))
+    s[:, 0, 0] = y
+    s[:, 1:] = (sources @ rng.normal(size=(3, 9))).reshape(n, 3, 3)
+    return s, y, {"wall": wall, "floor": floor}
+
+
+def test_independent_components_unmix_factors_that_no_single_subspace_holds():
+    from sklearn.metrics import homogeneity_completeness_v_measure as hcv
+
+    s, y, factors = _mixed_latent()
+    for j in (1, 2, 3):  # no subspace holds a factor alone: clustering any one subspace matches neither
+        lab = cluster(s[:, j], DiscoverConfig(clusterer="kmeans++", n_clusters=10), 0).labels
+        assert max(min(hcv(f, lab)[:2]) for f in factors.values()) < 0.6
+    u, loadings = independent_components(s, alpha=0, dead_frac=0.01, seed=0)
+    assert u.shape == (len(s), 3) and np.allclose(u.std(0), 1, atol=0.01)
+    assert np.allclose(loadings[:, 0], 0) and np.allclose(loadings.sum(1), 1)
+    only = s.copy()
+    only[:, 2:] = 0.0  # every factor in subspace 1 alone: all of each component's variance is there
+    only[:, 2:] += 1e-3 * np.random.default_rng(1).normal(size=only[:, 2:].shape)
+    assert (independent_components(only, 0, 0.0, 0)[1][:, 1] > 0.99).all()
+    scores = component_scores(u, y, seed=0)
+    first = int(np.argmin(scores["kurtosis"]))  # a 10-level uniform factor (about -1.2), not the Gaussian (about 0)
+    lab = cluster(u[:, [first]], DiscoverConfig(clusterer="kmeans++", n_clusters=10), 0).labels
+    assert max(min(hcv(f, lab)[:2]) for f in factors.values()) > 0.9
+    s[:, 3] = 0  # a dead subspace is left out, like the subspace criteria do
+    assert np.allclose(independent_components(s, 0, 0.01, 0)[1][:, 3], 0)
+
+
+def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from detaux_ray.config import load_config
+    from detaux_ray.discovery import discover
+    from detaux_ray.report import _chosen, _where
+
+    s, y, factors = _mixed_latent(n=3000)
+    cfg = load_config("quick", ["discover.space=ica"])
+    info = discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None)
+    task = info.first
+    assert info.space == "ica" and len(info.component_scores["kurtosis"]) == 3
+    assert task.component == int(np.argmin(info.component_scores["kurtosis"])) and task.subspace in (1, 2, 3)
+    assert task.diagnostics.best_factor in factors and min(task.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
+    assert pq.read_table(tmp_path / "labels.parquet").num_rows == len(s)
+    assert pq.read_table(tmp_path / "embeddings.parquet").column("embedding").type.list_size == 1
+    assert json.loads((tmp_path / "diagnostics.json").read_text())["auxiliary_tasks"][0]["component"] == task.component
+    assert "independent component" in _chosen(info, task) and "component" in _where(task)

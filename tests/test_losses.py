@@ -265,3 +265,17 @@ def test_independence_term_is_on_with_beta1_and_off_under_the_paper_variant():
     paper = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_indep=1.0, variant="paper")
     _, terms, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, paper), paper)
     assert "indep" not in terms
+
+
+def test_optimizer_step_clips_the_total_gradient_norm_only_when_asked():
+    from detaux_ray.disentangle import optimizer_step
+
+    def norm_after(clip: float) -> float:
+        torch.manual_seed(0)
+        model = DisentangleAE(16, 3, 4)
+        cfg = DisentangleConfig(grad_clip=clip)
+        loss = 1e3 * model(torch.rand(4, 3, 16, 16))[1].pow(2).mean()
+        optimizer_step(torch.optim.SGD(model.parameters(), lr=0.0), model, loss, cfg)
+        return float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm())
+
+    assert norm_after(0.0) > 1.0 and norm_after(0.5) == pytest.approx(0.5, rel=1e-4)

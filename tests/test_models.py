@@ -69,3 +69,31 @@ def test_hidden_layer_adversary_reads_what_a_linear_one_cannot_and_survives_a_ch
     model = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True, adversary_hidden=8)
     again = DisentangleAE.from_state(model.state_dict(), 16, 3, 4)
     assert again.adversary.hidden == 8
+
+
+def test_private_alpha_encoder_routes_the_principal_terms_away_from_the_shared_encoder():
+    torch.manual_seed(0)
+    shared = DisentangleAE(16, 3, 4, n_principal=5)
+    torch.manual_seed(0)
+    private = DisentangleAE(16, 3, 4, n_principal=5, alpha_encoder="private", alpha=1)
+    # Created last: the shared modules draw the same initial weights as without the option.
+    assert torch.equal(shared.encoder.mlp[1].weight, private.encoder.mlp[1].weight)
+    x = torch.rand(6, 3, 16, 16)
+    s = private.subspaces(x)
+    assert torch.allclose(s[:, 1], private.projectors(private.alpha_encoder(x))[:, 1])
+    assert torch.allclose(s[:, 0], private.projectors(private.encoder(x))[:, 0])
+    idx = torch.tensor([0, 1, 2, 1, 0, 2])
+    assert torch.allclose(private.subspace(x, idx), s[torch.arange(6), idx], atol=1e-6)
+    # The head on s_alpha trains f_alpha; the shared encoder gets no gradient from it, and s_0's loss none to f_alpha.
+    private.principal_head(s[:, 1]).logsumexp(1).sum().backward(retain_graph=True)
+    def moved(p):
+        return p.grad is not None and bool(p.grad.abs().sum() > 0)
+
+    assert not moved(private.encoder.mlp[3].weight) and moved(private.alpha_encoder.mlp[3].weight)
+    private.zero_grad(set_to_none=True)
+    s[:, 0].sum().backward()
+    assert not moved(private.alpha_encoder.mlp[3].weight) and moved(private.encoder.mlp[3].weight)
+    again = DisentangleAE.from_state(private.state_dict(), 16, 3, 4)
+    assert again.alpha_encoder is not None and again.alpha == 1 and torch.equal(again.subspaces(x), private.subspaces(x))
+    with pytest.raises(ValueError, match="alpha=3"):
+        DisentangleAE(16, 3, 4, alpha_encoder="private", alpha=3)

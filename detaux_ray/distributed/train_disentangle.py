@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from ..config import Config
-from ..disentangle import beta_schedule, detaux_loss, latent_traversal, optimizer
+from ..disentangle import beta_schedule, build_model, detaux_loss, latent_traversal, optimizer, optimizer_step
 from ..models import DisentangleAE, autocast, to_device, to_float_images
 from ..scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
@@ -32,8 +32,7 @@ def _train(config: dict) -> None:
     w = start_worker(config)
     cfg, rank, world, device = w.cfg, w.rank, w.world, w.device
     d, res, rows = cfg.disentangle, cfg.resources, config["train_rows"]
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, d.arch, config["n_principal"] if d.formulation()[0] > 0 else 0,
-                          n_adversary=d.w_adversary > 0, adversary_hidden=d.adversary_hidden).to(device, memory_format=torch.channels_last)
+    model = build_model(d, cfg.data.image_size, config["n_principal"]).to(device, memory_format=torch.channels_last)
     opt = optimizer(model, d)
     state = resume(config["run_path"], model, opt)
     start_epoch, global_step = state.get("epoch", -1) + 1, state.get("step", 0)
@@ -59,9 +58,7 @@ def _train(config: dict) -> None:
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, ddp_model, loss, d)
             global_step += 1
             for name, v in {"total": loss.detach(), **terms}.items():  # on device: one host sync per epoch
                 sums[name] = sums.get(name, 0.0) + v
