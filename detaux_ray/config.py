@@ -61,6 +61,7 @@ class DisentangleConfig:
     # shared (paper: one encoder for every subspace) | private (s_alpha from an encoder of its own, so the principal
     # terms never move the features the nuisance subspaces read; ours; variant=paper: shared)
     alpha_encoder: str = "shared"
+    alpha_encoder_width: float = 1.0  # the private alpha encoder's channels and hidden units, as a share of the shared one's
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
@@ -356,7 +357,8 @@ RANGES: dict[str, Range] = {
     "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
     "discover.n_clusters": _at_least(1), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
-    "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG, "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
+    "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG,
+    "disentangle.alpha_encoder_width": Range(0, 1, open_lo=True), "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
     "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.test_every": _at_least(1),
     "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,

@@ -26,11 +26,13 @@ def _conv_channels(image_size: int) -> tuple[int, ...]:
 
 
 class ConvEncoder(nn.Module):
-    """x (B, 3, S, S) in [0, 1] -> z (B, d)."""
+    """x (B, 3, S, S) in [0, 1] -> z (B, d). width scales every layer's channels and the hidden units (a private
+    alpha encoder needs less than the shared one)."""
 
-    def __init__(self, image_size: int, latent_dim: int, hidden: int = 256):
+    def __init__(self, image_size: int, latent_dim: int, hidden: int = 256, width: float = 1.0):
         super().__init__()
-        chans = _conv_channels(image_size)
+        chans = tuple(max(1, round(c * width)) for c in _conv_channels(image_size))
+        hidden = max(1, round(hidden * width))
         layers: list[nn.Module] = []
         c_in = 3
         for c in chans:
@@ -212,7 +214,8 @@ class DisentangleAE(nn.Module):
     """
 
     def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv", n_principal: int = 0,
-                 n_adversary: bool = False, adversary_hidden: int = 0, alpha_encoder: str = "shared", alpha: int = 0):
+                 n_adversary: bool = False, adversary_hidden: int = 0, alpha_encoder: str = "shared", alpha: int = 0,
+                 alpha_width: float = 1.0):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
@@ -223,14 +226,16 @@ class DisentangleAE(nn.Module):
         self.k, self.image_size, self.arch, self.alpha = k, image_size, arch, alpha
         if arch == "conv":
             self.latent_dim = latent_dim
-            make_encoder = lambda: ConvEncoder(image_size, latent_dim)  # noqa: E731
+            make_encoder = lambda width=1.0: ConvEncoder(image_size, latent_dim, width=width)  # noqa: E731
             self.encoder = make_encoder()
             self.projectors = Projectors(k, latent_dim)
             self.decoder = ConvDecoder(image_size, latent_dim)
         elif arch == "resnet18":
             side = map_side(image_size)
             self.latent_dim = latent_dim * side * side
-            make_encoder = lambda: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
+            if alpha_width != 1.0:
+                raise ValueError("disentangle.alpha_encoder_width must be 1 with arch=resnet18")
+            make_encoder = lambda width=1.0: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
             self.encoder = make_encoder()
             self.projectors = MapProjectors(k, latent_dim, side * side)
             self.decoder = ResNetMapDecoder(image_size, latent_dim)
@@ -249,7 +254,7 @@ class DisentangleAE(nn.Module):
         # alpha_encoder="private": s_alpha = p_alpha(f_alpha(x)) with an encoder of its own, so the principal terms
         # (head, same-label pulls in alpha) train f_alpha and never the shared f that the nuisance subspaces read
         # (measured: through a shared f the principal head spreads a gathered nuisance factor; docs/stage1-study.md).
-        self.alpha_encoder = make_encoder() if alpha_encoder == "private" else None
+        self.alpha_encoder = make_encoder(alpha_width) if alpha_encoder == "private" else None
         if self.alpha_encoder is not None:  # saved with the weights, so a checkpoint rebuilds the same model
             self.register_buffer("alpha_index", torch.tensor(alpha))
 
@@ -260,7 +265,9 @@ class DisentangleAE(nn.Module):
         model = cls(image_size, k, latent_dim, arch, n_principal=0 if head is None else int(head.shape[0]),
                     n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]),
                     alpha_encoder="private" if any(n.startswith("alpha_encoder.") for n in state) else "shared",
-                    alpha=int(state["alpha_index"]) if "alpha_index" in state else 0)
+                    alpha=int(state["alpha_index"]) if "alpha_index" in state else 0,
+                    alpha_width=(state["alpha_encoder.conv.0.weight"].shape[0] / state["encoder.conv.0.weight"].shape[0]
+                                 if "alpha_encoder.conv.0.weight" in state else 1.0))
         model.load_state_dict(state)
         return model
 
