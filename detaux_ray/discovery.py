@@ -50,7 +50,7 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
     n, k, _ = s.shape
     i1, i2, same = sample_pairs(principal_labels, min(n_pairs, 4 * n), oracle_prob, seed, epoch=EVAL_EPOCH)
     d2 = ((s[i1] - s[i2]) ** 2).sum(-1)  # (P, k)
-    spread = 2.0 * ((s - s.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)  # mean pairwise sq distance (k,)
+    spread = 2.0 * _variance(s)  # mean pairwise sq distance (k,)
     norm_d = d2 / np.maximum(spread, 1e-12)
     masked = np.where(np.arange(k) == alpha, -np.inf, norm_d)
     choice = np.where(same, masked.argmax(1), alpha)
@@ -129,6 +129,7 @@ def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_c
 
 
 def _variance(s: np.ndarray) -> np.ndarray:
+    """Total variance of each subspace of s (N, k, d): (k,)."""
     return ((s - s.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)
 
 

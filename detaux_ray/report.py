@@ -162,6 +162,7 @@ def _where(t) -> str:
 
 
 def _chosen(disc, first) -> str:
+    """The report line saying what discovery clustered: the chosen subspace, or the independent component."""
     if first.component is None:
         return f"- chosen subspace: **{first.subspace}** by criterion `{disc.criterion}`" + _margin(disc)
     load = ", ".join(f"{j}: {v:.0%}" for j, v in enumerate(first.loadings or []) if v > 0)
