@@ -183,3 +183,14 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
     assert pq.read_table(tmp_path / "embeddings.parquet").column("embedding").type.list_size == 1
     assert json.loads((tmp_path / "diagnostics.json").read_text())["auxiliary_tasks"][0]["component"] == task.component
     assert "independent component" in _chosen(info, task) and "component" in _where(task)
+
+
+def test_more_auxiliary_tasks_than_independent_components_is_one_clear_error(tmp_path):
+    from detaux_ray.config import load_config
+    from detaux_ray.discovery import discover
+
+    s, y, factors = _mixed_latent(n=1500)  # three components
+    cfg = load_config("quick", ["discover.space=ica", "discover.n_auxiliary=4"])
+    with pytest.raises(SingleClusterError, match="only 3 independent components"):
+        discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None)
+    assert not (tmp_path / "labels.parquet").exists()
