@@ -172,7 +172,7 @@ def main() -> None:
             old_names = param_names(build_model(replace(d, alpha_encoder="shared"), cfg.data.image_size,
                                                 src.n_principal_classes, heads), d)
             saved.update({"alpha_encoder." + n[len("encoder."):]: v.clone() for n, v in state["model"].items() if n.startswith("encoder.")})
-            saved["alpha_index"] = model.alpha_index
+            saved["alpha_index"], saved["alpha_width"] = model.alpha_index, model.alpha_width
             model.load_state_dict(saved)
             opt.load_state_dict(remap_optimizer(state["opt"], old_names, param_names(model, d), opt.state_dict()))
         else:

@@ -253,10 +253,12 @@ class DisentangleAE(nn.Module):
         # Created last, so a shared-encoder model draws the same initial weights as before the option existed.
         # alpha_encoder="private": s_alpha = p_alpha(f_alpha(x)) with an encoder of its own, so the principal terms
         # (head, same-label pulls in alpha) train f_alpha and never the shared f that the nuisance subspaces read
-        # (measured: through a shared f the principal head spreads a gathered nuisance factor; docs/stage1-study.md).
+        # (measured: the principal then separates completely, and with discover.space=ica the labels improve;
+        # docs/stage1-study.md, session 14).
         self.alpha_encoder = make_encoder(alpha_width) if alpha_encoder == "private" else None
         if self.alpha_encoder is not None:  # saved with the weights, so a checkpoint rebuilds the same model
             self.register_buffer("alpha_index", torch.tensor(alpha))
+            self.register_buffer("alpha_width", torch.tensor(alpha_width, dtype=torch.float64))
 
     @classmethod
     def from_state(cls, state: dict, image_size: int, k: int, latent_dim: int, arch: str = "conv") -> "DisentangleAE":
@@ -266,9 +268,8 @@ class DisentangleAE(nn.Module):
                     n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]),
                     alpha_encoder="private" if any(n.startswith("alpha_encoder.") for n in state) else "shared",
                     alpha=int(state["alpha_index"]) if "alpha_index" in state else 0,
-                    alpha_width=(state["alpha_encoder.conv.0.weight"].shape[0] / state["encoder.conv.0.weight"].shape[0]
-                                 if "alpha_encoder.conv.0.weight" in state else 1.0))
-        model.load_state_dict(state)
+                    alpha_width=float(state["alpha_width"]) if "alpha_width" in state else 1.0)
+        model.load_state_dict({"alpha_width": model.alpha_width, **state} if model.alpha_encoder is not None else state)
         return model
 
     def subspaces(self, x: Tensor) -> Tensor:

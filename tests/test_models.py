@@ -95,6 +95,8 @@ def test_private_alpha_encoder_routes_the_principal_terms_away_from_the_shared_e
     assert not moved(private.alpha_encoder.mlp[3].weight) and moved(private.encoder.mlp[3].weight)
     again = DisentangleAE.from_state(private.state_dict(), 16, 3, 4)
     assert again.alpha_encoder is not None and again.alpha == 1 and torch.equal(again.subspaces(x), private.subspaces(x))
+    narrow = DisentangleAE(16, 3, 4, alpha_encoder="private", alpha_width=0.3)  # 32 * 0.3 rounds: only the width rebuilds it
+    assert DisentangleAE.from_state(narrow.state_dict(), 16, 3, 4).alpha_encoder.mlp[1].out_features == round(256 * 0.3)
     narrow = DisentangleAE(16, 3, 4, alpha_encoder="private", alpha_width=0.5)
     assert narrow.alpha_encoder.conv[0].out_channels * 2 == narrow.encoder.conv[0].out_channels
     assert narrow.alpha_encoder.mlp[1].out_features * 2 == narrow.encoder.mlp[1].out_features
