@@ -34,6 +34,7 @@ from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.discovery import (choose_subspace, component_scores, diagnostics, independent_components,  # noqa: E402
                                   subspace_scores)
+from detaux_ray.errors import SingleClusterError  # noqa: E402
 from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer, optimizer_step  # noqa: E402
 from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
@@ -48,25 +49,33 @@ def embed(model: DisentangleAE, images: np.ndarray, batch: int = 1024) -> np.nda
     return np.concatenate(out)
 
 
-def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
-    s = embed(model, images)
-    factors = {f: v[rows] for f, v in src.factors.items() if f != src.principal_name}
-    card = scorecard(s, src.principal_name, src.principal[rows], factors, cfg.disentangle.principal_subspace, cfg.seed,
-                     n_fit=3000 if full else 1500, n_eval=2000 if full else 1000)
-    out = {"scorecard": card.to_dict(), "variance": (2 * ((s - s.mean(0)) ** 2).sum(-1).mean(0) / 2).round(5).tolist()}
-    if not full:
-        return out
+@torch.no_grad()
+def reconstruction_split(model: DisentangleAE, images: np.ndarray, n: int = 1000) -> dict:
+    """Reconstruction MSE on the foreground pixels (whose colour differs from the image's border median by > 0.1
+    in a channel) and on the rest, over n images: whether a small object on a plain background is
+    reconstructed at all, or the background's pixels dominate the loss. n images spread evenly over the rows
+    (row order follows the factors)."""
+    model.eval()
+    x = to_float_images(torch.from_numpy(images[np.linspace(0, len(images) - 1, min(n, len(images))).astype(int)]))
+    x_rec = model(x)[1]
+    model.train()
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=-1).median(dim=-1).values
+    fg = ((x - border[..., None, None]).abs() > 0.1).any(dim=1, keepdim=True).expand_as(x)
+    err = (x - x_rec) ** 2
+    return {"rec_fg": round(float(err[fg].mean()) if fg.any() else 0.0, 5),
+            "rec_bg": round(float(err[~fg].mean()), 5), "fg_share": round(float(fg.float().mean()), 4)}
+
+
+def discover_all(cfg, s, src, rows, card, scores) -> dict:
+    """Discovery with every subspace criterion and with the independent components (discover.space=ica)."""
     d, disc = cfg.disentangle, cfg.discover
-    scores = subspace_scores(s, src.principal[rows], d.principal_subspace, d.margin, d.oracle_prob, cfg.seed,
-                             n_clusters=disc.n_clusters)
-    out["subspace_scores"] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
-    out["discovery"] = {}
+    out = {}
     for crit in CRITERIA:
         j = choose_subspace(scores, crit, d.principal_subspace, disc.dead_subspace_frac)
         res = cluster(s[:, j], disc, cfg.seed)
         diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
         best, fs = diag.best_factor, diag.best_scores()
-        out["discovery"][crit] = {"subspace": j, "best_factor": best, "homogeneity": round(fs.get("homogeneity", 0), 4),
+        out[crit] = {"subspace": j, "best_factor": best, "homogeneity": round(fs.get("homogeneity", 0), 4),
                                   "completeness": round(fs.get("completeness", 0), 4),
                                   "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes,
                                   "subspace_best_probe": card.best_factor(j)}
@@ -76,10 +85,31 @@ def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
     res = cluster(u[:, c : c + 1], disc, cfg.seed)
     diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
     fs = diag.best_scores()
-    out["discovery"]["ica"] = {"subspace": int(np.argmax(loadings[c])), "component": c, "n_components": int(u.shape[1]),
+    out["ica"] = {"subspace": int(np.argmax(loadings[c])), "component": c, "n_components": int(u.shape[1]),
                                "kurtosis": np.round(kurt, 3).tolist(), "best_factor": diag.best_factor,
                                "homogeneity": round(fs.get("homogeneity", 0), 4), "completeness": round(fs.get("completeness", 0), 4),
                                "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes}
+    return out
+
+
+def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
+    s = embed(model, images)
+    factors = {f: v[rows] for f, v in src.factors.items() if f != src.principal_name}
+    card = scorecard(s, src.principal_name, src.principal[rows], factors, cfg.disentangle.principal_subspace, cfg.seed,
+                     n_fit=3000 if full else 1500, n_eval=2000 if full else 1000)
+    out = {"scorecard": card.to_dict(), "variance": (2 * ((s - s.mean(0)) ** 2).sum(-1).mean(0) / 2).round(7).tolist(),
+           **reconstruction_split(model, images)}
+    if not full:
+        return out
+    d, disc = cfg.disentangle, cfg.discover
+    scores = subspace_scores(s, src.principal[rows], d.principal_subspace, d.margin, d.oracle_prob, cfg.seed,
+                             n_clusters=disc.n_clusters)
+    out["subspace_scores"] = {k: np.round(v, 5).tolist() for k, v in scores.items()}
+    out["discovery"] = {}
+    try:
+        out["discovery"].update(discover_all(cfg, s, src, rows, card, scores))
+    except SingleClusterError as e:  # a dead nuisance latent: the run's scorecard is still the finding
+        out["discovery"]["error"] = str(e)
     return out
 
 
@@ -142,7 +172,14 @@ def main() -> None:
     ap.add_argument("--resume", default="", help="continue from a --save-at state under this run's --set overrides "
                     "(a continuation ablation: which term acts in the later epochs)")
     ap.add_argument("--state", default="", help="path of the --save-at state")
+    ap.add_argument("--decoder-output", default="", help="experiment: 'linear' drops the decoder's output sigmoid")
     args = ap.parse_args()
+    if args.decoder_output == "linear":
+        from detaux_ray import models
+
+        def linear_forward(self, z):
+            return self.deconv(self.mlp(z).view(-1, self.c0, 4, 4))
+        models.ConvDecoder.forward = linear_forward
     if args.save_at and not args.state:
         ap.error("--save-at needs --state PATH")
     torch.set_num_threads(args.threads)
@@ -206,7 +243,8 @@ def main() -> None:
             ev = evaluate(cfg, model, images, src, rows, full=epoch == d.epochs - 1)
             sep = ev["scorecard"]["principal_separation"]
             curve.append({"epoch": epoch + 1, "step": step, "time_s": round(time.time() - t_train, 1), **ev})
-            msg += f" | principal in alpha {sep['in_alpha']:.3f}, best other {sep['best_other']:.3f}"
+            msg += (f" | principal in alpha {sep['in_alpha']:.3f}, best other {sep['best_other']:.3f}; rec fg {ev['rec_fg']:.4f} "
+                    f"bg {ev['rec_bg']:.4f}; variance " + " ".join(f"{v:.2g}" for v in ev["variance"]))
         print(f"[{args.name}] epoch {epoch + 1}/{d.epochs} {msg}", flush=True)
         if args.save_at and epoch + 1 == args.save_at:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
@@ -218,6 +256,9 @@ def main() -> None:
            "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "date": time.strftime("%Y-%m-%d"), "final": final, "curve": curve}
     for crit, r in final["discovery"].items():
+        if crit == "error":
+            print(f"[{args.name}] discovery: {r}")
+            continue
         print(f"[{args.name}] {crit}: subspace {r['subspace']} -> {r['best_factor']} H {r['homogeneity']:.3f} "
               f"C {r['completeness']:.3f} NMI(principal) {r['nmi_principal_aux']:.3f}")
     card = final["scorecard"]

@@ -61,6 +61,7 @@ class DisentangleConfig:
     # shared (paper: one encoder for every subspace) | private (s_alpha from an encoder of its own, so the principal
     # terms never move the features the nuisance subspaces read; ours; variant=paper: shared)
     alpha_encoder: str = "shared"
+    detach_alpha: bool = False  # L_rec does not train s_alpha (the decoder still reads it; ours; variant=paper: off)
     alpha_encoder_width: float = 1.0  # the private alpha encoder's channels and hidden units, as a share of the shared one's
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
@@ -103,7 +104,8 @@ class DiscoverConfig:
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
     min_samples: int = 10
-    n_clusters: int = 10  # kmeans / kmeans++
+    n_clusters: int = 0  # kmeans / kmeans++: 0 = chosen from the data (best silhouette in [2, max_clusters])
+    max_clusters: int = 20  # n_clusters = 0: the largest number of auxiliary classes considered
     meanshift_quantile: float = 0.1
     fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction
     predict: str = "knn"  # how the rest is labelled on CPU: "knn" (KD-tree vote) or "approximate" (hdbscan's)
@@ -195,8 +197,11 @@ class Config:
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
         from .data.shapes import RENDER_VERSION
+        from .data.suite import SUITE_VERSION
 
         payload = {"seed": self.seed, "render_version": RENDER_VERSION, **{s: d[s] for s in chain}}
+        if self.data.dataset in ("sprites", "colour_digits", "digits"):
+            payload["suite_version"] = SUITE_VERSION
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -355,7 +360,7 @@ RANGES: dict[str, Range] = {
     "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
     "disentangle.scorecard_images": _at_least(64),
     "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
-    "discover.n_clusters": _at_least(1), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
+    "discover.n_clusters": _at_least(0), "discover.max_clusters": _at_least(2), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
     "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG,
     "disentangle.alpha_encoder_width": Range(0, 1, open_lo=True), "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),

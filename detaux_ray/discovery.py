@@ -15,7 +15,7 @@ from scipy.stats import chi2_contingency
 from sklearn import metrics
 
 from .artifacts import write_json
-from .clustering import ClusterResult, cluster
+from .clustering import ClusterResult, choose_n_clusters, cluster
 from .config import Config, DiscoverConfig
 from .errors import SingleClusterError
 from .pairs import sample_pairs
@@ -29,7 +29,8 @@ HIGHER_WINS = {"cluster", "calinski"}  # criteria where the largest score wins; 
 
 
 def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, margin: float, oracle_prob: float,
-                    seed: int, n_pairs: int = 20000, n_clusters: int = 10, n_cluster_points: int = 3000) -> dict[str, np.ndarray]:
+                    seed: int, n_pairs: int = 20000, n_clusters: int = 10, n_cluster_points: int = 3000,
+                    max_clusters: int = 20) -> dict[str, np.ndarray]:
     """Per-subspace scores for every criterion over embeddings s (N, k, d).
 
     l_dist[i]: the subspace-i term of L_dist on evaluation pairs drawn as in training, with the oracle's hard
@@ -64,7 +65,8 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
         x = s[sub, i].astype(np.float64)
         if spread[i] <= 1e-12 or len(np.unique(x.round(6), axis=0)) <= max(2, n_clusters):
             continue
-        km = KMeans(max(2, n_clusters), n_init=2, random_state=seed).fit(x)
+        c = n_clusters or choose_n_clusters(x, seed, max_clusters)[0]  # 0: each subspace's own number of groups
+        km = KMeans(max(2, c), n_init=2, random_state=seed).fit(x)
         lab = km.labels_
         if len(np.unique(lab)) < 2:  # no split at all: nothing to score
             continue
@@ -93,9 +95,7 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
     from sklearn.decomposition import PCA, FastICA
 
     n, k, d = s.shape
-    live = [j for j in range(k) if j != alpha and j not in dead_subspaces(_variance(s), alpha, dead_frac)]
-    if not live:
-        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead: nothing to unmix")
+    live, _ = nuisance_subspaces(_variance(s), alpha, dead_frac)
     x = s[:, live].reshape(n, -1).astype(np.float64)
     x -= x.mean(0)
     fit = np.random.default_rng([seed, 17]).permutation(n)[:fit_points]
@@ -110,7 +110,7 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
 
 
 def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_clusters: int = 10,
-                     n_points: int = 3000) -> dict[str, np.ndarray]:
+                     n_points: int = 3000, max_clusters: int = 20) -> dict[str, np.ndarray]:
     """Per-component scores: `calinski` as in subspace_scores (B/W of KMeans_c on the component, times
     1 - NMI(principal, clusters)) and `kurtosis` (excess kurtosis: -1.2 for a uniform factor with many levels,
     0 for a Gaussian)."""
@@ -121,7 +121,7 @@ def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_c
     calinski = np.zeros(u.shape[1])
     for i in range(u.shape[1]):
         x = u[sub, i : i + 1]
-        km = KMeans(max(2, n_clusters), n_init=2, random_state=seed).fit(x)
+        km = KMeans(max(2, n_clusters or choose_n_clusters(x, seed, max_clusters)[0]), n_init=2, random_state=seed).fit(x)
         total = float(((x - x.mean(0)) ** 2).sum())
         within = max(float(km.inertia_), 1e-12 * total)
         calinski[i] = (total - within) / within * (1.0 - metrics.normalized_mutual_info_score(principal_labels[sub], km.labels_))
@@ -145,13 +145,28 @@ def dead_subspaces(variance, alpha: int, dead_frac: float) -> list[int]:
     return [j for j in range(len(var)) if j != alpha and var[j] < dead_frac * var.max()]
 
 
+CONSTANT = 1e-12  # a subspace whose variance is below this share of the largest is constant: it holds nothing
+
+
+def nuisance_subspaces(variance, alpha: int, dead_frac: float) -> tuple[list[int], bool]:
+    """The subspaces j != alpha that discovery considers, and whether it fell back: the live ones (variance >=
+    dead_frac x the largest), or when every one is below that cut, every one that is not constant (the whole
+    non-alpha latent: the choice is scale-free, and a subspace far smaller than alpha can still hold a factor)."""
+    var = np.asarray(variance, dtype=float)
+    dead = dead_subspaces(var, alpha, dead_frac)
+    live = [j for j in range(len(var)) if j != alpha and j not in dead]
+    if live:
+        return live, False
+    rest = [j for j in range(len(var)) if j != alpha and var[j] > CONSTANT * var.max()]
+    if not rest:
+        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is constant: the "
+                                 f"disentanglement encoded nothing outside alpha; train longer, or lower disentangle.k")
+    return rest, True
+
+
 def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float, n: int) -> list[int]:
     """The n live subspaces j != alpha with the best criterion score (smallest, or largest for HIGHER_WINS), best first."""
-    k, dead = len(scores["variance"]), dead_subspaces(scores["variance"], alpha, dead_frac)
-    live = [j for j in range(k) if j != alpha and j not in dead]
-    if not live:
-        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is dead (variance < "
-                                 f"{dead_frac} x the largest): nothing to cluster; train longer or lower k")
+    live, _ = nuisance_subspaces(scores["variance"], alpha, dead_frac)
     if len(live) < n:
         raise SingleClusterError(f"{n} auxiliary tasks asked for (discover.n_auxiliary) but only {len(live)} live "
                                  f"subspace(s) besides the principal one: lower n_auxiliary or raise k")
@@ -236,12 +251,13 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     labels.parquet, embeddings.parquet (the first chosen subspace or component), subspaces.parquet, the scorecard
     (scorecard.png) and diagnostics.json into `out`. Returns what it found."""
     d, disc = cfg.disentangle, cfg.discover
-    scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters)
+    scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters,
+                             max_clusters=disc.max_clusters)
     columns = {"row": rows, "id": ids, "principal": principal}
     tasks, comp_scores = [], None
     if disc.space == "ica":
         u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
-        comp_scores = component_scores(u, principal, cfg.seed, n_clusters=disc.n_clusters)
+        comp_scores = component_scores(u, principal, cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
         if u.shape[1] < disc.n_auxiliary:
             raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
                                      f"nuisance latent has only {u.shape[1]} independent components above "
@@ -277,7 +293,13 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     if margin is not None:
         say(f"subspace {chosen[0]} leads the runner-up by {margin:.2f}x on criterion {disc.criterion}")
     dead = dead_subspaces(scores["variance"], d.principal_subspace, disc.dead_subspace_frac)
-    if dead:
+    if nuisance_subspaces(scores["variance"], d.principal_subspace, disc.dead_subspace_frac)[1]:
+        var = np.asarray(scores["variance"])
+        say(f"every subspace other than the principal one is below discover.dead_subspace_frac = {disc.dead_subspace_frac}"
+            f" x the largest variance (" + ", ".join(f"{j}: {var[j] / var.max():.1e}" for j in dead) + "), so discovery "
+            "used them all (the whole non-alpha latent). The nuisance latent is small: check the scorecard's 'all' row "
+            "for what the autoencoder encodes, and train longer if it is near 0")
+    elif dead:
         say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
             f"{disc.dead_subspace_frac} x the largest" + (" (one candidate left)" if s.shape[1] - 1 - len(dead) == 1 else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",

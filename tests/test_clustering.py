@@ -70,7 +70,7 @@ def test_subspace_choice_skips_principal_and_dead_subspaces():
     assert choose_subspace(sc, "dot", alpha=0, dead_frac=0.01) == 1
     assert choose_subspace(sc, "l_dist", alpha=0, dead_frac=0.01) in (1, 2)
     s[:, 1:] = 0
-    with pytest.raises(SingleClusterError, match="dead"):
+    with pytest.raises(SingleClusterError, match="constant"):
         choose_subspace(subspace_scores(s, y, 0, 1.0, 0.5, 0), "dot", 0, 0.01)
 
 
@@ -194,3 +194,39 @@ def test_more_auxiliary_tasks_than_independent_components_is_one_clear_error(tmp
     with pytest.raises(SingleClusterError, match="only 3 independent components"):
         discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None)
     assert not (tmp_path / "labels.parquet").exists()
+
+
+def test_the_number_of_kmeans_clusters_is_chosen_from_the_data():
+    from detaux_ray.clustering import choose_n_clusters
+
+    rng = np.random.default_rng(0)
+    for centres in (3, 4, 7):  # on a circle: every two centres at least as far apart as neighbours
+        angle = 2 * np.pi * np.arange(centres) / centres
+        c = np.stack([10 * np.cos(angle), 10 * np.sin(angle), np.zeros(centres)], 1)
+        y = np.repeat(np.arange(centres), 200)
+        x = c[y] + rng.normal(0, 0.5, (len(y), 3))
+        assert choose_n_clusters(x, seed=0, max_clusters=12)[0] == centres
+        res = cluster(x, DiscoverConfig(clusterer="kmeans++", n_clusters=0, max_clusters=12), seed=0)
+        assert res.n_clusters == centres and res.params["n_clusters_chosen_by"] == "silhouette"
+        assert adjusted_rand_score(y, res.labels) > 0.99
+    one_d = np.repeat(np.arange(5.0), 200)[:, None] + np.random.default_rng(0).normal(0, 0.05, (1000, 1))
+    assert choose_n_clusters(one_d, seed=0, max_clusters=20)[0] == 5  # a 1-D factor with five levels
+    with pytest.raises(SingleClusterError, match="distinct point"):
+        choose_n_clusters(np.zeros((100, 2)), seed=0, max_clusters=10)
+
+
+def test_a_nuisance_latent_below_the_dead_cut_falls_back_to_every_non_constant_subspace(tmp_path):
+    from detaux_ray.config import load_config
+    from detaux_ray.discovery import discover, nuisance_subspaces
+
+    s, y, factors = _mixed_latent(n=2000)
+    s[:, 0] *= 1e4  # alpha far larger than the rest: every other subspace is below the 1% cut
+    assert nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), 0, 0.01) == ([1, 2, 3], True)
+    said = []
+    cfg = load_config("quick", ["discover.space=ica"])
+    task = discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=said.append).first
+    assert any("whole non-alpha latent" in m for m in said)
+    assert min(task.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9  # scale-free: still found
+    s[:, 1:] = 0.0
+    with pytest.raises(SingleClusterError, match="constant"):
+        nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), 0, 0.01)
