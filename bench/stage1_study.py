@@ -133,6 +133,20 @@ def remap_optimizer(saved: dict, old_names: list[str], new_names: list[str], fre
     return {"state": state, "param_groups": groups}
 
 
+def changes(r: dict) -> str:
+    """A run's changes against its preset, as the table shows them."""
+    out = [o.split(".", 1)[-1] for o in r["overrides"]]
+    if r.get("decoder_output") == "linear":
+        out.append("decoder output linear")
+    if r.get("leaky_projectors"):
+        out.append(f"leaky projectors {r['leaky_projectors']}")
+    if r.get("rec_weight") == "median":
+        out.append("L_rec weighted by the median image")
+    if r.get("rec_loss") == "bce":
+        out.append("L_rec cross-entropy")
+    return ", ".join(out) or "-"
+
+
 def table(paths: list[str]) -> str:
     """Markdown table of finished runs (JSON rows): the scorecard targets and each criterion's discovery."""
     lines = ["| run | changes vs quick preset | steps | principal in alpha | best other | best factor per subspace (probe) | "
@@ -151,7 +165,7 @@ def table(paths: list[str]) -> str:
             d = f["discovery"].get(crit)
             disc.append(f"{d['subspace']} -> {d['best_factor']} {d['homogeneity']:.2f} / {d['completeness']:.2f}, "
                         f"{d['nmi_principal_aux']:.3f}" if d else "-")
-        lines.append(f"| {r['name']} | {', '.join(o.split('.', 1)[-1] for o in r['overrides']) or '-'} | {r['steps']} | "
+        lines.append(f"| {r['name']} | {changes(r)} | {r['steps']} | "
                      f"{sep['in_alpha']:.2f} | {sep['best_other']:.2f} | {'; '.join(best)} | " + " | ".join(disc) + " |")
     return "\n".join(lines)
 
@@ -173,7 +187,29 @@ def main() -> None:
                     "(a continuation ablation: which term acts in the later epochs)")
     ap.add_argument("--state", default="", help="path of the --save-at state")
     ap.add_argument("--decoder-output", default="", help="experiment: 'linear' drops the decoder's output sigmoid")
+    ap.add_argument("--rec-loss", default="", help="experiment: 'bce' makes L_rec the Bernoulli cross-entropy")
+    ap.add_argument("--rec-weight", default="", help="experiment: 'median' weights L_rec's pixels by their distance to "
+                    "the training images' median image")
+    ap.add_argument("--leaky-projectors", type=float, default=0.0, help="experiment: LeakyReLU slope in the projectors")
     args = ap.parse_args()
+    if args.leaky_projectors > 0:
+        from detaux_ray import models
+
+        slope = args.leaky_projectors
+
+        def leaky_forward(self, z):
+            act = torch.nn.functional.leaky_relu
+            h = act(torch.einsum("bd,kde->bke" if z.dim() == 2 else "bkd,kde->bke", z, self.w1) + self.b1, slope)
+            return torch.einsum("bkd,kde->bke", h, self.w2) + self.b2
+
+        def leaky_one(self, z, i):
+            h = torch.nn.functional.leaky_relu(torch.einsum("bd,bde->be", z, self.w1[i]) + self.b1[i], slope)
+            return torch.einsum("bd,bde->be", h, self.w2[i]) + self.b2[i]
+        models.Projectors.forward, models.Projectors.project_one = leaky_forward, leaky_one
+    if args.rec_loss == "bce":
+        from detaux_ray import losses
+
+        losses.reconstruction_loss = lambda x, x_rec: torch.nn.functional.binary_cross_entropy(x_rec, x)
     if args.decoder_output == "linear":
         from detaux_ray import models
 
@@ -192,6 +228,18 @@ def main() -> None:
     images = src.images(rows)
     print(f"[{args.name}] {len(rows)} images in {time.time() - t0:.1f}s", flush=True)
     labels = torch.from_numpy(src.principal[rows])
+    if args.rec_weight == "median":
+        from detaux_ray import losses
+
+        sample = to_float_images(torch.from_numpy(images[np.random.default_rng([cfg.seed, 31]).permutation(len(images))[:2000]]))
+        median = sample.median(dim=0).values  # (3, S, S)
+        typical = float((sample - median).abs().mean())
+
+        def weighted(x, x_rec):
+            # w = (1 + |x - m| / mean |x - m|) / 2: mean 1 over the data; pixels that differ from the typical image weigh more
+            w = (1.0 + (x - median).abs() / typical) / 2.0
+            return (w * (x - x_rec).pow(2)).mean()
+        losses.reconstruction_loss = weighted
     w_principal = d.formulation()[0]
     state = torch.load(args.resume, weights_only=False) if args.resume else None
     heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
@@ -252,7 +300,9 @@ def main() -> None:
             print(f"[{args.name}] saved the state after epoch {epoch + 1} to {args.state}")
             return
     final = curve[-1]
-    row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "steps": step,
+    row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "decoder_output": args.decoder_output or "sigmoid",
+           "rec_loss": args.rec_loss or "mse", "leaky_projectors": args.leaky_projectors,
+           "rec_weight": args.rec_weight or "none", "steps": step,
            "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "date": time.strftime("%Y-%m-%d"), "final": final, "curve": curve}
     for crit, r in final["discovery"].items():

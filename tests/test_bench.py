@@ -130,3 +130,18 @@ def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
     assert continued["final"]["discovery"] == whole["final"]["discovery"]
     bad = run("--save-at", "1")
     assert bad.returncode == 2 and "--save-at needs --state PATH" in bad.stderr
+
+
+def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
+    """bench/suite.py: one harness run per (dataset, seed), only data.* changed, a row each and a JSON line; a dead
+    or empty nuisance latent is a row that says so, never a crash."""
+    tiny = ["--set", "data.n_images=400", "--set", "data.image_size=16", "--set", "disentangle.epochs=1",
+            "--set", "disentangle.k=3", "--set", "disentangle.batch_size=32"]
+    out = _run("bench/suite.py", "--datasets", "sprites", "colour_digits", "digits", "--seeds", "0", "--threads", "1",
+               "--out", str(tmp_path), *tiny)
+    assert set(out["runs"]) == {"sprites_seed0", "colour_digits_seed0", "digits_seed0"}
+    for name, r in out["runs"].items():
+        assert 0.0 <= r["in_alpha"] <= 1.0 and len(r["variance"]) == 3, name
+        assert (r["labels_min_hc"] is not None) or r["discovery_error"], name
+    assert "colour" in out["runs"]["sprites_seed0"]["whole_latent"]
+    assert out["runs"]["digits_seed0"]["labels_factor"] is None  # no factor annotations: NMI only
