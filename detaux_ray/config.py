@@ -61,7 +61,6 @@ class DisentangleConfig:
     # shared (paper: one encoder for every subspace) | private (s_alpha from an encoder of its own, so the principal
     # terms never move the features the nuisance subspaces read; ours; variant=paper: shared)
     alpha_encoder: str = "shared"
-    detach_alpha: bool = False  # L_rec does not train s_alpha (the decoder still reads it; ours; variant=paper: off)
     alpha_encoder_width: float = 1.0  # the private alpha encoder's channels and hidden units, as a share of the shared one's
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)

@@ -60,20 +60,14 @@ def detaux_loss(
     s = model(x, decode=False)
     b = x1.shape[0]
     s1, s2 = s[:b], s[b:]
-    s_dec = s
-    if cfg.detach_alpha and cfg.variant != "paper":
-        # The decoder reads s_alpha but L_rec does not train it: alpha holds what the principal terms put there, and
-        # everything else the image needs must come from the other subspaces.
-        s_dec = torch.cat([s[:, :cfg.principal_subspace], s[:, cfg.principal_subspace:cfg.principal_subspace + 1].detach(),
-                           s[:, cfg.principal_subspace + 1:]], dim=1)
     with_cons = not betas.warmup and betas.beta2 > 0 and cfg.w_cons > 0
     if with_cons:
         # One decoder call for the reconstructions and the swapped latents of L_cons (fewer, larger kernels).
         rows, idx = swaps if swaps is not None else swap_plan(b, core.k, cfg.cons_swaps, s.device, cfg.cons_fraction)
-        decoded = core.decoder(torch.cat([s_dec.sum(dim=1), losses.swap_subspace(s_dec[:b][rows], s_dec[b:][rows], idx)]))
+        decoded = core.decoder(torch.cat([s.sum(dim=1), losses.swap_subspace(s1[rows], s2[rows], idx)]))
         x_rec, x_swap = decoded[: 2 * b], decoded[2 * b:]
     else:
-        x_rec = core.decode(s_dec)
+        x_rec = core.decode(s)
     rec = losses.reconstruction_loss(x, x_rec)
     lam = losses.oracle_weights(s1, s2, same, cfg.principal_subspace, cfg.oracle_temperature)
     w_principal, pulls, relative = cfg.formulation()
