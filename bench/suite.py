@@ -38,7 +38,8 @@ def summary(row: dict) -> dict:
     return {"in_alpha": round(sep["in_alpha"], 3), "best_other": round(sep["best_other"], 3),
             "whole_latent": {f: round(v, 2) for f, v in all_row.items()},
             "labels_factor": disc.get("best_factor"),
-            "labels_min_hc": round(min(disc.get("homogeneity", 0), disc.get("completeness", 0)), 3) if disc else None,
+            "labels_min_hc": (round(min(disc.get("homogeneity", 0), disc.get("completeness", 0)), 3)
+                              if disc and disc.get("best_factor") else None),
             "n_aux_classes": disc.get("n_clusters"), "nmi_principal_aux": disc.get("nmi_principal_aux"),
             "discovery_error": final["discovery"].get("error"), "variance": final["variance"],
             "rec_fg": final.get("rec_fg"), "rec_bg": final.get("rec_bg"), "train_time_s": row["train_time_s"]}
@@ -77,8 +78,9 @@ def main() -> None:
             r = results[name]
             print(f"| {ds} | {seed} | {r['in_alpha']:.2f} / {r['best_other']:.2f} | "
                   + ", ".join(f"{f} {v:.2f}" for f, v in r["whole_latent"].items()) + " | "
-                  + (f"{r['labels_factor']} {r['labels_min_hc']:.2f} ({r['n_aux_classes']} classes)" if r["labels_min_hc"] is not None
-                     else r["discovery_error"] or "-")
+                  + (r["discovery_error"] if r["discovery_error"] else
+                     f"{r['labels_factor']} {r['labels_min_hc']:.2f} ({r['n_aux_classes']} classes)" if r["labels_factor"]
+                     else f"no known factor ({r['n_aux_classes']} classes)")
                   + f" | {r['nmi_principal_aux']} |", flush=True)
     print(json.dumps({"bench": "suite", "overrides": args.overrides, "harness_args": args.harness_arg,
                       "wall_s": round(time.time() - t0, 1), "runs": results}))

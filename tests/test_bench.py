@@ -142,6 +142,6 @@ def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
     assert set(out["runs"]) == {"sprites_seed0", "colour_digits_seed0", "digits_seed0"}
     for name, r in out["runs"].items():
         assert 0.0 <= r["in_alpha"] <= 1.0 and len(r["variance"]) == 3, name
-        assert (r["labels_min_hc"] is not None) or r["discovery_error"], name
+        assert r["n_aux_classes"] or r["discovery_error"], name
     assert "colour" in out["runs"]["sprites_seed0"]["whole_latent"]
     assert out["runs"]["digits_seed0"]["labels_factor"] is None  # no factor annotations: NMI only
