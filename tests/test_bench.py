@@ -114,7 +114,8 @@ def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_r
 
 def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
     """bench/stage1_study.py --save-at / --resume: continued without changes, the run ends where it would have."""
-    tiny = ["--set", "data.n_images=600", "--set", "data.image_size=16", "--set", "disentangle.epochs=2", "--set",
+    tiny = ["--set", "data.n_images=600", "--set", "data.image_size=16", "--set", "disentangle.epochs=2",
+            "--set", "disentangle.pairs_per_epoch=0", "--set",
             "disentangle.k=3", "--set", "disentangle.batch_size=32", "--threads", "1", "--every", "1"]
 
     def run(*extra: str) -> subprocess.CompletedProcess:
@@ -136,6 +137,7 @@ def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
     """bench/suite.py: one harness run per (dataset, seed), only data.* changed, a row each and a JSON line; a dead
     or empty nuisance latent is a row that says so, never a crash."""
     tiny = ["--set", "data.n_images=400", "--set", "data.image_size=16", "--set", "disentangle.epochs=1",
+            "--set", "disentangle.pairs_per_epoch=0",
             "--set", "disentangle.k=3", "--set", "disentangle.batch_size=32"]
     out = _run("bench/suite.py", "--datasets", "sprites", "colour_digits", "digits", "--seeds", "0", "--threads", "1",
                "--out", str(tmp_path), *tiny)

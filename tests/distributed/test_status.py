@@ -21,7 +21,8 @@ def test_a_corrupt_image_met_mid_run_is_exit_3_and_not_retried(ray_session, tmp_
         (root / "class_1" / f"{i}.png").write_bytes(png[: len(png) // 2])
     argv = ["--run-dir", str(tmp_path / "run")]
     for item in ["data.dataset=imagefolder", f"data.path={root}", "data.principal=label", "data.n_images=0",
-                 "data.cache=stream", "disentangle.k=3", "disentangle.epochs=2", "disentangle.batch_size=16",
+                 "data.cache=stream", "disentangle.k=3", "disentangle.epochs=2", "disentangle.pairs_per_epoch=0",
+                 "disentangle.batch_size=16",
                  "mtl.epochs=1", "resources.max_failures=2", "resources.cpus_per_worker=0.5"]:
         argv += ["--set", item]
     assert full_pipeline.main(argv) == 3
