@@ -53,16 +53,21 @@ def _noise(img: np.ndarray, index: np.ndarray, noise: float, seed: int) -> np.nd
     return img
 
 
-# sprites -----------------------------------------------------------------------------------------------------
-
 @dataclass
-class SpritesReader:
-    """`sprites` images drawn on demand from their combination index (2x supersampled, box-filtered)."""
+class _Generated:
+    """A reader that draws images from their index: side `size`, salt-and-pepper `noise` seeded by `seed`."""
 
     size: int
     noise: float
     seed: int
-    renders = True
+    renders = True  # generated, not read from files (the pipeline says "rendered")
+
+
+# sprites -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class SpritesReader(_Generated):
+    """`sprites` images drawn on demand from their combination index (2x supersampled, box-filtered)."""
 
     def read(self, index: np.ndarray) -> np.ndarray:
         index = np.asarray(index, dtype=np.int64).reshape(-1)
@@ -136,14 +141,9 @@ def _digit_test_split(seed: int, test_frac: float) -> np.ndarray:
 
 
 @dataclass
-class ColourDigitsReader:
+class ColourDigitsReader(_Generated):
     """`colour_digits`: a real digit (its original from the combination index) in an ink hue, on a background
     colour, at a position; the glyph spans 5/8 of the image."""
-
-    size: int
-    noise: float
-    seed: int
-    renders = True
 
     def read(self, index: np.ndarray) -> np.ndarray:
         index = np.asarray(index, dtype=np.int64).reshape(-1)
