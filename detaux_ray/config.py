@@ -196,11 +196,11 @@ class Config:
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
         from .data.shapes import RENDER_VERSION
-        from .data.suite import SUITE_VERSION
+        from .data import suite
 
         payload = {"seed": self.seed, "render_version": RENDER_VERSION, **{s: d[s] for s in chain}}
-        if self.data.dataset in ("sprites", "colour_digits", "digits"):
-            payload["suite_version"] = SUITE_VERSION
+        if self.data.dataset in suite.DATASETS:
+            payload["suite_version"] = suite.SUITE_VERSION
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import DataError
 
-SUITE_VERSION = 1  # bump when these pictures change: part of every stage hash
+SUITE_VERSION = 1  # bump when these pictures change: part of every stage hash of these datasets
+DATASETS = ("sprites", "colour_digits", "digits")
 
 SPRITE_FACTORS: tuple[str, ...] = ("shape", "scale", "rotation", "pos_x", "pos_y", "colour")
 SPRITE_SIZES: tuple[int, ...] = (3, 6, 6, 8, 8, 6)
