@@ -172,13 +172,17 @@ def _chosen(disc, first) -> str:
 
 def _dead(r) -> str:
     """The subspaces skipped for their tiny variance (discover.dead_subspace_frac), which the criterion never saw."""
-    from .discovery import dead_subspaces  # the report itself needs no sklearn unless there is a stage 2 to describe
+    from .discovery import dead_subspaces, nuisance_subspaces  # no sklearn unless there is a stage 2 to describe
 
     frac = r.config.get("discover", {}).get("dead_subspace_frac", 0.0)
     alpha = r.config.get("disentangle", {}).get("principal_subspace", 0)
-    dead = dead_subspaces(r.discover.subspace_scores.get("variance", []), alpha, frac)
+    var = r.discover.subspace_scores.get("variance", [])
+    dead = dead_subspaces(var, alpha, frac)
     if not dead:
         return ""
+    if nuisance_subspaces(var, alpha, frac)[1]:
+        return (f"; every subspace but alpha was below {frac:g} x the largest variance (`discover.dead_subspace_frac`), "
+                f"so discovery used the whole non-alpha latent")
     return (f"; not considered: subspace{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))} (variance below "
             f"{frac:g} x the largest, `discover.dead_subspace_frac`; 0 lets the criterion weigh them too)")
 

@@ -59,3 +59,18 @@ def test_markdown_sets_each_architecture_against_its_control():
     t = r.mtl.seeds.models["mtl"]
     assert f"| MTL-NDDR + Detaux | 0.9688 +/- 0.0018 | {t['t_statistic']:.3f} | {t['p_value']:.3g} | {t['t_vs_control']:.3f} |" in md
     assert "| NDDR on the principal alone (control) | 0.9725 +/- 0.0035 |" in md
+
+
+def test_the_report_says_when_discovery_used_the_whole_non_alpha_latent():
+    from types import SimpleNamespace
+
+    from detaux_ray.report import _dead
+
+    def run(variance):
+        return SimpleNamespace(config={"discover": {"dead_subspace_frac": 0.01}, "disentangle": {"principal_subspace": 0}},
+                               discover=SimpleNamespace(subspace_scores={"variance": variance}))
+
+    assert "not considered: subspace 2" in _dead(run([1.0, 0.5, 1e-4, 0.2]))
+    fell_back = _dead(run([1.0, 1e-4, 1e-4, 1e-5]))  # every nuisance subspace below the cut: all of them were used
+    assert "whole non-alpha latent" in fell_back and "not considered" not in fell_back
+    assert _dead(run([1.0, 0.5, 0.3])) == ""

@@ -141,7 +141,7 @@ def _load(cfg: DataConfig, seed: int):
     size, rs = cfg.image_size, cfg.resize
     loaders = {
         "shapes": lambda: load_shapes(size, cfg.noise, seed, cfg.heldout_hues),
-        "sprites": lambda: suite.load_sprites(size, cfg.noise, seed, cfg.test_frac),
+        "sprites": lambda: suite.load_sprites(size, cfg.noise, seed),
         "colour_digits": lambda: suite.load_colour_digits(size, cfg.noise, seed, cfg.test_frac),
         "digits": lambda: suite.load_digits(size, seed, cfg.test_frac),
         "shapes3d": lambda: formats.load_shapes3d(cfg.path, size, rs, cfg.noise, seed, cfg.heldout_hues),

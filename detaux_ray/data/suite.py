@@ -104,7 +104,8 @@ class SpritesReader(_Generated):
         return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_sprites(size: int, noise: float, seed: int, test_frac: float):
+def load_sprites(size: int, noise: float, seed: int):
+    """All combinations; no split of their own (the pipeline draws a seeded data.test_frac)."""
     from .formats import Loaded
 
     _check_size(size, "sprites")
