@@ -1,11 +1,14 @@
-"""Atomic artifact writing and stage manifests (no Ray).
+"""Atomic, durable artifact writing and stage manifests (no Ray).
 
-Everything a stage leaves behind is written to a temporary path and renamed into place, so an interrupted run
-never leaves a half-written file that a later run would trust.
+Everything a stage leaves behind goes through `_atomic`: written to a temporary name beside its final path,
+flushed to disk (fsync), given the permissions the umask allows (as `open()` would), renamed into place, and the
+rename itself flushed (fsync of the folder). An interrupted run therefore never leaves a half-written file that a
+later run would trust, and a full disk is a RunDirError (exit 6) naming the path, with nothing left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,46 +19,125 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .errors import RunDirError
 
 # Every temporary name carries its writer's host and pid, so leftovers of a killed run can be told from the
-# files of a run still in progress (a shared stage store): .<name>.tmp-<host>-<pid>-<random>
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-")
+# files of a run still in progress (a shared stage store): .<name>.tmp-<host>-<pid>-<random>. The host tag is a
+# digest of the full host name: stripping characters would make different hosts equal (ip-10-0-1-23, ip-10-0-12-3).
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
+_TMP = re.compile(r"^\..+\.(?:tmp|old)-(?P<host>[0-9a-f]+)-(?P<pid>\d+)-")
 
 
-def _tmp_prefix(name: str) -> str:
-    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+def _read_umask() -> int:
+    try:  # Linux: read it without changing it (os.umask's set-and-restore races with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give; tempfile's 0600 would hide artifacts from other users
+DIR_MODE = 0o777 & ~_UMASK
+
+
+def _tmp_prefix(name: str, kind: str = "tmp") -> str:
+    return f".{name}.{kind}-{_HOST}-{os.getpid()}-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems cannot open a folder; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_error(exc: OSError, path: Path) -> RunDirError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunDirError(f"no space left to write {path}: free some space and rerun (nothing was left half-written)")
+    return RunDirError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """write(file) to a temporary beside `path`, fsync, chmod to the umask's mode, rename onto `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name))
+    except OSError as exc:
+        raise _disk_error(exc, path) from None
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _disk_error(exc, path) from None
+        raise
+    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=_tmp_prefix(path.name), delete=False) as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=_jsonable)
-        tmp = fh.name
-    os.replace(tmp, path)
+    _atomic(path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=True, default=_jsonable), "w")
 
 
 def write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=_tmp_prefix(path.name), delete=False) as fh:
-        fh.write(text)
-        tmp = fh.name
-    os.replace(tmp, path)
+    _atomic(path, lambda fh: fh.write(text), "w")
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(data))
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fh:
+        _atomic(dst, lambda out: shutil.copyfileobj(fh, out))
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def write_with(path: Path, writer: Callable[[str], None]) -> None:
+    """An artifact written by a library that wants a path (a Parquet table, a PNG): `writer(tmp_path)`, then
+    the same fsync / mode / rename as every other artifact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(_tmp_prefix(path.name) + "0")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name), suffix=path.suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise _disk_error(exc, path) from None
+    try:
+        writer(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _disk_error(exc, path) from None
+        raise
+    _fsync_dir(path.parent)
 
 
 def load_torch(path: Path) -> Any:
@@ -90,16 +172,23 @@ def check_writable_dir(path: Path, what: str = "run directory") -> None:
 
 
 def clean_stale_temporaries(folder: Path) -> list[str]:
-    """Remove the temporary files and staging folders that a killed process of this host left in `folder`
-    (names .<name>.tmp-<host>-<pid>-*, whose pid is no longer running). Returns the removed names."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp-*"):
+    """Tidy what a killed process of this host left in `folder`: its temporary files and staging folders
+    (.<name>.tmp-<host>-<pid>-*) are removed; a stage it had moved aside to replace it (.<name>.old-...) is put
+    back when the new one never arrived, else removed. Only names whose pid is no longer running. Returns what
+    was removed or restored."""
+    done = []
+    for p in sorted(Path(folder).glob(".*.*-*")):
         m = _TMP.match(p.name)
         if not m or m["host"] != _HOST or _alive(int(m["pid"])):
             continue
+        final = p.with_name(p.name[1:p.name.index(".old-")]) if ".old-" in p.name else None
+        if final is not None and not final.exists():
+            os.replace(p, final)  # killed between moving the old stage aside and renaming the new one in
+            done.append(f"{p.name} (restored as {final.name})")
+            continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        removed.append(p.name)
-    return removed
+        done.append(p.name)
+    return done
 
 
 def _alive(pid: int) -> bool:
@@ -133,47 +222,132 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the system or the file
+    system cannot (then the caller moves the old one aside first)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Put the finished staging folder `tmp` at `final`, replacing what is there, so that at every instant
+    `final` holds the old stage or the new one: an atomic exchange where the file system has one; else the old
+    stage is first renamed aside (.<name>.old-<host>-<pid>-*), which a later run puts back if a kill comes
+    between the two renames (`clean_stale_temporaries`)."""
+    if not final.exists():
+        os.replace(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old stage
+    else:
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name, "old")))
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(final.parent)
+
+
 @contextmanager
 def staging_dir(final: Path, replace: bool = True) -> Iterator[Path]:
     """Yield a fresh temp dir beside `final`; on success it replaces `final` (or, with replace=False, is dropped
-    when `final` already exists), on error it is removed."""
+    when `final` already exists: a concurrent run of the same stage finished first), on error it is removed."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_tmp_prefix(final.name)))
+        os.chmod(tmp, DIR_MODE)
+    except OSError as exc:
+        raise _disk_error(exc, final) from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
+    try:
         if not replace:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+            try:
+                os.rename(tmp, final)  # fails if another run put a (non-empty) stage there since we checked
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not final.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+            _fsync_dir(final.parent)
+        else:
+            _install(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _disk_error(exc, final) from None
+
+
+class RunLock:
+    """One pipeline at a time per run directory: an exclusive lock on <run_dir>/.lock (flock, released by the
+    kernel when the process ends, however it ends), holding the holder's host, pid and start time for the
+    message a second run gets (RunDirError, exit 6)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirError(f"run directory {self.path.parent} is in use by {holder}: wait for that run to end, "
+                              f"or choose another run directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})"
+                  .encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    __del__ = release
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
+    """The stage's manifest, or None when there is none or it is not a JSON object we could have written."""
     p = Path(stage_dir) / "manifest.json"
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
+        m = json.loads(p.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
+    return m if isinstance(m, dict) else None
 
 
-def verify_stage(stage_dir: Path, config_hash: str) -> tuple[dict | None, str]:
-    """(manifest, "") when the stage finished with this config hash and every artifact still has the checksum the
-    manifest recorded; else (None, why not) with why = "" when there is simply nothing to reuse."""
+def verify_stage(stage_dir: Path, config_hash: str, data_fingerprint: str | None = None) -> tuple[dict | None, str]:
+    """(manifest, "") when the stage finished with this config hash (and, when given, this dataset fingerprint)
+    and every artifact still has the checksum the manifest recorded; else (None, why not) with why = "" when there
+    is simply nothing to reuse."""
+    p = Path(stage_dir) / "manifest.json"
     m = read_manifest(stage_dir)
-    if not m or m.get("status") != "complete":
+    if m is None:
+        return None, "its manifest is unreadable (not a JSON object)" if p.is_file() else ""
+    if m.get("status") != "complete":
         return None, ""
+    if data_fingerprint is not None and m.get("data_fingerprint") != data_fingerprint:
+        return None, "the dataset changed since it was computed (files added, removed or replaced)"
     if m.get("config_hash") != config_hash:
         return None, f"it was computed for another config (hash {m.get('config_hash')})"
     recorded = m.get("files")
-    if recorded is None:
-        return None, "its manifest records no checksums (written by an older version)"
+    if not isinstance(recorded, dict) or not recorded:
+        return None, "its manifest records no artifacts"
     found = checksums(stage_dir)
     for name, digest in recorded.items():
         if name not in found:

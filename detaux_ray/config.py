@@ -190,18 +190,30 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def stage_hash(self, stage: str) -> str:
-        """Hash of everything a stage's result depends on (its own section and every upstream one)."""
+    def stage_hash(self, stage: str, data_fingerprint: str = "") -> str:
+        """Hash of everything a stage's result depends on: its own section and every upstream one, less the keys
+        that only change what is logged (NOT_IN_HASH), plus the number of training workers (each trains on its
+        own batches of batch_size, so the global batch and the step count follow it) and the mixed precision;
+        `data_fingerprint` (the dataset's files, `ImageSource.fingerprint`) for datasets read from files."""
         chain = {"disentangle": ["data", "disentangle"], "discover": ["data", "disentangle", "discover"],
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
         from .data.shapes import RENDER_VERSION
         from .data import suite
 
-        payload = {"seed": self.seed, "render_version": RENDER_VERSION, **{s: d[s] for s in chain}}
+        sections = {s: {k: v for k, v in d[s].items() if f"{s}.{k}" not in NOT_IN_HASH} for s in chain}
+        payload = {"seed": self.seed, "render_version": RENDER_VERSION, **sections,
+                   "num_workers": self.resources.num_workers, "amp": self.resources.amp}
         if self.data.dataset in suite.DATASETS:
             payload["suite_version"] = suite.SUITE_VERSION
+        if data_fingerprint:
+            payload["data_fingerprint"] = data_fingerprint
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Keys that change what a stage logs or how it holds its images, never its result: changing one reuses the stage.
+NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentangle.scorecard_every",
+                         "disentangle.scorecard_images", "mtl.test_every"})
 
 
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -342,6 +354,8 @@ def _at_least(n: int) -> Range:
 
 
 # The allowed range of every numeric key (a test checks that none is missing; docs/config.md is generated from it).
+MAX_CLUSTERS = 1000  # auxiliary classes: far above any factor's levels, far below what would exhaust memory
+
 RANGES: dict[str, Range] = {
     "seed": _NONNEG,
     "data.image_size": _at_least(8), "data.n_images": _NONNEG, "data.noise": _FRAC,
@@ -359,7 +373,7 @@ RANGES: dict[str, Range] = {
     "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
     "disentangle.scorecard_images": _at_least(64),
     "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
-    "discover.n_clusters": _at_least(0), "discover.max_clusters": _at_least(2), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
+    "discover.n_clusters": Range(0, MAX_CLUSTERS), "discover.max_clusters": Range(2, MAX_CLUSTERS), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
     "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG,
     "disentangle.alpha_encoder_width": Range(0, 1, open_lo=True), "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
@@ -447,8 +461,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError("mtl.pretrained is for mtl.backbone=resnet18")
     if cfg.mtl.pretrained and not Path(cfg.mtl.pretrained).is_file():
         raise ConfigError(f"mtl.pretrained: weights file not found: {cfg.mtl.pretrained}")
+    if cfg.mtl.pretrained:
+        _check_state_dict(cfg.mtl.pretrained)
     if cfg.debug.kill_at and len(cfg.debug.kill_at.split(":")) != 3:
         raise ConfigError(f"debug.kill_at must look like stage:epoch:step, got '{cfg.debug.kill_at}'")
+
+
+def _check_state_dict(path: str) -> None:
+    """mtl.pretrained must be a state_dict of tensors (torchvision's resnet18 file, or one under 'state_dict')."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "weights_only" in first or "Weights only" in first:
+            first = "it holds objects other than tensors"
+        raise ConfigError(f"mtl.pretrained: {path} is not a PyTorch state_dict ({first})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"mtl.pretrained: {path} is not a state_dict (a mapping of parameter names to tensors)")
 
 
 def ranges_table() -> str:

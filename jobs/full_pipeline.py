@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         from detaux_ray.distributed.pipeline import Pipeline  # Ray is imported only once the config is valid
 
         pipe.append(Pipeline(cfg, run_dir, stage_store=args.stage_store))
-        print(f"{summary_line(detaux(pipe[0]))} | {time.time() - t0:.0f}s")
+        try:
+            print(f"{summary_line(detaux(pipe[0]))} | {time.time() - t0:.0f}s")
+        finally:
+            pipe[0].close()
         return 0
 
     def interrupted() -> str:  # where it stopped and how to resume

@@ -20,8 +20,26 @@ def test_stage_hash_tracks_upstream_only():
     c = load_config("quick", ["disentangle.k=4"])
     assert a.stage_hash("disentangle") == b.stage_hash("disentangle") and a.stage_hash("mtl") != b.stage_hash("mtl")
     assert a.stage_hash("discover") != c.stage_hash("discover")
-    d = load_config("quick", ["resources.num_workers=4"])  # scaling out never invalidates results
-    assert a.stage_hash("mtl") == d.stage_hash("mtl")
+    # Each worker trains on batches of batch_size: more workers, a larger global batch and fewer steps, another result
+    d = load_config("quick", ["resources.num_workers=4"])
+    assert a.stage_hash("disentangle") != d.stage_hash("disentangle") and a.stage_hash("mtl") != d.stage_hash("mtl")
+    assert load_config("quick", ["resources.cpus_per_worker=0.5"]).stage_hash("mtl") == a.stage_hash("mtl")
+
+
+def test_keys_that_only_change_logging_leave_every_stage_hash_alone():
+    from detaux_ray.config import NOT_IN_HASH
+
+    a = load_config("quick")
+    for key, value in {"data.cache": "stream", "disentangle.log_images_every": 3, "disentangle.scorecard_every": 0,
+                       "disentangle.scorecard_images": 500, "mtl.test_every": 2}.items():
+        assert key in NOT_IN_HASH
+        b = load_config("quick", [f"{key}={value}"])
+        assert all(a.stage_hash(s) == b.stage_hash(s) for s in ("disentangle", "discover", "mtl")), key
+
+
+def test_the_datasets_fingerprint_is_part_of_every_stage_hash():
+    a = load_config("quick")
+    assert all(a.stage_hash(s, "f1") != a.stage_hash(s, "f2") != a.stage_hash(s) for s in ("disentangle", "discover", "mtl"))
 
 
 @pytest.mark.parametrize("preset,overrides,match", [
@@ -71,3 +89,22 @@ def test_every_choice_key_refuses_other_values():
 def test_the_documented_ranges_are_the_code_ranges():
     doc = (ROOT / "docs" / "config.md").read_text()
     assert ranges_table() in doc, "docs/config.md is stale: regenerate its table with detaux_ray.config.ranges_table()"
+
+
+def test_a_pretrained_file_that_is_not_a_state_dict_is_refused(tmp_path):
+    import torch
+
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "ok.pt")
+    base = ["mtl.backbone=resnet18"]
+    with pytest.raises(ConfigError, match="garbage.pt is not a PyTorch state_dict"):
+        load_config("quick", base + [f"mtl.pretrained={tmp_path / 'garbage.pt'}"])
+    with pytest.raises(ConfigError, match="list.pt is not a state_dict"):
+        load_config("quick", base + [f"mtl.pretrained={tmp_path / 'list.pt'}"])
+    load_config("quick", base + [f"mtl.pretrained={tmp_path / 'ok.pt'}"])
+
+
+def test_the_number_of_auxiliary_classes_has_an_upper_bound():
+    with pytest.raises(ConfigError, match="discover.n_clusters=1000000 is out of range"):
+        load_config("quick", ["discover.n_clusters=1000000"])

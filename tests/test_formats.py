@@ -154,3 +154,149 @@ def test_native_ids_are_the_datasets_own_identifiers(tmp_path, dataset):
         assert ids.min() == 0 and (ids == 0).sum() == n_files and ids.max() < len(src) // n_files * 2
     else:  # parquet: the table row; shapes3d: the combination index (its row in 3dshapes.h5)
         assert ids.tolist() == src.ids.tolist()
+
+
+# Pixel formats: one rule each, stated in docs/errors.md; refused values name the file or row (exit 3) -------------
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """Probed: dark and bright 16-bit classes both became ~all 255 and STL learned nothing (chance, exit 0)."""
+    from PIL import Image
+
+    from detaux_ray.data.formats import decode_image
+
+    for value, expect in ((1000, 4), (60000, 233)):
+        img = Image.fromarray(np.full((32, 32), value, np.uint16))
+        assert img.mode.startswith("I;16")
+        assert np.unique(decode_image(_png(img), 32, "none", "x.png")).tolist() == [expect]
+
+
+def test_alpha_is_composited_over_black():
+    from PIL import Image
+
+    from detaux_ray.data.formats import decode_image
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:16] = (200, 100, 50, 255)  # opaque
+    rgba[16:] = (200, 100, 50, 0)  # fully transparent: black, not the hidden colour
+    out = decode_image(_png(Image.fromarray(rgba, "RGBA")), 32, "none", "x.png")
+    assert out[0, 0].tolist() == [200, 100, 50] and out[-1, -1].tolist() == [0, 0, 0]
+    half = np.full((32, 32, 4), (200, 100, 50, 128), np.uint8)
+    assert decode_image(_png(Image.fromarray(half, "RGBA")), 32, "none", "x.png")[0, 0].tolist() == [100, 50, 25]
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from detaux_ray.data.formats import decode_image
+
+    data = _png(Image.fromarray(np.zeros((64, 64, 3), np.uint8)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4,096 > twice the limit: Pillow's bomb error
+    with pytest.raises(DataError, match="image big.png is too large to decode safely"):
+        decode_image(data, 64, "none", "big.png")
+
+
+def _parquet_of(tmp_path, images, labels):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"img": images, "y": labels}), tmp_path / "t.parquet")
+    cfg = load_config("quick", ["data.dataset=parquet", f"data.path={tmp_path / 't.parquet'}", "data.n_images=0",
+                                "data.principal=label", "data.image_column=img", "data.label_column=y", "data.image_size=16", "data.resize=resize"])
+    return cfg
+
+
+@pytest.mark.parametrize("kind", ["float01", "float255", "uint16", "grey", "rgba"])
+def test_parquet_pixel_arrays_of_every_kind_keep_their_contrast(tmp_path, kind):
+    """Dark vs bright classes stay dark vs bright, whatever the array's type and layout."""
+    n = 40
+    dark_bright = [0.1 if i % 2 else 0.9 for i in range(n)]
+    make = {
+        "float01": lambda v: np.full((16, 16, 3), v, np.float32).tolist(),
+        "float255": lambda v: np.full((16, 16, 3), v * 255, np.float64).tolist(),
+        "uint16": lambda v: np.full((8, 8, 3), round(v * 65535), np.uint16).tolist(),
+        "grey": lambda v: np.full((16, 16), round(v * 255), np.int64).tolist(),
+        "rgba": lambda v: np.concatenate([np.full((8, 8, 3), 255), np.full((8, 8, 1), round(v * 255))], 2).tolist(),
+    }[kind]
+    cfg = _parquet_of(tmp_path, [make(v) for v in dark_bright], [f"k{i % 2}" for i in range(n)])
+    if kind == "uint16":  # a list of Python ints has no dtype: store it typed, as a writer of 16-bit data would
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        col = pa.array([np.full(8 * 8 * 3, round(v * 65535), np.uint16) for v in dark_bright], pa.list_(pa.uint16()))
+        pq.write_table(pa.table({"img": col, "y": [f"k{i % 2}" for i in range(n)]}), tmp_path / "t.parquet")
+    src = build_source(cfg.data, 0)
+    x = src.images(np.arange(n)).reshape(n, -1).mean(1)
+    assert np.allclose(x, [round(v * 255) for v in dark_bright], atol=1)
+
+
+@pytest.mark.parametrize("value,msg", [
+    (np.full((8, 8, 3), 300, np.int64), "integer pixel values from 300 to 300, outside \\[0, 255\\]"),
+    (np.full((8, 8, 3), np.nan), "pixel values include NaN"),
+    (np.full((8, 8, 3), -0.5), "float pixel values from -0.5 to -0.5"),
+    (np.zeros((8, 8, 2)), "pixel array of shape \\(8, 8, 2\\)"),
+])
+def test_parquet_pixel_values_outside_every_rule_are_refused_naming_the_row(tmp_path, value, msg):
+    images = [np.zeros((8, 8, 3), np.uint8).tolist()] * 10
+    images[7] = value.tolist()
+    cfg = _parquet_of(tmp_path, images, [f"k{i % 2}" for i in range(10)])
+    src = build_source(cfg.data, 0)
+    with pytest.raises(DataError, match=f"row 7 of .*t.parquet: {msg}"):
+        src.images(np.arange(10))
+
+
+def test_an_extra_columns_csv_with_a_duplicate_file_row_is_refused(tmp_path):
+    from detaux_ray.data.fixtures import write_imagefolder
+
+    root = write_imagefolder(tmp_path)
+    with open(root / "extra.csv", "a") as fh:
+        fh.write("class_0/3.png,red\n")
+    cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0", *FORMATS["imagefolder"][1]])
+    with pytest.raises(DataError, match="1 duplicate 'file' row\\(s\\), e.g. class_0/3.png"):
+        build_source(cfg.data, 0)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_the_folder(tmp_path):
+    import os
+
+    from detaux_ray.data.fixtures import write_imagefolder
+
+    root = write_imagefolder(tmp_path)
+    os.rename(root / "class_1" / "2.png", os.path.join(os.fsencode(root / "class_1"), b"\xff\xfe.png"))
+    cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0", *FORMATS["imagefolder"][1]])
+    with pytest.raises(DataError, match="is not valid UTF-8"):
+        build_source(cfg.data, 0)
+
+
+def test_a_store_that_cannot_be_reached_is_one_data_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    cfg = load_config("quick", ["data.dataset=imagefolder", "data.path=s3://nobucket/x?endpoint_override=127.0.0.1:1&scheme=http",
+                                "data.n_images=0"])
+    with pytest.raises(DataError, match="cannot read data.path=s3://nobucket/x.*Could not connect"):
+        build_source(cfg.data, 0)
+
+
+def test_a_matlab_v73_cars_annotation_is_refused_with_what_to_do(tmp_path):
+    from detaux_ray.data.fixtures import write_cars
+
+    root = write_cars(tmp_path)
+    ann = next(root.rglob("cars_train_annos.mat"))
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    ann.write_bytes(header.ljust(124, b" ") + b"\x00\x02IM" + b"\x00" * 384)
+    cfg = load_config("quick", ["data.dataset=cars", f"data.path={root}", "data.n_images=0", *FORMATS["cars"][1]])
+    with pytest.raises(DataError, match="MATLAB v7.3 \\(HDF5\\), which is not read"):
+        build_source(cfg.data, 0)
+
+
+def test_a_principal_column_with_a_class_per_image_is_refused_as_an_id_column(tmp_path):
+    n = 40
+    cfg = _parquet_of(tmp_path, [np.zeros((16, 16, 3), np.uint8).tolist()] * n, [f"id{i}" for i in range(n)])
+    with pytest.raises(DataError, match="'label' has 3[0-9] classes in 3[0-9] training images .* is it an id column"):
+        build_source(cfg.data, 0)

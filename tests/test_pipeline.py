@@ -180,3 +180,115 @@ def test_bad_input_exits_with_one_clear_message(tmp_path, capsys, argv, code, ms
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def _imagefolder_pipeline(root, run_dir):
+    from detaux_ray.config import load_config
+    from detaux_ray.data.fixtures import FORMATS
+    from detaux_ray.distributed.pipeline import Pipeline
+
+    cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0",
+                                *FORMATS["imagefolder"][1], "disentangle.pairs_per_epoch=0", "disentangle.batch_size=16"])
+    return Pipeline(cfg, run_dir)
+
+
+def test_a_changed_dataset_reruns_its_stages_and_says_why(tmp_path, capsys):
+    """The stage hash covered data.path only: images added, removed or replaced under it reused stale stages."""
+    import os
+
+    from detaux_ray.artifacts import write_bytes
+    from detaux_ray.data.fixtures import png_bytes, random_image, write_imagefolder
+    from detaux_ray.results import DisentangleResult
+
+    (tmp_path / "data").mkdir()
+    root = write_imagefolder(tmp_path / "data")
+    calls = []
+
+    def body(out):
+        calls.append(1)
+        write_bytes(out / "model.pt", b"weights")
+        return DisentangleResult("model.pt", 1, 1, {}, {})
+
+    def stage():
+        p = _imagefolder_pipeline(root, tmp_path / "run")
+        p.stage("disentangle", body)
+        return capsys.readouterr().out
+
+    stage()
+    assert "already complete" in stage() and len(calls) == 1  # unchanged files: reused
+    def add():
+        (root / "class_0" / "new.png").write_bytes(png_bytes(random_image()))
+        with open(root / "extra.csv", "a") as fh:
+            fh.write("class_0/new.png,red\n")
+
+    changes = [add,
+               lambda: (root / "class_1" / "4.png").unlink(),  # removed
+               lambda: (root / "class_2" / "5.png").write_bytes(png_bytes(random_image())),  # replaced in place
+               lambda: os.utime(root / "class_2" / "6.png", ns=(0, 0))]  # same bytes, touched: cheap rule, reruns
+    for n, change in enumerate(changes, start=2):
+        change()
+        out = stage()
+        assert "the dataset changed since it was computed" in out and len(calls) == n, out
+
+
+def test_labels_whose_rows_are_not_this_datasets_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detaux_ray.data.fixtures import write_imagefolder
+    from detaux_ray.errors import RunDirError
+
+    (tmp_path / "data").mkdir()
+    p = _imagefolder_pipeline(write_imagefolder(tmp_path / "data"), tmp_path / "run")
+    (tmp_path / "run" / "discover").mkdir(parents=True)
+    for bad in (-1, len(p.source)):
+        pq.write_table(pa.table({"row": [0, bad], "principal": [0, 1], "auxiliary": [0, 1]}),
+                       tmp_path / "run" / "discover" / "labels.parquet")
+        with pytest.raises(RunDirError, match="has rows outside 0..89"):
+            p.labels()
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_run_directory_exits_6_naming_the_holder(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, str(Path(full_pipeline.__file__)), "--run-dir", str(run_dir)]
+    for item in TINY:
+        argv += ["--set", item]
+    log = tmp_path / "first.log"
+    with open(log, "w") as fh:
+        first = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        deadline = time.time() + 180  # the first run holds the lock and trains stage 1
+        while "stage 'disentangle' starting" not in log.read_text() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, log.read_text()
+        assert run(run_dir) == 6
+        err = capsys.readouterr().err
+        assert f"is in use by pid {first.pid} on host" in err and err.count("\n") == 1
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    out = log.read_text()
+    # the first run was never disturbed: it stops only when told to, in the stage it was in
+    assert first.returncode == 130 and "stopped during stage 'disentangle'" in out, out
+
+
+def test_stage_2_loads_stage_1_only_from_a_folder_complete_for_this_config(tmp_path):
+    from detaux_ray.artifacts import manifest, save_torch, write_json
+    from detaux_ray.data.fixtures import write_imagefolder
+    from detaux_ray.errors import RunDirError
+
+    (tmp_path / "data").mkdir()
+    p = _imagefolder_pipeline(write_imagefolder(tmp_path / "data"), tmp_path / "run")
+    folder = tmp_path / "run" / "disentangle"
+    save_torch(folder / "model.pt", {"w": 1})
+    write_json(folder / "manifest.json", manifest("disentangle", "another-hash", 1.0, folder, data_fingerprint=p.fingerprint))
+    with pytest.raises(RunDirError, match="is not stage 1 of this config \\(it was computed for another config"):
+        p._stage1_model()
+    write_json(folder / "manifest.json", manifest("disentangle", p.hash("disentangle"), 1.0, folder, data_fingerprint=p.fingerprint))
+    assert p._stage1_model() == {"w": 1}

@@ -8,6 +8,7 @@ storage URIs (s3://, gs://) opened through pyarrow's filesystems.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import pickle
@@ -39,6 +40,9 @@ class Loaded:
     # The held-out hues define the test split (shapes, shapes3d): an empty one is an error, never replaced by a
     # random split as for a folder or table without a split of its own.
     fixed_split: bool = False
+    # Of the files the labels and images come from: their paths, sizes and modification times (`fingerprint`).
+    # A stage computed on other files is not reused; "" for generated datasets (their version is in the hash).
+    fingerprint: str = ""
 
 
 def heldout_hue_split(factors: dict[str, np.ndarray], heldout_hues: list[int]) -> np.ndarray:
@@ -56,6 +60,19 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), str(path)
     except Exception as exc:  # pyarrow raises several types for bad URIs / missing credentials
         raise DataError(f"cannot open data.path={path}: {exc}") from None
+
+
+def fingerprint(infos: list[pafs.FileInfo]) -> str:
+    """Digest of files' paths, sizes and modification times: cheap (one listing, no file opened), and it changes
+    when a file is added, removed or replaced; object stores give the same three things in their listing."""
+    h = hashlib.sha256()
+    for i in sorted(infos, key=lambda i: i.path):
+        h.update(f"{i.path}\0{i.size}\0{i.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
+def _files_fingerprint(fs: pafs.FileSystem, paths: list[str]) -> str:
+    return fingerprint(fs.get_file_info(paths))
 
 
 def _join(root: str, *parts: str) -> str:
@@ -79,15 +96,71 @@ def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 def decode_image(data: bytes, size: int, resize: str, where: str) -> np.ndarray:
     """Encoded image -> uint8 (size, size, 3). resize: 'none' (must already be size x size) | 'resize' | 'center_crop'
-    (crop the central square, then resize)."""
+    (crop the central square, then resize). Pixel formats follow `pil_to_rgb8`'s rules."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {where} is too large to decode safely ({exc}); shrink it") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"corrupt or unreadable image {where}: {exc}") from None
-    return fit_image(np.asarray(img.convert("RGB")), size, resize, where)
+    return fit_image(pil_to_rgb8(img, where), size, resize, where)
+
+
+def pil_to_rgb8(img, where: str) -> np.ndarray:
+    """A decoded image as uint8 RGB, by stated rules (docs/errors.md): 16-bit greyscale is scaled by 255/65535
+    (not clipped at 255); 32-bit integer greyscale likewise when its values fit 16 bits, refused otherwise;
+    float greyscale is read as [0, 1] or [0, 255] by its range; an alpha channel (RGBA, LA, a palette with
+    transparency) is composited over black; every other mode is converted by Pillow."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return array_to_rgb8(np.asarray(img), where, sixteen_bit=mode.startswith("I;16"))
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return array_to_rgb8(np.asarray(img.convert("RGBA")), where)
+    return np.asarray(img.convert("RGB"))
+
+
+def array_to_rgb8(arr: np.ndarray, where: str, sixteen_bit: bool = False) -> np.ndarray:
+    """Pixel values as uint8 (H, W, 3), by stated rules: (H, W) and (H, W, 1) are greyscale; (H, W, 4) has alpha,
+    composited over black; uint16 (or `sixteen_bit`) is scaled by 255/65535; other integers must lie in
+    [0, 255]; floats in [0, 1] are scaled by 255, floats in [0, 255] kept; booleans are 0 / 255. Anything else
+    (NaN, negative values, values above the range, other shapes) is a DataError naming `where`."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise DataError(f"{where}: pixel array of shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    if arr.dtype == bool:
+        x = arr.astype(np.float32) * 255.0
+    elif arr.dtype.kind in "iu":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if sixteen_bit or arr.dtype == np.uint16:
+            if lo < 0 or hi > 65535:
+                raise DataError(f"{where}: 16-bit pixel values from {lo} to {hi}, outside [0, 65535]")
+            x = arr.astype(np.float32) * (255.0 / 65535.0)
+        elif lo < 0 or hi > 255:
+            raise DataError(f"{where}: integer pixel values from {lo} to {hi}, outside [0, 255]; store uint8 "
+                            f"(or uint16 for 16-bit images)")
+        else:
+            x = arr.astype(np.float32)
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError(f"{where}: pixel values include NaN or infinity")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: float pixel values from {lo:g} to {hi:g}; expected [0, 1] or [0, 255]")
+        x = arr.astype(np.float32) * (255.0 if hi <= 1.0 else 1.0)
+    else:
+        raise DataError(f"{where}: pixel values of type {arr.dtype}; expected integers, floats or booleans")
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=2)
+    elif x.shape[2] == 4:  # composited over black: a transparent pixel is black, like the generated datasets' ground
+        x = x[..., :3] * (x[..., 3:] / 255.0)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def fit_image(arr: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
@@ -224,7 +297,8 @@ def load_cifar10(path: str, size: int, resize: str) -> Loaded:
             log.warning("cifar10: batches.meta unreadable (%s); classes are named by their index", exc)
     is_test = np.zeros(len(y), bool)
     is_test[offsets[-1]:] = True
-    return Loaded(y, names, is_test, ArrayFileReader("cifar10", path, files, offsets, size, resize))
+    return Loaded(y, names, is_test, ArrayFileReader("cifar10", path, files, offsets, size, resize),
+                  fingerprint=_files_fingerprint(fs, [_join(root, f) for f in files]))
 
 
 # SVHN ----------------------------------------------------------------------------------------------------
@@ -258,7 +332,8 @@ def load_svhn(path: str, size: int, resize: str) -> Loaded:
     y, offsets = _concat_files([_svhn_mat(fs, _join(root, f))["y"] for f in files])
     is_test = np.zeros(len(y), bool)
     is_test[offsets[1]:] = True
-    return Loaded(y, [str(i) for i in range(10)], is_test, ArrayFileReader("svhn", path, files, offsets, size, resize))
+    return Loaded(y, [str(i) for i in range(10)], is_test, ArrayFileReader("svhn", path, files, offsets, size, resize),
+                  fingerprint=_files_fingerprint(fs, [_join(root, f) for f in files]))
 
 
 # 3D Shapes (DeepMind's h5) --------------------------------------------------------------------------------
@@ -315,7 +390,8 @@ def load_shapes3d(path: str, size: int, resize: str, noise: float, seed: int, he
         raise DataError(f"shapes3d: {lab.shape[0]} label rows for {images.shape[0]} images")
     factors = {name: np.unique(lab[:, i], return_inverse=True)[1].astype(np.int64) for i, name in enumerate(SHAPES3D_FACTORS)}
     return Loaded(np.zeros(len(lab), np.int64), [], heldout_hue_split(factors, heldout_hues),
-                  Shapes3DReader(path, size, resize, noise, seed), factors, fixed_split=True)
+                  Shapes3DReader(path, size, resize, noise, seed), factors, fixed_split=True,
+                  fingerprint=_files_fingerprint(fs, [p]))
 
 
 # Folders of encoded images -------------------------------------------------------------------------------
@@ -344,6 +420,8 @@ class FileReader:
             try:
                 with fs.open_input_file(_join(root, name)) as fh, Image.open(fh) as img:
                     w, h = img.size
+            except Image.DecompressionBombError as exc:
+                raise DataError(f"image {name} is too large to decode safely ({exc}); shrink it") from None
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 raise DataError(f"corrupt or unreadable image {name}: {exc}") from None
             if self.resize == "none" and (w, h) != (self.size, self.size):
@@ -354,14 +432,26 @@ class FileReader:
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         fs, root = filesystem(self.path)
-        return np.stack([decode_image(_read_bytes(fs, _join(root, self.files[r])), self.size, self.resize, self.files[r])
-                         for r in np.asarray(rows, dtype=np.int64)]) if len(rows) else np.empty((0, self.size, self.size, 3), np.uint8)
+        out = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+        for j, r in enumerate(np.asarray(rows, dtype=np.int64)):
+            name = self.files[r]
+            try:
+                data = _read_bytes(fs, _join(root, name))
+            except OSError as exc:  # removed since the scan, a store that stopped answering
+                raise DataError(f"cannot read image {name} under {self.path}: {exc}") from None
+            out[j] = decode_image(data, self.size, self.resize, name)
+        return out
 
 
-def _list_images(fs: pafs.FileSystem, root: str) -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return sorted(posixpath.relpath(i.path, root) for i in infos
-                  if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_EXTENSIONS))
+def _list_images(fs: pafs.FileSystem, root: str) -> tuple[list[str], list[pafs.FileInfo]]:
+    """The image files under `root` (relative paths, sorted) and their listing entries (for the fingerprint)."""
+    try:  # pyarrow decodes each path as UTF-8 when it is read
+        infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                 if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_EXTENSIONS)]
+    except UnicodeDecodeError as exc:
+        bad = exc.object[max(0, exc.start - 40):exc.end + 10].decode("utf-8", "backslashreplace")
+        raise DataError(f"a file name under {root} is not valid UTF-8 (...{bad}...): rename it") from None
+    return sorted(posixpath.relpath(i.path, root) for i in infos), infos
 
 
 def load_imagefolder(path: str, size: int, resize: str, extra_csv: str = "", test_dir: str = "test") -> Loaded:
@@ -369,7 +459,7 @@ def load_imagefolder(path: str, size: int, resize: str, extra_csv: str = "", tes
     fs, root = filesystem(path)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise DataError(f"imagefolder: {root} is not a directory")
-    files = _list_images(fs, root)
+    files, infos = _list_images(fs, root)
     split_layout = all(f.split("/")[0] in ("train", test_dir) for f in files) and any(f.startswith("train/") for f in files)
     depth = 3 if split_layout else 2
     bad = [f for f in files if f.count("/") != depth - 1]
@@ -380,14 +470,20 @@ def load_imagefolder(path: str, size: int, resize: str, extra_csv: str = "", tes
     y, names = _classes(classes, "imagefolder: class folders")
     is_test = np.array([f.startswith(f"{test_dir}/") for f in files]) if split_layout else np.zeros(len(files), bool)
     factors = _extra_columns(fs, root, extra_csv, files) if extra_csv else {}
-    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
+    if extra_csv:
+        infos = infos + fs.get_file_info([_extra_csv_path(root, extra_csv)])
+    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors, fingerprint=fingerprint(infos))
+
+
+def _extra_csv_path(root: str, csv_name: str) -> str:
+    return csv_name if csv_name.startswith("/") else _join(root, csv_name)
 
 
 def _extra_columns(fs: pafs.FileSystem, root: str, csv_name: str, files: list[str]) -> dict[str, np.ndarray]:
     """Per-image columns from a CSV with a `file` column (path relative to root): ground truth for diagnostics."""
     import pyarrow.csv as pacsv
 
-    p = csv_name if csv_name.startswith("/") else _join(root, csv_name)
+    p = _extra_csv_path(root, csv_name)
     if not _exists(fs, p):
         raise DataError(f"imagefolder: the extra-columns CSV {p} does not exist")
     try:
@@ -397,6 +493,11 @@ def _extra_columns(fs: pafs.FileSystem, root: str, csv_name: str, files: list[st
     if "file" not in t:
         raise DataError(f"imagefolder: {p} needs a 'file' column (image path relative to the root)")
     index = {f: i for i, f in enumerate(t["file"])}
+    if len(index) < len(t["file"]):
+        seen: set = set()
+        dup = next(f for f in t["file"] if f in seen or seen.add(f))
+        raise DataError(f"imagefolder: {p} has {len(t['file']) - len(index)} duplicate 'file' row(s), e.g. {dup}: "
+                        f"keep one row per image")
     missing = [f for f in files if f not in index]
     if missing:
         raise DataError(f"imagefolder: {p} has no row for {len(missing)} image(s), e.g. {missing[0]}")
@@ -411,7 +512,7 @@ def load_faces(path: str, size: int, resize: str) -> Loaded:
     """FACES (Ebner et al. 2010): <root>/<split>/<id>_<age>_<gender>_<expression>_<set>.jpg, split = train | test;
     principal = expression; age group, gender and picture set are kept as known factors."""
     fs, root = filesystem(path)
-    files = _list_images(fs, root)
+    files, infos = _list_images(fs, root)
     if not files:
         raise DataError(f"faces: no images under {root}; expected <root>/<train|test>/<id>_<age>_<gender>_<expression>_<set>.jpg")
     parsed = []
@@ -424,7 +525,7 @@ def load_faces(path: str, size: int, resize: str) -> Loaded:
     y, names = _classes([p["expression"] for p in parsed], "faces: expression")
     factors = {k: _classes([p[k] for p in parsed], f"faces: {k}")[0] for k in ("age", "gender", "set")}
     is_test = np.array([p["split"] == "test" for p in parsed])
-    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors)
+    return Loaded(y, names, is_test, FileReader(path, files, size, resize), factors, fingerprint=fingerprint(infos))
 
 
 def load_cars(path: str, size: int, resize: str) -> Loaded:
@@ -449,12 +550,18 @@ def load_cars(path: str, size: int, resize: str) -> Loaded:
                 files.append(f"{folder}/{rec['fname']}")
                 labels.append(int(rec["class"]) - 1)
                 test.append(is_test)
+    except NotImplementedError as exc:  # scipy: "Please use HDF reader for matlab v7.3 files"
+        raise DataError(f"cars: an annotation file is MATLAB v7.3 (HDF5), which is not read ({exc}); save it as "
+                        f"v7 (MATLAB: save(name, '-v7')) or use the original devkit files") from None
     except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"cars: the devkit annotations are not in StanfordCars' format: {exc}") from None
     y = np.asarray(labels, np.int64)
     if y.min() < 0 or y.max() >= len(names):
         raise DataError(f"cars: class ids must be in 1..{len(names)} (cars_meta.mat), found {y.min() + 1}..{y.max() + 1}")
-    return Loaded(y, names, np.asarray(test), FileReader(path, files, size, resize))
+    infos = fs.get_file_info([_join(root, n) for n in need if n.endswith(".mat")])
+    for folder in ("cars_train", "cars_test"):
+        infos += _list_images(fs, _join(root, folder))[1]
+    return Loaded(y, names, np.asarray(test), FileReader(path, files, size, resize), fingerprint=fingerprint(infos))
 
 
 # Parquet -------------------------------------------------------------------------------------------------
@@ -477,23 +584,60 @@ class ParquetReader:
         for gi in np.unique(g):  # memory ~ one row group's image column
             sel = g == gi
             col = pf.read_row_group(int(gi), columns=[self.column]).column(0)
+            dtype = _leaf_dtype(col.type)  # as_py() drops an array's type (uint16 would read as plain ints)
             for j, r in zip(np.flatnonzero(sel), rows[sel] - self.group_offsets[gi]):
-                out[j] = _parquet_image(col[int(r)].as_py(), self.size, self.resize, f"row {rows[j]} of {self.path}")
+                v = col[int(r)].as_py()
+                if dtype is not None and v is not None:
+                    v = _typed(v, dtype, f"row {rows[j]} of {self.path}")
+                out[j] = _parquet_image(v, self.size, self.resize, f"row {rows[j]} of {self.path}")
         return out
 
 
+def _leaf_dtype(t) -> np.dtype | None:
+    """The NumPy type of a (nested) list column's numbers; None for bytes / structs."""
+    import pyarrow as pa
+
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        return None
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    try:
+        return np.dtype(t.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        return None
+
+
+def _typed(v: Any, dtype: np.dtype, where: str) -> np.ndarray:
+    try:
+        return np.asarray(v, dtype=dtype)
+    except (ValueError, TypeError) as exc:  # ragged or null entries
+        raise DataError(f"{where}: not a rectangular pixel array of numbers ({exc})") from None
+
+
 def _parquet_image(v: Any, size: int, resize: str, where: str) -> np.ndarray:
+    """One value of the image column: encoded bytes (or Hugging Face's {bytes, path} struct), a nested array
+    (H, W[, C]), or a flat array of S*S*3 or S*S values; pixel values by `array_to_rgb8`'s rules."""
     if isinstance(v, dict) and "bytes" in v:  # Hugging Face's image struct {bytes, path}
         v = v["bytes"]
+    if v is None:
+        raise DataError(f"{where}: the image is missing (null)")
     if isinstance(v, (bytes, bytearray)):
         return decode_image(bytes(v), size, resize, where)
-    arr = np.asarray(v, dtype=np.uint8)
+    try:
+        arr = np.asarray(v)
+    except ValueError as exc:  # ragged nested lists
+        raise DataError(f"{where}: not a rectangular pixel array ({exc})") from None
+    if arr.dtype == object:
+        raise DataError(f"{where}: not a rectangular pixel array of numbers")
     if arr.ndim == 1:
-        side = int(round((arr.size / 3) ** 0.5))
-        if side * side * 3 != arr.size:
-            raise DataError(f"{where}: a flat image array of {arr.size} values is not S*S*3")
-        arr = arr.reshape(side, side, 3)
-    return fit_image(arr, size, resize, where)
+        for channels in (3, 1):
+            side = int(round((arr.size / channels) ** 0.5))
+            if side * side * channels == arr.size:
+                arr = arr.reshape(side, side, channels)
+                break
+        else:
+            raise DataError(f"{where}: a flat image array of {arr.size} values is neither S*S*3 nor S*S")
+    return fit_image(array_to_rgb8(arr, where), size, resize, where)
 
 
 def load_parquet(path: str, size: int, resize: str, image_column: str, label_column: str, split_column: str) -> Loaded:
@@ -519,4 +663,5 @@ def load_parquet(path: str, size: int, resize: str, image_column: str, label_col
     is_test = (np.asarray([str(v) == "test" for v in t.column(split_column).to_pylist()]) if split_column
                else np.zeros(len(y), bool))
     offsets = list(np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])[:-1])
-    return Loaded(y, class_names, is_test, ParquetReader(path, image_column, [int(o) for o in offsets], size, resize))
+    return Loaded(y, class_names, is_test, ParquetReader(path, image_column, [int(o) for o in offsets], size, resize),
+                  fingerprint=_files_fingerprint(fs, [p]))

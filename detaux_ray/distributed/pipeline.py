@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +18,10 @@ import ray
 import yaml
 
 from ..artifacts import (
+    RunLock,
     check_writable_dir,
     clean_stale_temporaries,
+    copy_file,
     load_torch,
     manifest,
     read_manifest,
@@ -33,7 +34,7 @@ from ..artifacts import (
 from ..config import Config
 from ..data import ImageSource, build_source
 from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunDirError
 from ..report import write_report
 from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
@@ -114,6 +115,8 @@ class Pipeline:
         self.stages: dict[str, StageRun] = {}
         self.current_stage = ""  # the stage running now (an interrupted run says which)
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
+        self.fingerprint = self.source.fingerprint  # of the dataset's files: a changed dataset reruns every stage
+        self._lock = RunLock(self.run_dir)
 
     @property
     def cache(self) -> ImageCache | SourceImages:
@@ -131,6 +134,7 @@ class Pipeline:
     def start(self) -> None:
         """Check the run directory (and store), remove leftovers of killed runs, connect to / start Ray."""
         check_writable_dir(self.run_dir)
+        self._lock.acquire()  # a second run on this run dir exits 6 naming the holder
         if self.stage_store is not None:
             check_writable_dir(self.stage_store, "stage store")
         for folder in [self.run_dir] + ([self.stage_store / s for s in ("disentangle", "discover", "mtl")] if self.stage_store else []):
@@ -138,6 +142,13 @@ class Pipeline:
             if removed:
                 _say(f"removed {len(removed)} leftover(s) of an interrupted run in {folder}: {', '.join(removed)}")
         ensure_ray(self.cfg.resources.address)
+
+    def close(self) -> None:
+        """Release the run directory (the lock also goes when the process ends)."""
+        self._lock.release()
+
+    def hash(self, stage: str) -> str:
+        return self.cfg.stage_hash(stage, self.fingerprint)
 
     def stopped(self) -> str:
         """What an interrupted run says (Ctrl-C): where it stopped and how to resume; Ray's workers go quiet."""
@@ -148,7 +159,7 @@ class Pipeline:
 
     def stage_dir(self, name: str) -> Path:
         if self.stage_store is not None:
-            return self.stage_store / name / self.cfg.stage_hash(name)
+            return self.stage_store / name / self.hash(name)
         return self.run_dir / name
 
     def stage(self, name: str, body):
@@ -156,9 +167,9 @@ class Pipeline:
         folder is a staging copy renamed into place when the body returns. Returns the stage's typed result
         (`results.STAGE_RESULTS[name]`), the body's or the one its manifest holds."""
         stage_dir = self.stage_dir(name)
-        h = self.cfg.stage_hash(name)
+        h = self.hash(name)
         self.current_stage = name
-        done, why_not = verify_stage(stage_dir, h)
+        done, why_not = verify_stage(stage_dir, h, self.fingerprint)
         if why_not:
             _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
         if done:
@@ -167,10 +178,11 @@ class Pipeline:
             return STAGE_RESULTS[name].from_dict(done)
         _say(f"stage '{name}' starting (config hash {h})")
         t0 = time.time()
-        # In a shared store a concurrent run may finish the same stage first: keep its copy (same config).
-        with staging_dir(stage_dir, replace=self.stage_store is None) as tmp:
+        # In a shared store a concurrent run may finish the same stage first: keep its copy (same config), unless
+        # what is there failed verification.
+        with staging_dir(stage_dir, replace=self.stage_store is None or bool(why_not)) as tmp:
             result = body(tmp)
-            m = manifest(name, h, time.time() - t0, tmp, **result.to_dict())
+            m = manifest(name, h, time.time() - t0, tmp, data_fingerprint=self.fingerprint, **result.to_dict())
             write_json(tmp / "manifest.json", m)
         self.stages[name] = StageRun(m["wall_time_s"], False, h)
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
@@ -184,9 +196,7 @@ class Pipeline:
         report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict())
         png = self.stage_dir("discover") / "scorecard.png"
         if png.is_file():  # beside report.md, which shows it
-            tmp = self.run_dir / ".scorecard.png.tmp"
-            shutil.copyfile(png, tmp)
-            os.replace(tmp, self.run_dir / "scorecard.png")
+            copy_file(png, self.run_dir / "scorecard.png")
             report.scorecard_png = "scorecard.png"
         # The resolved config is written with the report (never before the stages), so the two always describe
         # the same run: a rerun that fails leaves the previous run's pair untouched.
@@ -202,7 +212,7 @@ class Pipeline:
         rows = self.source.train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
-                                    self.run_dir, probe=self._probe())
+                                    self.run_dir, probe=self._probe(), data_fingerprint=self.fingerprint)
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
         return DisentangleResult("model.pt", res["epoch"] + 1, res["steps"], res["metrics"],
@@ -222,9 +232,18 @@ class Pipeline:
     def discover(self, out: Path) -> DiscoverResult:
         """Embed every training image with stage 1's encoder (Ray Data), then the core's `discovery.discover`."""
         src, rows = self.source, self.source.train_rows()
-        s = self._embed(load_torch(self.stage_dir("disentangle") / "model.pt"))
+        s = self._embed(self._stage1_model())
         return discover(s, rows, src.native_ids(rows), src.principal_name, src.principal[rows], self._factors(rows),
                         self.cfg, out, title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)", say=_say)
+
+    def _stage1_model(self) -> dict:
+        """Stage 1's model.pt, only from a stage folder complete for this config and dataset (its checksum too)."""
+        folder = self.stage_dir("disentangle")
+        done, why_not = verify_stage(folder, self.hash("disentangle"), self.fingerprint)
+        if not done:
+            raise RunDirError(f"{folder} is not stage 1 of this config ({why_not or 'not complete'}): it changed "
+                              f"during this run; rerun (another run may be writing this folder)")
+        return load_torch(folder / "model.pt")
 
     def _factors(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {f: v[rows] for f, v in self.source.factors.items()}
@@ -243,6 +262,10 @@ class Pipeline:
     def labels(self) -> tuple[pa.Table, dict[str, int]]:
         """Stage 2's labels as the multi-task training table (row, principal, auxiliary...) and each task's classes."""
         labels = pq.read_table(self.stage_dir("discover") / "labels.parquet")
+        rows = labels.column("row").to_numpy()
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self.source)):
+            raise RunDirError(f"{self.stage_dir('discover') / 'labels.parquet'} has rows outside 0..{len(self.source) - 1}: "
+                              "it was not written for this dataset; delete the stage folder and rerun")
         tasks = auxiliary_tasks(self.cfg.discover.n_auxiliary)
         n_classes = {"principal": self.source.n_principal_classes,
                      **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
@@ -270,7 +293,7 @@ class Pipeline:
         _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
                             self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
-                            fits_at_once=fits_at_once, label=label)
+                            fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
         _say(f"{name}: principal test accuracy {res.test_principal_accuracy:.4f}")
         return res
 
@@ -300,7 +323,8 @@ class Pipeline:
         ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0, w_principal=0.0))
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
         res = train_disentangle.run(ae_cfg, src.train_rows(), src.principal, self.cache,
-                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir)
+                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir,
+                                    data_fingerprint=self.fingerprint)
         z = self._embed(res["model"]).sum(axis=1)
         rows = src.train_rows()
         result, diag = cluster_and_diagnose(z, cfg.discover, cfg.seed, src.principal[rows], self._factors(rows),

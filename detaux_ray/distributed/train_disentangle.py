@@ -150,12 +150,12 @@ def _log_scorecard(writer: SummaryWriter, model: DisentangleAE, probe: dict, ima
 
 
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        status_dir: Path, probe: dict | None = None) -> dict:
+        status_dir: Path, probe: dict | None = None, data_fingerprint: str = "") -> dict:
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics.
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
     raise_if_failed(status_dir, clear=True)
-    name = f"disentangle-{cfg.stage_hash('disentangle')}"
+    name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
     progress = Progress("disentangle", cfg.disentangle.epochs, "pairs")
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),

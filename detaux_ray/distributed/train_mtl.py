@@ -150,7 +150,8 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
         cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path, val_table: pa.Table | None = None,
-        callbacks: list | None = None, tag: str = "", fits_at_once: int = 1, label: str = "") -> FitResult:
+        callbacks: list | None = None, tag: str = "", fits_at_once: int = 1, label: str = "",
+        data_fingerprint: str = "") -> FitResult:
     """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count.
 
     `val_table` adds a per-epoch validation accuracy (tuning's objective); `callbacks` are Ray Train callbacks
@@ -160,7 +161,7 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     in the progress lines. A fit's failure markers go to a folder of its own under `status_dir` (fits may run at once).
     """
     res = cfg.resources
-    name = f"mtl-{kind}-{cfg.stage_hash('mtl')}{'-' + tag if tag else ''}"
+    name = f"mtl-{kind}-{cfg.stage_hash('mtl', data_fingerprint)}{'-' + tag if tag else ''}"
     status_dir = Path(status_dir) / ".status" / name
     raise_if_failed(status_dir, clear=True)
     meta_table = None

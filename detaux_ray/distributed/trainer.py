@@ -64,14 +64,28 @@ def end_epoch(metrics: dict, state: dict, rank: int, progress, items: int, value
 
 
 def diverged(values, rank: int, status_dir: str, message: str) -> bool:
-    """True when an epoch's losses are not all finite; rank 0 then leaves the DIVERGED marker with `message`.
-    Not an exception: Ray Train would restart the worker group and diverge again. Every rank sees the NaN (DDP
-    shares the parameters) and stops; the driver reads the marker and raises NonFiniteLossError."""
-    if all(math.isfinite(v) for v in values):
-        return False
-    if rank == 0:
-        record(status_dir, DIVERGED, message)
-    return True
+    """True when an epoch's losses are not all finite on any rank; rank 0 then leaves the DIVERGED marker with
+    `message`. Not an exception: Ray Train would restart the worker group and diverge again. The ranks decide
+    together (one all-reduce): each sees only its own batches' losses, and a rank that stopped alone would leave the
+    others waiting in the next collective. The driver reads the marker and raises NonFiniteLossError."""
+    bad = not all(math.isfinite(v) for v in values)
+    if any_rank(bad):
+        if rank == 0:
+            record(status_dir, DIVERGED, message)
+        return True
+    return False
+
+
+def any_rank(flag: bool) -> bool:
+    """`flag` or-ed over the ranks of the process group (this rank's own flag without one)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def torch_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, name: str, storage: str,

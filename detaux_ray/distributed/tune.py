@@ -89,6 +89,9 @@ def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], 
         print(f"[tune] trial unsuccessful ({outcome[type(exc)]}): {exc}", flush=True)
         tune.report({"outcome": outcome[type(exc)], "reason": str(exc), **_stage_counts(pipe)})
         return
+    finally:
+        if pipe is not None:
+            pipe.close()
     mtl, diag = report.multitask, report.diagnostics
     tune.report({METRIC: mtl.val_principal_accuracy, "test_principal_accuracy": mtl.test_principal_accuracy,
                  "n_aux_classes": diag.n_aux_classes, "nmi_principal_aux": diag.nmi_principal_aux,
