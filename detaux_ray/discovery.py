@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from scipy.stats import chi2_contingency
 from sklearn import metrics
 
-from .artifacts import write_json
+from .artifacts import write_json, write_with
 from .clustering import ClusterResult, choose_n_clusters, cluster
 from .config import Config, DiscoverConfig
 from .errors import SingleClusterError
@@ -278,13 +278,13 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say)
         columns[task] = result.labels
         tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
-    pq.write_table(pa.table(columns), out / "labels.parquet")
+    write_with(out / "labels.parquet", lambda p: pq.write_table(pa.table(columns), p))
     emb = points[0].astype(np.float32)
-    pq.write_table(pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])}),
-                   out / "embeddings.parquet")
-    pq.write_table(subspaces_table(ids, s), out / "subspaces.parquet")
+    table = pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])})
+    write_with(out / "embeddings.parquet", lambda p: pq.write_table(table, p))
+    write_with(out / "subspaces.parquet", lambda p: pq.write_table(subspaces_table(ids, s), p))
     card = scorecard(s, principal_name, principal, factors, d.principal_subspace, cfg.seed)
-    heatmap(card, out / "scorecard.png", title=title)
+    write_with(out / "scorecard.png", lambda p: heatmap(card, p, title=title))
     sep = card.principal_separation()
     say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
         + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j, _, _ in where))

@@ -126,3 +126,86 @@ def test_kuberay_manifests_structure(name):
     if doc["kind"] == "RayJob":
         assert doc["spec"]["shutdownAfterJobFinishes"] is True and "jobs/full_pipeline.py" in doc["spec"]["entrypoint"]
         yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+
+
+# Safe to launch: each rule below is checked on every cluster file ----------------------------------------------
+LAUNCHERS = ["aws.yaml", "gcp.yaml"]
+KUBERAY = ["raycluster.yaml", "rayjob.yaml"]
+
+
+def _launcher(name):
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def test_no_cluster_file_opens_anything_to_the_whole_internet():
+    for p in [*CLUSTER.glob("*.yaml"), *CLUSTER.glob("kuberay/*.yaml"), CLUSTER / "Dockerfile"]:
+        assert "0.0.0.0/0" not in p.read_text() and "::/0" not in p.read_text(), p
+
+
+def test_aws_nodes_use_the_users_security_group_and_imdsv2():
+    """Every node type names the user's group (SSH from their CIDR): for a node type without one, Ray creates a
+    group whose SSH rule admits 0.0.0.0/0 (ray.autoscaler._private.aws.config._create_default_ssh_inbound_rules)."""
+    cfg = _launcher("aws.yaml")
+    for name, t in cfg["available_node_types"].items():
+        nc = t["node_config"]
+        assert nc.get("SecurityGroupIds"), name
+        assert nc["MetadataOptions"]["HttpTokens"] == "required" and nc["MetadataOptions"]["HttpPutResponseHopLimit"] <= 2, name
+    assert "security_group" not in cfg["provider"]  # no group of Ray's own making
+    assert "--cidr YOUR-IP/32" in (CLUSTER / "aws.yaml").read_text()
+
+
+def test_gcp_nodes_use_their_own_network_and_the_narrowest_scopes():
+    cfg = _launcher("gcp.yaml")
+    storage, compute = "https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute"
+    for name, t in cfg["available_node_types"].items():
+        nc = t["node_config"]
+        (iface,) = nc["networkInterfaces"]
+        assert iface["subnetwork"].endswith("/subnetworks/detaux-ray"), name  # not the default network (SSH from anywhere)
+        (sa,) = nc["serviceAccounts"]
+        assert sa["scopes"] == ([storage, compute] if name == cfg["head_node_type"] else [storage]), name
+    assert "--source-ranges=YOUR-IP/32" in (CLUSTER / "gcp.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launchers_mount_the_shared_run_directory_and_install_the_gpu_extra(name):
+    cfg = _launcher(name)
+    assert any("mount" in c and "/mnt/shared" in c for c in cfg["initialization_commands"])  # on every host
+    assert "--volume /mnt/shared:/mnt/shared" in cfg["docker"]["run_options"]  # into every container
+    assert cfg["docker"]["image"].endswith("-cu130") and any("[gpu-cu13]" in c for c in cfg["setup_commands"])
+
+
+def _pod_templates(doc):
+    spec = _cluster_spec(doc)
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_pods_run_unprivileged_with_the_shared_volume_and_the_policys_label(name):
+    doc = yaml.safe_load((CLUSTER / "kuberay" / name).read_text())
+    shared = list(yaml.safe_load_all((CLUSTER / "kuberay" / "shared.yaml").read_text()))
+    pvc = next(d for d in shared if d["kind"] == "PersistentVolumeClaim")
+    policy = next(d for d in shared if d["kind"] == "NetworkPolicy")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for t in _pod_templates(doc):
+        sc = t["spec"]["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in t["spec"]["containers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+            assert {"name": "shared", "mountPath": "/mnt/shared"} in c["volumeMounts"]
+        assert {"name": "shared", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}} in t["spec"]["volumes"]
+        assert selector.items() <= t["metadata"]["labels"].items()  # the NetworkPolicy covers every pod
+
+
+def test_the_network_policy_admits_only_named_peers():
+    policy = next(d for d in yaml.safe_load_all((CLUSTER / "kuberay" / "shared.yaml").read_text()) if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from") and all(peer.get("podSelector", {}).get("matchLabels") for peer in rule["from"])
+
+
+def test_the_image_leaves_history_environments_and_runs_out():
+    ignored = (CLUSTER.parent / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs"} <= set(ignored)
+    docker = (CLUSTER / "Dockerfile").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-cu130" in docker and "[gpu-cu13]" in docker and "USER ray" in docker

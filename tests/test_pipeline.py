@@ -93,13 +93,13 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
     # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
     # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, NDDR and MTI on the principal alone (the
-    # controls), repeats every model over 2 seeds, and runs the entangled ablation (one training worker: `resources`
-    # is not part of any stage's hash), two fits at a time (0.5 + 0.25 CPUs each on the session's 2).
+    # controls), repeats every model over 2 seeds, and runs the entangled ablation, two fits at a time (2 x 0.25 +
+    # 0.25 CPUs each on the session's 2; the number of workers is part of the stage hash, their CPUs are not).
     between = tmp_path / "between"
     shutil.copytree(reference, between)
     assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
                "mtl.compare=[mti, maxl, auxilearn]", "mtl.controls=true", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
-               "resources.num_workers=1", "resources.cpus_per_worker=0.5") == 0
+               "resources.cpus_per_worker=0.25") == 0
     assert "[pipeline] 14 fits, 2 at a time" in capsys.readouterr().out  # 5 models + 2 controls x 2 seeds
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
@@ -125,7 +125,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     seeds = r["seeds"]
     assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
     assert seeds["accuracy"]["mtl"][0] == r["models"]["mtl"]["test_principal_accuracy"] and "p_value" in seeds
-    assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 32)  # stage 1's 256 pairs per epoch, on one worker
+    assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 2 // 32)  # stage 1's 256 pairs per epoch, on two workers
     md = (between / "report.md").read_text()
     assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
     assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md
@@ -292,3 +292,21 @@ def test_stage_2_loads_stage_1_only_from_a_folder_complete_for_this_config(tmp_p
         p._stage1_model()
     write_json(folder / "manifest.json", manifest("disentangle", p.hash("disentangle"), 1.0, folder, data_fingerprint=p.fingerprint))
     assert p._stage1_model() == {"w": 1}
+
+
+def test_a_full_disk_under_a_stage_is_exit_6_and_keeps_no_half_stage(tmp_path):
+    import errno
+
+    from detaux_ray.data.fixtures import write_imagefolder
+    from detaux_ray.errors import RunDirError
+
+    (tmp_path / "data").mkdir()
+    p = _imagefolder_pipeline(write_imagefolder(tmp_path / "data"), tmp_path / "run")
+
+    def body(out):
+        (out / "labels.parquet").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")  # what pyarrow's or TensorBoard's writer raises
+
+    with pytest.raises(RunDirError, match="no space left while stage 'discover' wrote") as e:
+        p.stage("discover", body)
+    assert e.value.exit_code == 6 and list((tmp_path / "run").iterdir()) == []

@@ -623,6 +623,9 @@ def _parquet_image(v: Any, size: int, resize: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: the image is missing (null)")
     if isinstance(v, (bytes, bytearray)):
         return decode_image(bytes(v), size, resize, where)
+    if isinstance(v, str):
+        raise DataError(f"{where}: the image column holds a string ({v[:40]!r}), not image bytes or a pixel array; "
+                        f"a table of file paths is read as an image folder, not a Parquet image column")
     try:
         arr = np.asarray(v)
     except ValueError as exc:  # ragged nested lists

@@ -5,6 +5,7 @@ on Ray Data, the rest in the core). Each stage reads the previous stage's artifa
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -181,7 +182,13 @@ class Pipeline:
         # In a shared store a concurrent run may finish the same stage first: keep its copy (same config), unless
         # what is there failed verification.
         with staging_dir(stage_dir, replace=self.stage_store is None or bool(why_not)) as tmp:
-            result = body(tmp)
+            try:
+                result = body(tmp)
+            except OSError as exc:  # a full disk under a library's own writer (TensorBoard, Parquet): exit 6
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise RunDirError(f"no space left while stage '{name}' wrote into {stage_dir.parent}: free some space "
+                                  f"and rerun (the unfinished stage was not kept)") from None
             m = manifest(name, h, time.time() - t0, tmp, data_fingerprint=self.fingerprint, **result.to_dict())
             write_json(tmp / "manifest.json", m)
         self.stages[name] = StageRun(m["wall_time_s"], False, h)
