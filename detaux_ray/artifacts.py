@@ -73,26 +73,12 @@ def _disk_error(exc: OSError, path: Path) -> RunDirError:
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """write(file) to a temporary beside `path`, fsync, chmod to the umask's mode, rename onto `path`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name))
-    except OSError as exc:
-        raise _disk_error(exc, path) from None
-    try:
-        with os.fdopen(fd, mode) as fh:
+    """write(file) to a temporary beside `path`, then `write_with`'s fsync, mode and rename."""
+    def to_path(tmp: str) -> None:
+        with open(tmp, mode) as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _disk_error(exc, path) from None
-        raise
-    _fsync_dir(path.parent)
+
+    write_with(path, to_path)
 
 
 def write_json(path: Path, obj: Any) -> None:
