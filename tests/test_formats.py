@@ -300,3 +300,16 @@ def test_a_principal_column_with_a_class_per_image_is_refused_as_an_id_column(tm
     cfg = _parquet_of(tmp_path, [np.zeros((16, 16, 3), np.uint8).tolist()] * n, [f"id{i}" for i in range(n)])
     with pytest.raises(DataError, match="'label' has 3[0-9] classes in 3[0-9] training images .* is it an id column"):
         build_source(cfg.data, 0)
+
+
+def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
+    """macOS leaves ._<name>.png copies (not images) beside every file it touched; notebooks leave checkpoints."""
+    from detaux_ray.data.fixtures import png_bytes, random_image, write_imagefolder
+
+    root = write_imagefolder(tmp_path)
+    (root / "class_0" / "._3.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "class_1" / ".ipynb_checkpoints").mkdir()
+    (root / "class_1" / ".ipynb_checkpoints" / "0.png").write_bytes(png_bytes(random_image()))
+    cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0", *FORMATS["imagefolder"][1]])
+    src = build_source(cfg.data, 0)
+    assert len(src) == 90 and not any(str(i).split("/")[-1].startswith(".") or "/." in str(i) for i in src.native_ids(np.arange(90)))

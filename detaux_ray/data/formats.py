@@ -443,11 +443,18 @@ class FileReader:
         return out
 
 
+def _hidden(rel: str) -> bool:
+    """A name under a hidden folder or itself hidden (.DS_Store, macOS's ._x.png copies, .ipynb_checkpoints/): skipped."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
 def _list_images(fs: pafs.FileSystem, root: str) -> tuple[list[str], list[pafs.FileInfo]]:
-    """The image files under `root` (relative paths, sorted) and their listing entries (for the fingerprint)."""
+    """The image files under `root` (relative paths, sorted) and their listing entries (for the fingerprint);
+    hidden files and folders (names starting with '.') are not part of a dataset."""
     try:  # pyarrow decodes each path as UTF-8 when it is read
         infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                 if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_EXTENSIONS)]
+                 if i.type == pafs.FileType.File and i.path.lower().endswith(IMAGE_EXTENSIONS)
+                 and not _hidden(posixpath.relpath(i.path, root))]
     except UnicodeDecodeError as exc:
         bad = exc.object[max(0, exc.start - 40):exc.end + 10].decode("utf-8", "backslashreplace")
         raise DataError(f"a file name under {root} is not valid UTF-8 (...{bad}...): rename it") from None
