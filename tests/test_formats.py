@@ -313,3 +313,10 @@ def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
     cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0", *FORMATS["imagefolder"][1]])
     src = build_source(cfg.data, 0)
     assert len(src) == 90 and not any(str(i).split("/")[-1].startswith(".") or "/." in str(i) for i in src.native_ids(np.arange(90)))
+
+
+def test_a_parquet_image_column_of_file_paths_is_refused_with_what_to_do(tmp_path):
+    cfg = _parquet_of(tmp_path, [f"img/{i}.png" for i in range(10)], [f"k{i % 2}" for i in range(10)])
+    src = build_source(cfg.data, 0)
+    with pytest.raises(DataError, match="holds a string \\('img/0.png'\\).*read as an image folder"):
+        src.images(np.arange(10))
