@@ -89,10 +89,6 @@ def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text), "w")
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda fh: fh.write(data))
-
-
 def copy_file(src: Path, dst: Path) -> None:
     with open(src, "rb") as fh:
         _atomic(dst, lambda out: shutil.copyfileobj(fh, out))

@@ -196,7 +196,6 @@ def test_a_changed_dataset_reruns_its_stages_and_says_why(tmp_path, capsys):
     """The stage hash covered data.path only: images added, removed or replaced under it reused stale stages."""
     import os
 
-    from detaux_ray.artifacts import write_bytes
     from detaux_ray.data.fixtures import png_bytes, random_image, write_imagefolder
     from detaux_ray.results import DisentangleResult
 
@@ -206,7 +205,7 @@ def test_a_changed_dataset_reruns_its_stages_and_says_why(tmp_path, capsys):
 
     def body(out):
         calls.append(1)
-        write_bytes(out / "model.pt", b"weights")
+        (out / "model.pt").write_bytes(b"weights")
         return DisentangleResult("model.pt", 1, 1, {}, {})
 
     def stage():

@@ -164,10 +164,9 @@ def array_to_rgb8(arr: np.ndarray, where: str, sixteen_bit: bool = False) -> np.
 
 
 def fit_image(arr: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
+    """uint8 (H, W, 3) -> (size, size, 3) by data.resize (`pil_to_rgb8` / `array_to_rgb8` make the three channels)."""
     from PIL import Image
 
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
     h, w = arr.shape[:2]
     if (h, w) == (size, size):
         return np.ascontiguousarray(arr, dtype=np.uint8)
