@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "jobs")]
+sys.path[:0] = [str(ROOT), str(ROOT / "jobs"), str(ROOT / "tests")]  # tests/dataset_files.py writes each format
 
 TINY = ["data.n_images=0", "data.cache=stream", "disentangle.k=3", "disentangle.epochs=2", "disentangle.pairs_per_epoch=128",
         "disentangle.batch_size=16", "discover.clusterer=kmeans++", "discover.n_clusters=3", "mtl.epochs=1", "mtl.width=8",
@@ -26,7 +26,7 @@ TINY = ["data.n_images=0", "data.cache=stream", "disentangle.k=3", "disentangle.
 def main() -> None:
     import full_pipeline
 
-    from detaux_ray.data.fixtures import FORMATS
+    from dataset_files import FORMATS
     from detaux_ray.distributed.pipeline import start_local_ray
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

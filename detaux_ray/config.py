@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclasses, YAML presets in `configs/`, `--set section.key=value` overrides."""
+"""Typed run configuration: dataclasses, YAML presets in `detaux_ray/presets/`, `--set section.key=value` overrides."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from .errors import ConfigError
 
 CRITERIA = ("l_dist", "dot", "cluster", "calinski")  # stage-2 subspace criteria (detaux_ray.discovery)
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"  # package data, so a plain `pip install .` has them
 
 
 @dataclass
@@ -54,7 +54,7 @@ class DisentangleConfig:
     w_principal: float = 0.01  # cross-entropy of a linear principal classifier on s_alpha (0 = the paper: oracle only)
     w_adversary: float = 0.1  # confusion loss against principal classifiers on the other subspaces (0 = off; ours)
     # The adversary must be able to read what it is to remove: one hidden layer, 10x the encoder's rate. Measured
-    # over 6 seeds (docs/stage1-study.md): the principal separated (>= 0.8 in alpha, >= 3x elsewhere) at 6, against
+    # over 6 seeds (docs/studies/2026-11-28-stage1-study.md): the principal separated (>= 0.8 in alpha, >= 3x elsewhere) at 6, against
     # 3 with a linear adversary at the encoder's rate (adversary_hidden=0, adversary_lr_scale=1).
     adversary_hidden: int = 32  # hidden units of each adversary classifier (0 = linear)
     adversary_lr_scale: float = 10.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
@@ -74,7 +74,7 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
-    w_indep: float = 0.0  # CKA between every two subspaces, with beta1 (ours; 0 = off; measured worse: docs/stage1-study.md)
+    w_indep: float = 0.0  # CKA between every two subspaces, with beta1 (ours; 0 = off; measured worse: docs/studies/2026-11-28-stage1-study.md)
     indep_kernel: str = "rbf"  # rbf (any dependence) | linear (RV coefficient): losses.independence_loss
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
     cons_relative: bool = False  # L_cons over each subspace's batch spread (ours; collapsed the latent in the study)
@@ -92,7 +92,7 @@ class DisentangleConfig:
 
 @dataclass
 class DiscoverConfig:
-    # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/stage1-study.md) | cluster
+    # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/studies/2026-11-28-stage1-study.md) | cluster
     # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
     criterion: str = "calinski"
     # What is clustered: subspace (the paper: the chosen subspace) | ica (ours: the independent components of the
@@ -194,18 +194,12 @@ class Config:
         """Hash of everything a stage's result depends on: its own section and every upstream one, less the keys
         that only change what is logged (NOT_IN_HASH), plus the number of training workers (each trains on its
         own batches of batch_size, so the global batch and the step count follow it) and the mixed precision;
-        `data_fingerprint` (the dataset's files, `ImageSource.fingerprint`) for datasets read from files."""
+        and `data_fingerprint` (`ImageSource.fingerprint`: the dataset's files, or a generated dataset's version)."""
         chain = {"disentangle": ["data", "disentangle"], "discover": ["data", "disentangle", "discover"],
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
-        from .data.shapes import RENDER_VERSION
-        from .data import suite
-
         sections = {s: {k: v for k, v in d[s].items() if f"{s}.{k}" not in NOT_IN_HASH} for s in chain}
-        payload = {"seed": self.seed, "render_version": RENDER_VERSION, **sections,
-                   "num_workers": self.resources.num_workers, "amp": self.resources.amp}
-        if self.data.dataset in suite.DATASETS:
-            payload["suite_version"] = suite.SUITE_VERSION
+        payload = {"seed": self.seed, **sections, "num_workers": self.resources.num_workers, "amp": self.resources.amp}
         if data_fingerprint:
             payload["data_fingerprint"] = data_fingerprint
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

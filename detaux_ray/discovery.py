@@ -44,7 +44,7 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
       the same for every subspace). Scale-free like `cluster`, but unlike the silhouette, which sits near 0.45-0.6
       for any KMeans partition of a continuous latent, B/W grows steeply as the clusters tighten: on the quick
       preset it picked the subspace whose labels best match a hidden factor at 5 of 6 seeds, `cluster` at 3
-      (docs/stage1-study.md); largest wins.
+      (docs/studies/2026-11-28-stage1-study.md); largest wins.
     variance[i]: total variance of subspace i (used to skip dead subspaces, which trivially score 0 on both).
     """
     from sklearn.cluster import KMeans
@@ -140,7 +140,7 @@ def choose_subspace(scores: dict[str, np.ndarray], criterion: str, alpha: int, d
 
 def dead_subspaces(variance, alpha: int, dead_frac: float) -> list[int]:
     """The subspaces j != alpha whose variance is below dead_frac x the largest: never chosen. A scale-free probe
-    can still read a factor in one (docs/stage1-study.md), so the log and the report name them."""
+    can still read a factor in one (docs/studies/2026-11-28-stage1-study.md), so the log and the report name them."""
     var = np.asarray(variance, dtype=float)
     return [j for j in range(len(var)) if j != alpha and var[j] < dead_frac * var.max()]
 
@@ -177,7 +177,7 @@ def rank_subspaces(scores: dict[str, np.ndarray], criterion: str, alpha: int, de
 def criterion_margin(scores: dict[str, np.ndarray], criterion: str, alpha: int, dead_frac: float) -> float | None:
     """score(best) / score(runner-up) among the live subspaces j != alpha, for the largest-wins criteria (None for
     the others, or with one live subspace): how clearly one subspace stands out. On the quick preset's six seeds
-    (docs/stage1-study.md) the `calinski` margin was >= 1.7 at the three seeds whose labels matched a hidden factor
+    (docs/studies/2026-11-28-stage1-study.md) the `calinski` margin was >= 1.7 at the three seeds whose labels matched a hidden factor
     at >= 0.8, and <= 1.16 at the three where they matched at <= 0.52."""
     if criterion not in HIGHER_WINS:
         return None

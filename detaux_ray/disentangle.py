@@ -190,3 +190,26 @@ def latent_traversal(model: DisentangleAE, xa: Tensor, xb: Tensor, steps: int = 
         lat[:, i] = (1 - t) * sa[i] + t * sb[i]
         rows.append(model.decode(lat))
     return torch.cat(rows)
+
+
+def traversal_figure(grid: Tensor, k: int, alpha: int, path) -> None:
+    """The latent-traversal grid as a PNG with its rows labelled: row i interpolates subspace i (alpha marked).
+
+    grid: (k * steps, 3, S, S) floats in [0, 1], as `latent_traversal` returns them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = grid.shape[0] // k
+    img = grid.detach().float().clamp(0, 1).cpu().view(k, steps, *grid.shape[1:]).permute(0, 3, 1, 4, 2)
+    img = img.reshape(k * grid.shape[2], steps * grid.shape[3], 3).numpy()  # rows of images, side by side
+    fig, ax = plt.subplots(figsize=(0.6 * steps + 1.6, 0.6 * k + 0.6))
+    ax.imshow(img, interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * grid.shape[2] for i in range(k)],
+                  [f"subspace {i}" + (" (alpha)" if i == alpha else "") for i in range(k)], fontsize=8)
+    ax.set_xticks([])
+    ax.set_title("each row moves one subspace from image a (left) to image b (right)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -254,7 +254,7 @@ class DisentangleAE(nn.Module):
         # alpha_encoder="private": s_alpha = p_alpha(f_alpha(x)) with an encoder of its own, so the principal terms
         # (head, same-label pulls in alpha) train f_alpha and never the shared f that the nuisance subspaces read
         # (measured: the principal then separates completely, and with discover.space=ica the labels improve;
-        # docs/stage1-study.md, session 14).
+        # docs/studies/2026-11-28-stage1-study.md, 2026-11-30 at c33e7fc).
         self.alpha_encoder = make_encoder(alpha_width) if alpha_encoder == "private" else None
         if self.alpha_encoder is not None:  # saved with the weights, so a checkpoint rebuilds the same model
             self.register_buffer("alpha_index", torch.tensor(alpha))

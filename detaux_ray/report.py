@@ -82,6 +82,10 @@ def render_markdown(r: Report) -> str:
                   f"elsewhere; the chosen subspace should hold one other factor.", "",
                   f"![scorecard]({r.scorecard_png})", ""]
         lines += sc.markdown()
+        if r.traversal_png:
+            lines += ["", "Latent traversals (the paper's Figure 3): each row moves one subspace from one training image "
+                      "to another of a different principal class, the rest held; the principal should change only "
+                      "in alpha's row.", "", f"![traversals]({r.traversal_png})"]
         ratio = "inf" if sep["ratio"] == float("inf") else f"{sep['ratio']:.1f}"
         lines += ["", f"Principal `{sc.principal}` in alpha: **{sep['in_alpha']:.3f}**; best other subspace "
                   f"{sep['best_other']:.3f} (ratio {ratio})."]
@@ -195,5 +199,5 @@ def _margin(disc) -> str:
     text = f", {m:.2f}x the runner-up's score"
     if disc.criterion == "calinski":
         text += (" (on the quick preset's six seeds, >= 1.7 came with labels matching a hidden factor at >= 0.8, "
-                 "<= 1.16 with <= 0.52: docs/stage1-study.md)")
+                 "<= 1.16 with <= 0.52: docs/studies/2026-11-28-stage1-study.md)")
     return text

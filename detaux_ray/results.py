@@ -253,6 +253,7 @@ class Report(_Result):
     stages: dict[str, StageRun]
     config: dict
     scorecard_png: str = "discover/scorecard.png"
+    traversal_png: str | None = None  # the latent-traversal grid beside report.md, rows labelled by subspace
 
     @property
     def stl(self) -> FitResult | None:
@@ -299,4 +300,5 @@ class Report(_Result):
             "stages": _value(self.stages),
             "config": self.config,
             "scorecard_png": self.scorecard_png,
+            "traversal_png": self.traversal_png,
         }

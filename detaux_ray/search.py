@@ -1,4 +1,4 @@
-"""Hyper-parameter search specs (no Ray): a YAML in `configs/search/` names the base preset, the settings every
+"""Hyper-parameter search specs (no Ray): a YAML in `detaux_ray/presets/search/` names the base preset, the settings every
 trial shares (the tuning budget) and the space each tuned key is sampled from.
 
     base: quick                      # preset (name or path) the trials start from

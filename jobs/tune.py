@@ -24,14 +24,14 @@ from detaux_ray.config import CONFIG_DIR  # noqa: E402
 from detaux_ray.data import DATASETS, build_source  # noqa: E402
 from detaux_ray.errors import DataError  # noqa: E402
 from detaux_ray.search import METRIC, SEARCH_DIR, load_search_spec  # noqa: E402
-from full_pipeline import detaux  # noqa: E402  (the recipe every trial runs; this script's folder is on sys.path)
+from detaux_ray.recipe import detaux  # noqa: E402  (the recipe every trial runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes", help=f"one of: {', '.join(DATASETS)} (default: shapes)")
     ap.add_argument("--data-path", default=None, help="local path or s3:// / gs:// URI of the dataset's files")
-    ap.add_argument("--search", default=None, help="search spec in configs/search/ or a YAML path (default: the dataset's, "
+    ap.add_argument("--search", default=None, help="search spec in detaux_ray/presets/search/ or a YAML path (default: the dataset's, "
                                                    "else shapes)")
     ap.add_argument("--num-samples", type=int, default=4, help="trials to run (default: 4)")
     ap.add_argument("--seed", type=int, default=0, help="Optuna's sampler seed (default: 0)")

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from detaux_ray.data.fixtures import png_bytes as _png
-from detaux_ray.data.fixtures import random_image as _img
-from detaux_ray.data.fixtures import write_imagefolder
+from dataset_files import png_bytes as _png
+from dataset_files import random_image as _img
+from dataset_files import write_imagefolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
 import full_pipeline  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 
 from detaux_ray.config import load_config
 from detaux_ray.data import build_source
-from detaux_ray.data.fixtures import FORMATS, write_cifar10, write_parquet, write_svhn
+from dataset_files import FORMATS, write_cifar10, write_parquet, write_svhn
 from detaux_ray.errors import DataError
 
 
@@ -252,7 +252,7 @@ def test_parquet_pixel_values_outside_every_rule_are_refused_naming_the_row(tmp_
 
 
 def test_an_extra_columns_csv_with_a_duplicate_file_row_is_refused(tmp_path):
-    from detaux_ray.data.fixtures import write_imagefolder
+    from dataset_files import write_imagefolder
 
     root = write_imagefolder(tmp_path)
     with open(root / "extra.csv", "a") as fh:
@@ -265,7 +265,7 @@ def test_an_extra_columns_csv_with_a_duplicate_file_row_is_refused(tmp_path):
 def test_a_file_name_that_is_not_utf8_is_refused_naming_the_folder(tmp_path):
     import os
 
-    from detaux_ray.data.fixtures import write_imagefolder
+    from dataset_files import write_imagefolder
 
     root = write_imagefolder(tmp_path)
     os.rename(root / "class_1" / "2.png", os.path.join(os.fsencode(root / "class_1"), b"\xff\xfe.png"))
@@ -284,7 +284,7 @@ def test_a_store_that_cannot_be_reached_is_one_data_error(tmp_path, monkeypatch)
 
 
 def test_a_matlab_v73_cars_annotation_is_refused_with_what_to_do(tmp_path):
-    from detaux_ray.data.fixtures import write_cars
+    from dataset_files import write_cars
 
     root = write_cars(tmp_path)
     ann = next(root.rglob("cars_train_annos.mat"))
@@ -304,7 +304,7 @@ def test_a_principal_column_with_a_class_per_image_is_refused_as_an_id_column(tm
 
 def test_hidden_files_and_folders_are_not_images_of_the_dataset(tmp_path):
     """macOS leaves ._<name>.png copies (not images) beside every file it touched; notebooks leave checkpoints."""
-    from detaux_ray.data.fixtures import png_bytes, random_image, write_imagefolder
+    from dataset_files import png_bytes, random_image, write_imagefolder
 
     root = write_imagefolder(tmp_path)
     (root / "class_0" / "._3.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")

@@ -79,8 +79,8 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert {"loss/rec", "loss/prin", "loss/dist", "loss/spar", "loss/cons", "loss/reg", "beta/beta1",
             "oracle/pick_subspace_0", "reconstruction", "latent_traversal", "scorecard/principal_in_alpha",
             "scorecard/scale/subspace_0", "scorecard/wall_hue/subspace_2"} <= tags
-    _, mtl_tags = scalars(run_dir / "tensorboard" / "mtl", "")
-    assert {"stl/test_principal_accuracy", "hps/test_principal_accuracy"} <= mtl_tags
+    for model in ("stl", "hps"):  # one TensorBoard run per model, the same tags: the curves overlay
+        assert "test_principal_accuracy" in scalars(run_dir / "tensorboard" / "mtl" / model, "")[1]
     labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
 
     # An uninterrupted stage 1 gives the very same auxiliary labels: the resumed training retraced it exactly. The
@@ -130,12 +130,14 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
     assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md
     assert "| NDDR on the principal alone (control) | principal |" in md and "vs control: t | p |" in md
-    _, nddr_tags = scalars(between / "tensorboard" / "mtl", "")
-    assert {"nddr/log_sigma2_principal", "nddr/log_sigma2_auxiliary", "nddr/log_sigma2_auxiliary_1",
-            "mti/test_principal_accuracy", "maxl/meta_loss", "maxl/label_entropy", "maxl/label_diversity",
-            "auxilearn/meta_loss", "auxilearn/label_entropy"} <= nddr_tags
-    _, control_tags = scalars(between / "tensorboard" / "mtl_alone", "")  # the controls log apart from the models
-    assert {"nddr/test_principal_accuracy", "mti/test_principal_accuracy"} <= control_tags
+    board = between / "tensorboard" / "mtl"
+    assert {"log_sigma2_principal", "log_sigma2_auxiliary", "log_sigma2_auxiliary_1"} <= scalars(board / "nddr", "")[1]
+    assert "test_principal_accuracy" in scalars(board / "mti", "")[1]
+    for peer in ("maxl", "auxilearn"):
+        assert {"meta_loss", "label_entropy", "test_principal_accuracy"} <= scalars(board / peer, "")[1]
+    assert "label_diversity" in scalars(board / "maxl", "")[1]
+    for control in ("nddr_alone", "mti_alone"):  # the controls log apart from the models
+        assert "test_principal_accuracy" in scalars(board / control, "")[1]
 
     # 3. Third run: every stage reused, identical auxiliary labels; an artifact changed since it was written is
     #    caught by its checksum and its stage recomputed (the same labels again).
@@ -184,7 +186,7 @@ def test_bad_input_exits_with_one_clear_message(tmp_path, capsys, argv, code, ms
 
 def _imagefolder_pipeline(root, run_dir):
     from detaux_ray.config import load_config
-    from detaux_ray.data.fixtures import FORMATS
+    from dataset_files import FORMATS
     from detaux_ray.distributed.pipeline import Pipeline
 
     cfg = load_config("quick", ["data.dataset=imagefolder", f"data.path={root}", "data.n_images=0",
@@ -196,7 +198,7 @@ def test_a_changed_dataset_reruns_its_stages_and_says_why(tmp_path, capsys):
     """The stage hash covered data.path only: images added, removed or replaced under it reused stale stages."""
     import os
 
-    from detaux_ray.data.fixtures import png_bytes, random_image, write_imagefolder
+    from dataset_files import png_bytes, random_image, write_imagefolder
     from detaux_ray.results import DisentangleResult
 
     (tmp_path / "data").mkdir()
@@ -234,7 +236,7 @@ def test_labels_whose_rows_are_not_this_datasets_are_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from detaux_ray.data.fixtures import write_imagefolder
+    from dataset_files import write_imagefolder
     from detaux_ray.errors import RunDirError
 
     (tmp_path / "data").mkdir()
@@ -279,7 +281,7 @@ def test_a_second_run_on_a_busy_run_directory_exits_6_naming_the_holder(tmp_path
 
 def test_stage_2_loads_stage_1_only_from_a_folder_complete_for_this_config(tmp_path):
     from detaux_ray.artifacts import manifest, save_torch, write_json
-    from detaux_ray.data.fixtures import write_imagefolder
+    from dataset_files import write_imagefolder
     from detaux_ray.errors import RunDirError
 
     (tmp_path / "data").mkdir()
@@ -296,7 +298,7 @@ def test_stage_2_loads_stage_1_only_from_a_folder_complete_for_this_config(tmp_p
 def test_a_full_disk_under_a_stage_is_exit_6_and_keeps_no_half_stage(tmp_path):
     import errno
 
-    from detaux_ray.data.fixtures import write_imagefolder
+    from dataset_files import write_imagefolder
     from detaux_ray.errors import RunDirError
 
     (tmp_path / "data").mkdir()

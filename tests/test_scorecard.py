@@ -69,7 +69,7 @@ def test_stage1_moves_the_principal_factor_into_alpha(variant):
     the other subspace. The untrained model scores ~0.05 in alpha here (random features barely separate sizes),
     so passing needs the training to put the principal factor into alpha, and only there.
 
-    One torch thread, set here: the result depends on the float order of the reductions (measured in session 10:
+    One torch thread, set here: the result depends on the float order of the reductions (measured in the 2026-11-29 at 4f90671 run:
     at two threads the same seed leaks the size into subspace 1 at 0.54, failing the 2x check; over seeds 0-2 and
     1-2 threads the leak was 0.0-0.89). It passed in the full suite (CI) and failed when run alone. Here the 2x
     check held because subspace 1 collapsed; on other CPUs it does not, so that check is reported, not asserted

@@ -49,7 +49,7 @@ class ImageSource:
     is_val: np.ndarray  # (N,) bool: carved from the training split (data.val_frac); never tested on
     reader: Any  # .read(loader rows) -> uint8 images; renders them (shapes) or reads the dataset's own files
     class_names: list[str] = field(default_factory=list)
-    fingerprint: str = ""  # of the dataset's files (formats.fingerprint); "" for generated datasets
+    fingerprint: str = ""  # of the dataset's files (formats.fingerprint), or a generated dataset's version
 
     def __len__(self) -> int:
         return len(self.principal)

@@ -40,9 +40,22 @@ class Loaded:
     # The held-out hues define the test split (shapes, shapes3d): an empty one is an error, never replaced by a
     # random split as for a folder or table without a split of its own.
     fixed_split: bool = False
-    # Of the files the labels and images come from: their paths, sizes and modification times (`fingerprint`).
-    # A stage computed on other files is not reused; "" for generated datasets (their version is in the hash).
+    # Of the files the labels and images come from: their paths, sizes and modification times (`fingerprint`);
+    # for a generated dataset, its generator's version. A stage computed on other data is not reused.
     fingerprint: str = ""
+
+
+def salt_and_pepper(img: np.ndarray, index: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Set a `noise` fraction of each image's pixels to black or white, seeded by (seed, image index) so an image
+    looks the same whichever batch it is read in. img (B, S, S, 3) uint8, modified in place and returned."""
+    n_px = img.shape[1] * img.shape[2]
+    n_hit = int(round(noise * n_px))
+    flat = img.reshape(len(index), n_px, 3)
+    for row, idx in enumerate(index):
+        rng = np.random.default_rng([seed, int(idx)])
+        hit = rng.choice(n_px, size=n_hit, replace=False)
+        flat[row, hit] = np.where(rng.random(n_hit) < 0.5, 0, 255)[:, None].astype(np.uint8)
+    return img
 
 
 def heldout_hue_split(factors: dict[str, np.ndarray], heldout_hues: list[int]) -> np.ndarray:
@@ -353,8 +366,6 @@ class Shapes3DReader:
         x = _open_h5(self.path)["images"][uniq][back]  # reads only these rows: memory ~ the batch
         x = _fit_batch(x, self.size, self.resize, f"in {self.path}")
         if self.noise > 0:
-            from .shapes import salt_and_pepper
-
             x = salt_and_pepper(x, rows, self.noise, self.seed)
         return x
 

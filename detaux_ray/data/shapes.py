@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from .formats import Loaded, heldout_hue_split, salt_and_pepper
 
 FACTOR_NAMES: tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
 FACTOR_SIZES: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
 N_COMBINATIONS = int(np.prod(FACTOR_SIZES))  # 480,000
 SHAPE_NAMES = ("cube", "cylinder", "sphere", "capsule")
-RENDER_VERSION = 2  # bump when the pictures change: it is part of every stage hash, so old stages are not reused
+RENDER_VERSION = 2  # bump when the pictures change: it is the dataset's fingerprint, so old stages are not reused
 
 HUES = np.linspace(0.0, 0.9, 10)
 SCALES = np.linspace(0.75, 1.25, 8)
@@ -171,19 +172,6 @@ class ShapesRenderer:
         return img
 
 
-def salt_and_pepper(img: np.ndarray, index: np.ndarray, noise: float, seed: int) -> np.ndarray:
-    """Set a `noise` fraction of each image's pixels to black or white, seeded by (seed, image index) so an image
-    looks the same whichever batch it is read in. img (B, S, S, 3) uint8, modified in place and returned."""
-    n_px = img.shape[1] * img.shape[2]
-    n_hit = int(round(noise * n_px))
-    flat = img.reshape(len(index), n_px, 3)
-    for row, idx in enumerate(index):
-        rng = np.random.default_rng([seed, int(idx)])
-        hit = rng.choice(n_px, size=n_hit, replace=False)
-        flat[row, hit] = np.where(rng.random(n_hit) < 0.5, 0, 255)[:, None].astype(np.uint8)
-    return img
-
-
 def factor_grid(renderer: ShapesRenderer, n_cols: int = 10, base: tuple[int, ...] = (0, 3, 6, 4, 0, 7)) -> np.ndarray:
     """One row per factor, varying that factor over evenly spaced values from a base scene: (6, n_cols, H, W, 3)."""
     rows = []
@@ -210,8 +198,6 @@ class ShapesReader:
 
 def load_shapes(size: int, noise: float, seed: int, heldout_hues: list[int]):
     """All 480,000 combinations as a loaded dataset: the six factors, the held-out-hue split, the renderer."""
-    from .formats import Loaded, heldout_hue_split
-
     if size not in (16, 32, 64):
         raise DataError(f"data.image_size must be 16, 32 or 64 for 'shapes', got {size}")
     bad = [h for h in heldout_hues if not 0 <= h < FACTOR_SIZES[0]]
@@ -220,5 +206,6 @@ def load_shapes(size: int, noise: float, seed: int, heldout_hues: list[int]):
     fac = factors_of(np.arange(N_COMBINATIONS))
     factors = {name: fac[:, i] for i, name in enumerate(FACTOR_NAMES)}
     return Loaded(np.zeros(N_COMBINATIONS, np.int64), [], heldout_hue_split(factors, heldout_hues),
-                  ShapesReader(size, noise, seed), factors, fixed_split=True)
+                  ShapesReader(size, noise, seed), factors, fixed_split=True,
+                  fingerprint=f"shapes-render-v{RENDER_VERSION}")
 

@@ -24,8 +24,9 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import DataError
+from .formats import Loaded, salt_and_pepper
 
-SUITE_VERSION = 1  # bump when these pictures change: part of every stage hash of these datasets
+SUITE_VERSION = 1  # bump when these pictures change: it is these datasets' fingerprint, so old stages are not reused
 DATASETS = ("sprites", "colour_digits", "digits")
 
 SPRITE_FACTORS: tuple[str, ...] = ("shape", "scale", "rotation", "pos_x", "pos_y", "colour")
@@ -48,8 +49,6 @@ def _hue_rgb(h: np.ndarray) -> np.ndarray:
 
 def _noise(img: np.ndarray, index: np.ndarray, noise: float, seed: int) -> np.ndarray:
     if noise > 0:
-        from .shapes import salt_and_pepper
-
         salt_and_pepper(img, index, noise, seed)
     return img
 
@@ -106,13 +105,12 @@ class SpritesReader(_Generated):
 
 def load_sprites(size: int, noise: float, seed: int):
     """All combinations; no split of their own (the pipeline draws a seeded data.test_frac)."""
-    from .formats import Loaded
-
     _check_size(size, "sprites")
     n = int(np.prod(SPRITE_SIZES))
     fac = np.stack(np.unravel_index(np.arange(n), SPRITE_SIZES), axis=1).astype(np.int64)
     factors = {name: fac[:, i] for i, name in enumerate(SPRITE_FACTORS)}
-    return Loaded(np.zeros(n, np.int64), [], np.zeros(n, bool), SpritesReader(size, noise, seed), factors)
+    return Loaded(np.zeros(n, np.int64), [], np.zeros(n, bool), SpritesReader(size, noise, seed), factors,
+                  fingerprint=f"sprites-v{SUITE_VERSION}")
 
 
 # digits ------------------------------------------------------------------------------------------------------
@@ -165,8 +163,6 @@ class ColourDigitsReader(_Generated):
 
 
 def load_colour_digits(size: int, noise: float, seed: int, test_frac: float):
-    from .formats import Loaded
-
     _check_size(size, "colour_digits")
     _, digit = _handwriting()
     shape = (N_DIGITS, *DIGIT_SIZES)
@@ -175,7 +171,7 @@ def load_colour_digits(size: int, noise: float, seed: int, test_frac: float):
     factors = {name: fac[:, i + 1] for i, name in enumerate(DIGIT_FACTORS)}  # the class is the principal `label`
     is_test = _digit_test_split(seed, test_frac)[fac[:, 0]]
     return Loaded(digit[fac[:, 0]], [str(i) for i in range(10)], is_test, ColourDigitsReader(size, noise, seed),
-                  factors)
+                  factors, fingerprint=f"colour_digits-v{SUITE_VERSION}")
 
 
 @dataclass
@@ -191,11 +187,10 @@ class DigitsReader:
 
 
 def load_digits(size: int, seed: int, test_frac: float):
-    from .formats import Loaded
-
     _check_size(size, "digits")
     _, digit = _handwriting()
-    return Loaded(digit, [str(i) for i in range(10)], _digit_test_split(seed, test_frac), DigitsReader(size))
+    return Loaded(digit, [str(i) for i in range(10)], _digit_test_split(seed, test_frac), DigitsReader(size),
+                  fingerprint=f"digits-v{SUITE_VERSION}")
 
 
 def _check_size(size: int, name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import ray
@@ -56,3 +57,45 @@ def silence_worker_logs() -> None:
     actors (Ray Train's placement-group cleaner, ...) print tracebacks that are not the user's concern."""
     if ray.is_initialized():
         ray._private.worker._worker_logs_enabled = False  # the switch Ray's own debugger uses (private API)
+
+
+# Lines Ray forwards to the driver's terminal that say nothing a user of this pipeline can act on. They stay in the
+# session's log files; DETAUX_RAY_LOGS=all prints them.
+RAY_NOISE = re.compile(
+    r"PYTHON worker processes have been started on node"  # raylet: fractional CPUs start many workers, on purpose
+    r"|has constructor arguments in the object store and max_restarts > 0"  # Ray Train's / Ray Data's own actors
+    r"|Failed to query Ray Train Controller actor state"  # Ray Train's cleaner while the run shuts down
+    r"|Token authentication is enabled for this Ray cluster")  # the local instance's default, not a choice here
+
+
+def is_ray_noise(line: str) -> bool:
+    return bool(RAY_NOISE.search(line))
+
+
+class RayNoiseFilter(logging.Filter):
+    """For Ray's Python loggers in the driver (the token-authentication notice of a local instance)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_ray_noise(record.getMessage())
+
+
+def filter_forwarded_logs() -> None:
+    """Drop RAY_NOISE from what Ray prints in this driver: the workers' and actors' forwarded lines and the raylet's
+    messages both pass through `ray._private.worker.print_worker_logs` (private API; without it the lines print)."""
+    if verbose():
+        return
+    from ray._private import worker
+
+    original = worker.print_worker_logs
+    if getattr(original, "detaux_filtered", False):
+        return
+
+    def print_worker_logs(data, *args, **kwargs):
+        lines = [line for line in data.get("lines", []) if not is_ray_noise(line)]
+        if lines:
+            original({**data, "lines": lines}, *args, **kwargs)
+
+    print_worker_logs.detaux_filtered = True
+    worker.print_worker_logs = print_worker_logs
+    for name in ("ray._private.authentication.authentication_token_setup", "ray"):
+        logging.getLogger(name).addFilter(RayNoiseFilter())

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import torch
 import yaml
 
 from ..artifacts import (
@@ -31,16 +32,19 @@ from ..artifacts import (
     verify_stage,
     write_json,
     write_text,
+    write_with,
 )
 from ..config import Config
 from ..data import ImageSource, build_source
 from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
+from ..disentangle import latent_traversal, traversal_figure
 from ..errors import ConfigError, DataError, RunDirError
+from ..models import DisentangleAE, to_float_images
 from ..report import write_report
 from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
 from .discover import embed
-from .logs import quiet_env, silence_worker_logs
+from .logs import filter_forwarded_logs, quiet_env, silence_worker_logs
 from .streams import ImageCache, SourceImages, images_for
 from .trainer import fits_held, run_concurrently
 
@@ -50,6 +54,7 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
     else start a private local Ray instance, never an unasked-for join of another instance on this machine."""
     if ray.is_initialized():
         return
+    filter_forwarded_logs()  # before ray.init: the local instance's first notices pass through it too
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
         env = quiet_env()
@@ -70,6 +75,7 @@ def start_local_ray(**init_kwargs) -> str:
     address. The GCS port is chosen up front for that, as `ray start --port` would."""
     import socket
 
+    filter_forwarded_logs()
     with socket.socket() as sock:  # a free port now; the GCS binds it a moment later
         sock.bind(("", 0))
         port = sock.getsockname()[1]
@@ -205,6 +211,10 @@ class Pipeline:
         if png.is_file():  # beside report.md, which shows it
             copy_file(png, self.run_dir / "scorecard.png")
             report.scorecard_png = "scorecard.png"
+        trav = self.stage_dir("disentangle") / "traversals.png"
+        if trav.is_file():
+            copy_file(trav, self.run_dir / "traversals.png")
+            report.traversal_png = "traversals.png"
         # The resolved config is written with the report (never before the stages), so the two always describe
         # the same run: a rerun that fails leaves the previous run's pair untouched.
         write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
@@ -222,8 +232,22 @@ class Pipeline:
                                     self.run_dir, probe=self._probe(), data_fingerprint=self.fingerprint)
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
+        self._traversals(res["model"], out / "traversals.png")
         return DisentangleResult("model.pt", res["epoch"] + 1, res["steps"], res["metrics"],
                                  {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim})
+
+    def _traversals(self, state: dict, path: Path) -> None:
+        """Figure 3 of the paper as a PNG for the report: every subspace traversed between two training images of
+        different principal classes."""
+        src, d = self.source, self.cfg.disentangle
+        rows = src.train_rows()
+        other = np.flatnonzero(src.principal[rows] != src.principal[rows[0]])
+        pair = rows[[0, other[0] if len(other) else min(1, len(rows) - 1)]]
+        model = DisentangleAE.from_state(state, src.image_size, d.k, d.latent_dim, d.arch).eval()
+        with torch.no_grad():
+            x = to_float_images(torch.from_numpy(src.images(pair)))
+            grid = latent_traversal(model, x[0], x[1], steps=8)
+        write_with(path, lambda p: traversal_figure(grid, d.k, model.alpha, p))
 
     def _probe(self) -> dict:
         """A seeded sample of training images for the TensorBoard scorecard (at most ~256 MB of pixels)."""
@@ -293,12 +317,13 @@ class Pipeline:
         time. `seed` replaces cfg.seed (init and data order); `tune_reports` hands it the Tune callbacks; `tag` keeps
         the checkpoints of runs on other labels (the ablation) apart; `fits_at_once`: how many fits run now."""
         cfg = self.cfg if seed is None else dataclasses.replace(self.cfg, seed=seed)
-        tb = tb or ("mtl" if seed is None else f"seeds/{seed}")
+        # One TensorBoard run per model (tensorboard/mtl/<run>) with the same tag names, so the models' curves overlay.
+        tb = tb or (kind if seed is None else f"{kind}_seed{seed}")
         more = f"{'/' + tag if tag else ''}{'' if seed is None else f' seed {seed}'}"  # tells apart the fits' lines
         label, name = kind + more, kind.upper() + more
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
         _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
-        res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / tb, self.storage,
+        res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / "mtl" / tb, self.storage,
                             self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
         _say(f"{name}: principal test accuracy {res.test_principal_accuracy:.4f}")
@@ -339,6 +364,6 @@ class Pipeline:
         train = pa.table({"row": rows, "principal": src.principal[rows], "auxiliary": result.labels})
         pq.write_table(train, out / "entangled_labels.parquet")
         n = {"principal": n_classes["principal"], "auxiliary": int(result.labels.max()) + 1}
-        fit = self.fit(cfg.mtl.model, train, n, tb="mtl_entangled", tag="entangled")
+        fit = self.fit(cfg.mtl.model, train, n, tb=f"{cfg.mtl.model}_entangled", tag="entangled")
         fit.labels = "entangled autoencoder"
         return Ablation(fit, diag, result.method, res["steps"])

@@ -83,7 +83,7 @@ def _train(config: dict) -> None:
             due = (epoch + 1) % m.test_every == 0 or epoch == m.epochs - 1
             metrics |= {f"{name}_principal_accuracy": _accuracy(model, shard, device) for name, shard in shards.items()
                         if name == "val" or (name == "test" and due)}
-            _log_epoch(writer, kind, model, metrics, learner, meta, x, targets["principal"], epoch)
+            _log_epoch(writer, model, metrics, learner, meta, x, targets["principal"], epoch)
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                             **({"learner": learner.state_dict()} if learner is not None else {})},
                   rank, config["progress"], n_batches * m.batch_size * w.world,
@@ -111,20 +111,21 @@ def _meta_step(learner: AuxLabelLearner, model: torch.nn.Module, x: torch.Tensor
     return learner.meta_step(model, x, y, *aux)
 
 
-def _log_epoch(writer: SummaryWriter, kind: str, model: torch.nn.Module, metrics: dict, learner, meta: dict,
+def _log_epoch(writer: SummaryWriter, model: torch.nn.Module, metrics: dict, learner, meta: dict,
                x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-    """TensorBoard: loss and accuracies; uncertainty weights; a learner's meta losses (the epoch's mean) and how its
+    """TensorBoard (one run per model, so the tags carry no model name and the models' curves overlay): loss and
+    accuracies; uncertainty weights; a learner's meta losses (the epoch's mean) and how its
     generated labels spread over the C * psi classes (on the epoch's last batch x, y)."""
     for name, value in metrics.items():
         if name.endswith("accuracy") or name in ("train_loss", "lr"):
-            writer.add_scalar(f"{kind}/{name}", value, epoch)
+            writer.add_scalar(name, value, epoch)
     for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
-        writer.add_scalar(f"{kind}/log_sigma2_{task}", float(log_var), epoch)
+        writer.add_scalar(f"log_sigma2_{task}", float(log_var), epoch)
     if learner is not None:
         for k, v in meta.items():
-            writer.add_scalar(f"{kind}/{k}", sum(v) / len(v), epoch)
+            writer.add_scalar(k, sum(v) / len(v), epoch)
         for k, v in learner.label_stats(x, y).items():
-            writer.add_scalar(f"{kind}/{k}", v, epoch)
+            writer.add_scalar(k, v, epoch)
     writer.flush()
 
 

@@ -1,7 +1,7 @@
 """Ray Tune + Optuna over the whole pipeline.
 
 A trial is a plain function (Ray 2.60's Train V2 trainers cannot be handed to `Tuner`): it runs the Detaux
-recipe (`jobs/full_pipeline.py`) on its config with a stage store that all trials share, so a trial whose upstream config equals an
+recipe (`detaux_ray/recipe.py`) on its config with a stage store that all trials share, so a trial whose upstream config equals an
 earlier trial's reuses that stage. The multi-task model's Ray Train run reports every epoch to Tune
 (TuneReportCallback), where ASHA stops weak trials on the validation accuracy; Optuna proposes the configs.
 """
@@ -71,7 +71,7 @@ def param_space(spec: SearchSpec) -> dict:
 
 
 def trial_fn(params: dict, base: dict, store: str, recipe: Callable[[Pipeline], Report]) -> None:
-    """One trial: the recipe (jobs/full_pipeline.py's `detaux`) on base + params. Unsuccessful outcomes are
+    """One trial: the recipe (`detaux_ray.recipe.detaux`) on base + params. Unsuccessful outcomes are
     reported, not raised."""
     # The trial's pipeline writes beside the stage store, at a path that survives a restart of the trial (Tune's
     # own trial dir is a session-local staging copy), so a resumed trial picks up its Ray Train checkpoints.

@@ -4,9 +4,9 @@ decoded) stops the stage with exit 3 and one line naming the file; Ray does not 
 import re
 
 import pytest
-from detaux_ray.data.fixtures import png_bytes as _png
-from detaux_ray.data.fixtures import random_image as _img
-from detaux_ray.data.fixtures import write_imagefolder
+from dataset_files import png_bytes as _png
+from dataset_files import random_image as _img
+from dataset_files import write_imagefolder
 
 import full_pipeline
 from conftest import driver_lines
