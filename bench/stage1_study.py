@@ -280,7 +280,7 @@ def main() -> None:
             betas = beta_schedule(epoch + b / steps, d)
             loss, terms, _ = detaux_loss(model, x1, x2, torch.from_numpy(same[sl]), betas, d,
                                          y1=labels[p1[sl]], y2=labels[p2[sl]])
-            optimizer_step(opt, model, loss, d)
+            optimizer_step(opt, loss)
             step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)

@@ -47,7 +47,6 @@ class DisentangleConfig:
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-2
-    grad_clip: float = 0.0  # clip the gradient's total norm to this before each step (0 = off; ours)
     oracle_prob: float = 0.5  # probability that a pair's principal labels differ
     oracle_temperature: float = 0.01
     variant: str = "detaux"  # detaux (the knobs below) | paper (w_principal=0, w_adversary=0, pulls=all, absolute distances)
@@ -74,10 +73,7 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
-    w_indep: float = 0.0  # CKA between every two subspaces, with beta1 (ours; 0 = off; measured worse: docs/studies/2026-11-28-stage1-study.md)
-    indep_kernel: str = "rbf"  # rbf (any dependence) | linear (RV coefficient): losses.independence_loss
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
-    cons_relative: bool = False  # L_cons over each subspace's batch spread (ours; collapsed the latent in the study)
     cons_fraction: float = 1.0  # share of each batch's pairs swapped for L_cons (an unbiased sample; cheaper steps)
     log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
     scorecard_every: int = 5  # epochs between scorecards (probe of every subspace x factor) in TensorBoard; 0 = never
@@ -210,9 +206,22 @@ NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentan
                          "disentangle.scorecard_images", "mtl.test_every"})
 
 
+# Options measured worse than the defaults and not the paper's, removed: the value that meant "off" is still
+# accepted, so the config.yaml / best.yaml of older runs load; any other value is an error naming the study.
+REMOVED = {"disentangle.w_indep": 0.0, "disentangle.indep_kernel": "rbf", "disentangle.cons_relative": False,
+           "disentangle.grad_clip": 0.0}
+REMOVED_WHY = "docs/studies/2026-11-28-stage1-study.md"
+
+
 def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{where or 'root'}' must be a mapping, got {type(values).__name__}")
+    for name in [n for n in values if f"{where}.{n}" in REMOVED]:
+        off = REMOVED[f"{where}.{name}"]
+        if values[name] != off and str(values[name]).lower() != str(off).lower():
+            raise ConfigError(f"{where}.{name} was removed (measured worse than the default: {REMOVED_WHY}); "
+                              f"drop the key")
+        values = {k: v for k, v in values.items() if k != name}
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -362,14 +371,14 @@ RANGES: dict[str, Range] = {
     "disentangle.margin": _NONNEG, "disentangle.warmup_frac": _UNIT, "disentangle.beta_rise": _POS,
     "disentangle.beta1_center": _UNIT, "disentangle.beta2_center": _UNIT, "disentangle.w_dist": _NONNEG,
     "disentangle.w_spar": _NONNEG, "disentangle.w_cons": _NONNEG, "disentangle.w_reg": _NONNEG,
-    "disentangle.w_indep": _NONNEG,
+
     "disentangle.cons_swaps": _at_least(1), "disentangle.cons_fraction": Range(0, 1, open_lo=True),
     "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
     "disentangle.scorecard_images": _at_least(64),
     "discover.min_cluster_frac": Range(0, 0.5, True, True), "discover.min_samples": _at_least(1),
     "discover.n_clusters": Range(0, MAX_CLUSTERS), "discover.max_clusters": Range(2, MAX_CLUSTERS), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
-    "discover.n_auxiliary": _at_least(1), "disentangle.grad_clip": _NONNEG,
+    "discover.n_auxiliary": _at_least(1),
     "disentangle.alpha_encoder_width": Range(0, 1, open_lo=True), "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
     "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.test_every": _at_least(1),
     "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
@@ -391,7 +400,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "disentangle.pulls": ("all", "same", "principal", "alpha"),
     "disentangle.alpha_encoder": ("shared", "private"),
     "disentangle.pair_mode": ("oracle_prob", "random"),
-    "disentangle.indep_kernel": ("rbf", "linear"),
     "discover.criterion": CRITERIA,
     "discover.space": ("subspace", "ica"),
     "discover.clusterer": ("hdbscan", "kmeans", "kmeans++", "meanshift"),

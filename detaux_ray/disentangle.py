@@ -94,12 +94,8 @@ def detaux_loss(
     terms["spar"] = losses.sparsity_loss(s)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = total + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]
-    if cfg.w_indep > 0 and cfg.variant != "paper":
-        terms["indep"] = losses.independence_loss(s, cfg.indep_kernel)
-        total = total + betas.beta1 * cfg.w_indep * terms["indep"]
     if with_cons:
-        spread = losses.mean_pairwise_sq_distance(s) if cfg.cons_relative and cfg.variant != "paper" else None
-        terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx, spread)
+        terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx)
         total = total + betas.beta2 * cfg.w_cons * terms["cons"]
     return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
@@ -131,12 +127,10 @@ def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: Tensor, cfg: DisentangleConfig) -> None:
-    """One update: backward, the gradient's total norm clipped to cfg.grad_clip when it is > 0, step."""
+def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One update: backward, step."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
 
 
@@ -167,12 +161,10 @@ def consistency_term(model: DisentangleAE, s1: Tensor, s2: Tensor, n_swaps: int,
     return reencoded_consistency(model, x_swap, s1, rows, idx)
 
 
-def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows: Tensor, idx: Tensor,
-                          spread: Tensor | None = None) -> Tensor:
-    """L_cons over the swapped couples, given the decoded swaps x^; relative to each subspace's batch spread (k,)
-    when given."""
+def reencoded_consistency(model: DisentangleAE, x_swap: Tensor, s1: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
+    """L_cons over the swapped couples, given the decoded swaps x^."""
     s_back = model.subspace(x_swap, idx)
-    return losses.consistency_loss(s_back, s1[rows, idx], None if spread is None else spread[idx])
+    return losses.consistency_loss(s_back, s1[rows, idx])
 
 
 @torch.no_grad()

@@ -109,16 +109,12 @@ def sparsity_loss(s: Tensor) -> Tensor:
     return (s * others).abs().sum(dim=1).mean()
 
 
-def consistency_loss(s_reencoded: Tensor, s_target: Tensor, spread: Tensor | None = None) -> Tensor:
+def consistency_loss(s_reencoded: Tensor, s_target: Tensor) -> Tensor:
     """L_cons = mean over swapped couples and coordinates of (p_i(f(x^_i)) - s_i^1)^2 (MSE), (B, d) inputs.
 
     x^_i = g(s_i^1 + sum_{j != i} s_j^2): subspace i of x1 swapped into x2, decoded and re-encoded; projector i
-    must give s_i^1 back. With `spread` (per couple: subspace i's mean pairwise squared distance in the batch,
-    detached), the relative form: mean over couples of ||p_i(f(x^_i)) - s_i^1||^2 / spread_i, 0 = exact and ~1 = no
-    better than another image's s_i, whatever the latent's scale (the MSE shrinks with the latent: measured 1e-6)."""
-    if spread is None:
-        return (s_reencoded - s_target).pow(2).mean()
-    return ((s_reencoded - s_target).pow(2).sum(dim=-1) / spread.detach().clamp_min(1e-12)).mean()
+    must give s_i^1 back. Absolute: shrinking a subspace lowers it (docs/studies/2026-12-02-dataset-suite.md, 8)."""
+    return (s_reencoded - s_target).pow(2).mean()
 
 
 def oracle_balance_loss(lam: Tensor) -> Tensor:
@@ -150,33 +146,6 @@ def confusion_loss(logits: Tensor) -> Tensor:
     principal label. Unlike a reversed gradient, it cannot be lowered by making s_j confidently misleading
     (measured: with reversal the classifiers went below chance, 3.1 nats vs log 8 = 2.1, and s_j kept the factor)."""
     return -F.log_softmax(logits, dim=-1).mean()
-
-
-def independence_loss(s: Tensor, kernel: str = "rbf") -> Tensor:
-    """L_ind = mean over subspace pairs i < j of CKA(s_i, s_j) over the batch (s: (N, k, d)); 0 = independent.
-
-    CKA(i, j) = <H K_i H, H K_j H>_F / (||H K_i H||_F ||H K_j H||_F) with H = I - 11^T / N (Kornblith et al. 2019;
-    the normalised HSIC of Gretton et al. 2005). K_i is s_i s_i^T (linear: the RV coefficient, linear dependence
-    only) or exp(-||s_i^a - s_i^b||^2 / (2 sigma_i^2)) with sigma_i^2 the median squared distance (rbf: any
-    dependence). Scale-free and in [0, 1]. Not in the paper: when a pair differs in every nuisance factor at once,
-    no paper term says that two subspaces must not hold the same factor; this one does."""
-    n, k = s.shape[0], s.shape[1]
-    x = s.transpose(0, 1)  # (k, N, d)
-    if kernel == "linear":
-        grams = x @ x.transpose(1, 2)
-    elif kernel == "rbf":
-        d2 = torch.cdist(x, x).pow(2)
-        off = d2[:, ~torch.eye(n, dtype=torch.bool, device=s.device)].reshape(k, -1)
-        sigma2 = off.median(dim=1).values.detach().clamp_min(1e-12)
-        grams = torch.exp(-d2 / (2 * sigma2.view(k, 1, 1)))
-    else:
-        raise ValueError(f"independence kernel must be 'linear' or 'rbf', got {kernel!r}")
-    centred = grams - grams.mean(dim=1, keepdim=True) - grams.mean(dim=2, keepdim=True) + grams.mean(dim=(1, 2), keepdim=True)
-    flat = centred.reshape(k, -1)
-    flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    cka = flat @ flat.T
-    i, j = torch.triu_indices(k, k, offset=1, device=s.device)
-    return cka[i, j].mean()
 
 
 def swap_subspace(s1: Tensor, s2: Tensor, i: Tensor) -> Tensor:

@@ -108,3 +108,15 @@ def test_a_pretrained_file_that_is_not_a_state_dict_is_refused(tmp_path):
 def test_the_number_of_auxiliary_classes_has_an_upper_bound():
     with pytest.raises(ConfigError, match="discover.n_clusters=1000000 is out of range"):
         load_config("quick", ["discover.n_clusters=1000000"])
+
+
+def test_a_removed_option_loads_when_off_and_is_refused_when_on():
+    """Older runs' config.yaml / best.yaml hold the removed keys at their 'off' value: they still load."""
+    from detaux_ray.config import REMOVED, config_from_dict
+
+    old = load_config("quick").to_dict()
+    for key, off in REMOVED.items():
+        section, name = key.split(".")
+        assert config_from_dict({**old, section: {**old[section], name: off}}) == load_config("quick")
+    with pytest.raises(ConfigError, match="disentangle.grad_clip was removed .*stage1-study"):
+        load_config("quick", ["disentangle.grad_clip=0.5"])

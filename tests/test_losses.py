@@ -115,10 +115,6 @@ def test_distance_loss_differing_pairs_and_relative_distances():
 
 def test_consistency_and_balance_are_means():
     assert losses.consistency_loss(torch.zeros(2, 4), torch.ones(2, 4)).item() == pytest.approx(1.0)
-    # relative: ||.||^2 = 4 per couple, over spreads 2 and 8 -> mean(2, 0.5); the same at any latent scale
-    spread = torch.tensor([2.0, 8.0])
-    assert losses.consistency_loss(torch.zeros(2, 4), torch.ones(2, 4), spread).item() == pytest.approx(1.25)
-    assert losses.consistency_loss(torch.zeros(2, 4), 1e-3 * torch.ones(2, 4), 1e-6 * spread).item() == pytest.approx(1.25)
     lam = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 4)  # every pick on subspace 0 of k = 4
     expected = ((1 - 0.25) ** 2 + 3 * 0.25**2) / 4
     assert losses.oracle_balance_loss(lam).item() == pytest.approx(expected)
@@ -230,53 +226,4 @@ def test_swap_plan_samples_a_fraction_of_the_pairs():
     rows, idx = swap_plan(8, 3, 3, "cpu")  # every subspace of every pair
     assert rows.tolist() == [r for r in range(8) for _ in range(3)] and idx.tolist() == [0, 1, 2] * 8
 
-
-def test_independence_is_cka_one_for_a_copied_subspace_near_zero_for_independent_ones_and_scale_free():
-    torch.manual_seed(0)
-    n = 512
-    a, b = torch.randn(n, 1, 4), torch.randn(n, 1, 4)
-    for kernel in ("linear", "rbf"):
-        # two subspaces, one a scaled copy of the other: CKA 1 (the mean over the single pair)
-        assert losses.independence_loss(torch.cat([a, 5 * a], 1), kernel).item() == pytest.approx(1.0, abs=1e-5)
-        independent = losses.independence_loss(torch.cat([a, b], 1), kernel).item()
-        assert independent < 0.03  # finite-sample bias only (~d / n)
-        # scale-free: shrinking every subspace changes nothing
-        assert losses.independence_loss(torch.cat([a, b], 1) * 1e-3, kernel).item() == pytest.approx(independent, rel=1e-3)
-    # a nonlinear dependence (b = a^2, uncorrelated with a): the linear kernel misses it, the rbf kernel sees it
-    sq = torch.cat([a, a ** 2], 1)
-    linear, rbf = losses.independence_loss(sq, "linear").item(), losses.independence_loss(sq, "rbf").item()
-    assert linear < 0.03 and rbf > 0.1  # measured 0.19, against < 0.03 for independent subspaces
-    # with k = 3 and one copied pair, the mean over the 3 pairs is about 1/3
-    three = losses.independence_loss(torch.cat([a, b, a], 1), "linear").item()
-    assert three == pytest.approx(1 / 3, abs=0.02)
-    with pytest.raises(ValueError, match="kernel"):
-        losses.independence_loss(sq, "cosine")
-
-
-def test_independence_term_is_on_with_beta1_and_off_under_the_paper_variant():
-    x1, x2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
-    y1, y2 = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 2, 2, 1, 1, 0])
-    cfg = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_indep=1.0)
-    model = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=3)
-    _, terms, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg, y1=y1, y2=y2)
-    assert 0 <= terms["indep"].item() <= 1
-    _, terms, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(0.0, cfg), cfg, y1=y1, y2=y2)
-    assert "indep" not in terms  # the warm-up trains the reconstruction (and the head) only
-    paper = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_indep=1.0, variant="paper")
-    _, terms, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, paper), paper)
-    assert "indep" not in terms
-
-
-def test_optimizer_step_clips_the_total_gradient_norm_only_when_asked():
-    from detaux_ray.disentangle import optimizer_step
-
-    def norm_after(clip: float) -> float:
-        torch.manual_seed(0)
-        model = DisentangleAE(16, 3, 4)
-        cfg = DisentangleConfig(grad_clip=clip)
-        loss = 1e3 * model(torch.rand(4, 3, 16, 16))[1].pow(2).mean()
-        optimizer_step(torch.optim.SGD(model.parameters(), lr=0.0), model, loss, cfg)
-        return float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm())
-
-    assert norm_after(0.0) > 1.0 and norm_after(0.5) == pytest.approx(0.5, rel=1e-4)
 

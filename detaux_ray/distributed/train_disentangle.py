@@ -58,7 +58,7 @@ def _train(config: dict) -> None:
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
             if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
                 loss = loss * float("nan")
-            optimizer_step(opt, ddp_model, loss, d)
+            optimizer_step(opt, loss)
             global_step += 1
             for name, v in {"total": loss.detach(), **terms}.items():  # on device: one host sync per epoch
                 sums[name] = sums.get(name, 0.0) + v
