@@ -26,6 +26,9 @@ class DataConfig:
     noise: float = 0.15  # salt-and-pepper fraction of pixels (paper: 15%)
     heldout_hues: list[int] = field(default_factory=lambda: [1, 3, 5, 7, 9])  # test = floor AND wall hue in these
     val_frac: float = 0.0  # seeded fraction of the training split held out as validation (tuning's objective)
+    # Seeded fraction of the training split that keeps its principal label; the rest are unlabelled images, which
+    # discovery labels and the multi-task models learn the auxiliary task from (docs/method.md, "Few labels").
+    labelled_frac: float = 1.0
     path: str = ""  # where a real dataset's files are: a local path or a storage URI (s3://, gs://)
     resize: str = "none"  # real datasets whose images are not image_size square: none (error) | resize | center_crop
     test_frac: float = 0.2  # seeded test fraction for datasets without a split of their own (imagefolder, parquet)
@@ -362,7 +365,7 @@ MAX_CLUSTERS = 1000  # auxiliary classes: far above any factor's levels, far bel
 RANGES: dict[str, Range] = {
     "seed": _NONNEG,
     "data.image_size": _at_least(8), "data.n_images": _NONNEG, "data.noise": _FRAC,
-    "data.val_frac": Range(0, 0.5, open_hi=True), "data.test_frac": Range(0, 1, True, True),
+    "data.val_frac": Range(0, 0.5, open_hi=True), "data.labelled_frac": Range(0, 1, open_lo=True), "data.test_frac": Range(0, 1, True, True),
     "disentangle.k": _at_least(2), "disentangle.latent_dim": _at_least(1), "disentangle.principal_subspace": _NONNEG,
     "disentangle.epochs": _at_least(1), "disentangle.pairs_per_epoch": _NONNEG, "disentangle.batch_size": _at_least(2),
     "disentangle.lr": _POS, "disentangle.weight_decay": _NONNEG, "disentangle.oracle_prob": _UNIT,

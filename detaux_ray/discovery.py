@@ -221,16 +221,17 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
 
 
 def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, principal: np.ndarray,
-                         factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print
-                         ) -> tuple[ClusterResult, Diagnostics]:
+                         factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print,
+                         labelled: np.ndarray | None = None) -> tuple[ClusterResult, Diagnostics]:
     """Cluster the points x (N, d) with discover.clusterer and diagnose the labels against the principal task and
-    the known factors."""
+    the known factors, on the `labelled` rows (all when None)."""
     say(f"{what}: clustering {len(x)} points with {disc.clusterer}")
     t0 = time.time()
     result = cluster(x, disc, seed)
     say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
         f"in {time.time() - t0:.1f}s")
-    return result, diagnostics(result.labels, principal, factors)
+    lab = slice(None) if labelled is None else np.asarray(labelled, bool)
+    return result, diagnostics(result.labels[lab], principal[lab], {f: v[lab] for f, v in factors.items()})
 
 
 def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
@@ -244,20 +245,26 @@ def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
 
 def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: str, principal: np.ndarray,
              factors: dict[str, np.ndarray], cfg: Config, out: Path, title: str = "",
-             say: Callable[[str], None] = print) -> DiscoverResult:
+             say: Callable[[str], None] = print, labelled: np.ndarray | None = None) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
     discover.n_auxiliary of them by discover.criterion (or, with discover.space=ica, the independent components of
     lowest kurtosis of the nuisance latent), cluster each into an auxiliary task, and write
     labels.parquet, embeddings.parquet (the first chosen subspace or component), subspaces.parquet, the scorecard
-    (scorecard.png) and diagnostics.json into `out`. Returns what it found."""
+    (scorecard.png) and diagnostics.json into `out`. Returns what it found.
+
+    `labelled` (N,) bool marks the rows whose principal label is known (data.labelled_frac): every row is clustered
+    and labelled; the scores, diagnostics and scorecard that need the principal read the labelled rows only, and
+    labels.parquet gives the others principal = -1."""
     d, disc = cfg.disentangle, cfg.discover
-    scores = subspace_scores(s, principal, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters,
+    lab = np.ones(len(rows), bool) if labelled is None else np.asarray(labelled, bool)
+    pl, fl = principal[lab], {f: v[lab] for f, v in factors.items()}
+    scores = subspace_scores(s[lab], pl, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters,
                              max_clusters=disc.max_clusters)
-    columns = {"row": rows, "id": ids, "principal": principal}
+    columns = {"row": rows, "id": ids, "principal": np.where(lab, principal, -1)}
     tasks, comp_scores = [], None
     if disc.space == "ica":
         u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
-        comp_scores = component_scores(u, principal, cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
+        comp_scores = component_scores(u[lab], pl, cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
         if u.shape[1] < disc.n_auxiliary:
             raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
                                      f"nuisance latent has only {u.shape[1]} independent components above "
@@ -275,7 +282,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         where = [(j, None, None) for j in chosen]
         what = [f"subspace {j} (criterion {disc.criterion})" for j in chosen]
     for task, x, (j, c, load), label in zip(auxiliary_tasks(disc.n_auxiliary), points, where, what):
-        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say)
+        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, lab)
         columns[task] = result.labels
         tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
     write_with(out / "labels.parquet", lambda p: pq.write_table(pa.table(columns), p))
@@ -283,7 +290,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     table = pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])})
     write_with(out / "embeddings.parquet", lambda p: pq.write_table(table, p))
     write_with(out / "subspaces.parquet", lambda p: pq.write_table(subspaces_table(ids, s), p))
-    card = scorecard(s, principal_name, principal, factors, d.principal_subspace, cfg.seed)
+    card = scorecard(s[lab], principal_name, pl, fl, d.principal_subspace, cfg.seed)
     write_with(out / "scorecard.png", lambda p: heatmap(card, p, title=title))
     sep = card.principal_separation()
     say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "

@@ -355,6 +355,17 @@ class UncertaintyWeights(nn.Module):
         return total + sum(self.log_vars[t] for t in {task_of(k) for k in per_task})
 
 
+UNLABELLED = -1  # a training image without its principal label (data.labelled_frac): it trains the auxiliary heads
+
+
+def masked_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """CE = sum_n m_n CE(logits_n, y_n) / max(1, sum_n m_n) with m_n = [y_n != UNLABELLED]: the mean over the
+    labelled rows only. An unlabelled row adds nothing to the loss or its gradient; a batch without a label gives 0."""
+    known = y != UNLABELLED
+    ce = F.cross_entropy(logits, torch.where(known, y, torch.zeros_like(y)), reduction="none")
+    return (ce * known).sum() / known.sum().clamp_min(1)
+
+
 def task_of(key: str) -> str:
     """'principal@2' (a deep-supervision output at scale 2) -> 'principal'."""
     return key.split("@", 1)[0]
@@ -363,8 +374,10 @@ def task_of(key: str) -> str:
 def multitask_loss(logits: dict[str, Tensor], targets: dict[str, Tensor], weights: dict[str, float] | UncertaintyWeights
                    ) -> tuple[Tensor, dict[str, Tensor]]:
     """L = sum_k w_task(k) CE(logits_k, y_task(k)) over every output k (final and deep-supervision ones), with fixed
-    w_t or Kendall's uncertainty weighting; returns the total and the final outputs' CEs."""
-    per_key = {k: F.cross_entropy(out, targets[task_of(k)]) for k, out in logits.items()}
+    w_t or Kendall's uncertainty weighting; returns the total and the final outputs' CEs. The principal CE is over
+    the labelled rows only (`masked_cross_entropy`); every row has its auxiliary labels."""
+    per_key = {k: (masked_cross_entropy if task_of(k) == "principal" else F.cross_entropy)(out, targets[task_of(k)])
+               for k, out in logits.items()}
     if isinstance(weights, UncertaintyWeights):
         total = weights(per_key)
     else:

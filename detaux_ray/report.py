@@ -8,6 +8,17 @@ from .artifacts import write_json, write_text
 from .results import Report, control_keys
 
 
+def _label_use(ds) -> list[str]:
+    """With unlabelled training images (data.labelled_frac): what each stage used."""
+    if ds.n_labelled is None or ds.n_labelled == ds.n_train:
+        return []
+    return ["", f"**{ds.n_labelled} of the {ds.n_train} training images have their principal label.** Stage 1 drew its "
+            f"pairs from those {ds.n_labelled}; discovery embedded and labelled all {ds.n_train}; the multi-task models "
+            f"trained the auxiliary task on all {ds.n_train} images and the principal task on the {ds.n_labelled} "
+            f"labels; STL, MAXL, AuxiLearn and the principal-only controls trained on the {ds.n_labelled} labelled "
+            f"images."]
+
+
 def render_markdown(r: Report) -> str:
     ds, models, diag = r.dataset, r.mtl.results, r.diagnostics
     lines = [
@@ -15,6 +26,7 @@ def render_markdown(r: Report) -> str:
         "",
         f"Dataset `{ds.name}`, principal task `{ds.principal}` ({ds.n_principal_classes} classes), "
         f"{ds.n_train} training / {ds.n_val} validation / {ds.n_test} held-out test images.",
+        *_label_use(ds),
         "",
         "## Principal-task accuracy on the held-out split (Table 1 style)",
         "",

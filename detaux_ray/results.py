@@ -239,6 +239,7 @@ class DatasetInfo(_Result):
     n_val: int
     n_test: int
     image_size: int
+    n_labelled: int | None = None  # training images with their principal label (data.labelled_frac); None: all
 
 
 @dataclass

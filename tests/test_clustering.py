@@ -230,3 +230,21 @@ def test_a_nuisance_latent_below_the_dead_cut_falls_back_to_every_non_constant_s
     s[:, 1:] = 0.0
     with pytest.raises(SingleClusterError, match="constant"):
         nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), 0, 0.01)
+
+
+def test_discovery_labels_every_image_and_reads_the_principal_only_where_it_is_known(tmp_path):
+    import pyarrow.parquet as pq
+
+    from detaux_ray.config import load_config
+    from detaux_ray.discovery import discover
+
+    s, y, factors = _mixed_latent(n=3000)
+    known = np.random.default_rng(0).random(len(s)) < 0.1
+    cfg = load_config("quick", ["discover.space=ica"])
+    info = discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None,
+                    labelled=known)
+    labels = pq.read_table(tmp_path / "labels.parquet").to_pydict()
+    assert len(labels["auxiliary"]) == len(s) and min(labels["auxiliary"]) >= 0  # every image has an auxiliary label
+    assert np.array_equal(np.asarray(labels["principal"]), np.where(known, y, -1))  # no label read where it is unknown
+    assert info.scorecard["n_fit"] + info.scorecard["n_eval"] <= known.sum()  # the scorecard probed labelled rows only
+    assert min(info.first.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9

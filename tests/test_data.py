@@ -33,3 +33,27 @@ def test_shapes_is_a_loader_and_reader_like_every_dataset():
     assert np.array_equal(src.images(rows), ShapesRenderer(16, 0.1, 2).render(src.ids[rows]))
     assert np.array_equal(src.native_ids(rows), src.ids[rows])  # the combination index
     assert np.array_equal(src.factors["scale"], src.principal)  # the principal's own column is a known factor
+
+
+def test_labelled_frac_keeps_a_seeded_fraction_of_the_training_labels():
+    from detaux_ray.config import DataConfig
+
+    src = build_source(DataConfig(n_images=2000, image_size=16, labelled_frac=0.1), seed=0)
+    train, known = src.train_rows(), src.is_labelled()
+    assert known[train].sum() == round(0.1 * len(train)) and known[src.test_rows()].all()
+    assert np.array_equal(src.labelled_train_rows(), train[known[train]])
+    again = build_source(DataConfig(n_images=2000, image_size=16, labelled_frac=0.1), seed=0)
+    assert np.array_equal(again.labelled_train_rows(), src.labelled_train_rows())  # seeded
+    assert build_source(DataConfig(n_images=2000, image_size=16), seed=0).labelled is None  # the default: all
+
+
+def test_labelled_frac_outside_0_1_is_a_config_error_and_too_few_classes_is_bad_data():
+    from detaux_ray.config import load_config
+    from detaux_ray.errors import ConfigError
+
+    for bad in ("0", "-0.1", "1.5"):
+        with pytest.raises(ConfigError, match=r"data.labelled_frac=.* is out of range: it must be in \(0, 1\]"):
+            load_config("quick", [f"data.labelled_frac={bad}"])
+    cfg = load_config("quick", ["data.n_images=2000", "data.image_size=16", "data.labelled_frac=0.0001"])
+    with pytest.raises(DataError, match="keeps 1 of .* covering 1 principal class: at least 2 are needed"):
+        build_source(cfg.data, cfg.seed)

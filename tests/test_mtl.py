@@ -197,3 +197,32 @@ def test_hps_aux_gradient_reaches_the_backbone_as_combined(mode):
     for m in (a, b):
         multitask_loss(m(x), y, {"principal": 1.0, "auxiliary": 0.5})[0].backward()
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_an_unlabelled_row_adds_nothing_to_the_principal_loss_or_its_gradient():
+    from detaux_ray.mtl import UNLABELLED, masked_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
+    y = torch.tensor([0, 1, UNLABELLED])
+    loss = masked_cross_entropy(logits, y)
+    # hand-computed: the mean of the two labelled rows' CE, log(1 + e^-2) and log(1 + e^-1)
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2, rel=1e-6)
+    loss.backward()
+    assert logits.grad[2].abs().max().item() == 0.0 and logits.grad[:2].abs().min().item() > 0
+    # a batch with no label at all: zero, not NaN
+    assert masked_cross_entropy(logits, torch.full((3,), UNLABELLED)).item() == 0.0
+    # every row labelled: the plain mean CE
+    full = torch.tensor([0, 1, 0])
+    assert masked_cross_entropy(logits, full).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, full).item())
+
+
+def test_multitask_loss_masks_the_principal_and_keeps_every_auxiliary_label():
+    from detaux_ray.mtl import UNLABELLED
+
+    torch.manual_seed(0)
+    logits = {"principal": torch.randn(4, 3), "auxiliary": torch.randn(4, 5)}
+    targets = {"principal": torch.tensor([0, UNLABELLED, 2, UNLABELLED]), "auxiliary": torch.tensor([0, 1, 2, 3])}
+    _, per = multitask_loss(logits, targets, {"principal": 1.0, "auxiliary": 1.0})
+    F = torch.nn.functional
+    assert per["principal"].item() == pytest.approx(F.cross_entropy(logits["principal"][[0, 2]], torch.tensor([0, 2])).item())
+    assert per["auxiliary"].item() == pytest.approx(F.cross_entropy(logits["auxiliary"], targets["auxiliary"]).item())

@@ -311,3 +311,22 @@ def test_a_full_disk_under_a_stage_is_exit_6_and_keeps_no_half_stage(tmp_path):
     with pytest.raises(RunDirError, match="no space left while stage 'discover' wrote") as e:
         p.stage("discover", body)
     assert e.value.exit_code == 6 and list((tmp_path / "run").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_few_labels_every_stage_uses_what_it_can(ray_session, tmp_path, capsys):
+    """data.labelled_frac: stage 1's pairs from the labelled images, every training image labelled by discovery,
+    the multi-task model's principal loss on the labelled ones, STL on the labelled images only; the report says so."""
+    run_dir = tmp_path / "few"
+    assert run(run_dir, "data.labelled_frac=0.3", "resources.num_workers=1", "resources.cpus_per_worker=0.25") == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    ds = report["dataset"]
+    n_train, n_lab = ds["n_train"], ds["n_labelled"]
+    assert n_lab == round(0.3 * n_train)
+    labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
+    assert len(labels["auxiliary"]) == n_train and min(labels["auxiliary"]) >= 0
+    assert sum(p >= 0 for p in labels["principal"]) == n_lab
+    out = capsys.readouterr().out
+    assert f"training STL for 1 epochs (seed 0) on {n_lab} images" in out
+    assert f"training HPS for 1 epochs (seed 0) on {n_train} images, {n_lab} with their principal label" in out
+    assert f"**{n_lab} of the {n_train} training images have their principal label.**" in (run_dir / "report.md").read_text()

@@ -50,6 +50,7 @@ class ImageSource:
     reader: Any  # .read(loader rows) -> uint8 images; renders them (shapes) or reads the dataset's own files
     class_names: list[str] = field(default_factory=list)
     fingerprint: str = ""  # of the dataset's files (formats.fingerprint), or a generated dataset's version
+    labelled: np.ndarray | None = None  # (N,) bool: rows whose principal label training may use (None: every row)
 
     def __len__(self) -> int:
         return len(self.principal)
@@ -76,6 +77,14 @@ class ImageSource:
     def train_rows(self) -> np.ndarray:
         """Rows every stage trains on: neither test nor validation."""
         return np.flatnonzero(~self.is_test & ~self.is_val)
+
+    def is_labelled(self) -> np.ndarray:
+        """(N,) bool: the rows whose principal label is known to training (test and validation rows always are)."""
+        return np.ones(len(self), bool) if self.labelled is None else self.labelled
+
+    def labelled_train_rows(self) -> np.ndarray:
+        """Training rows with their principal label: stage 1's pairs and the principal-only models train on them."""
+        return np.flatnonzero(~self.is_test & ~self.is_val & self.is_labelled())
 
     def val_rows(self) -> np.ndarray:
         return np.flatnonzero(self.is_val)
@@ -123,10 +132,27 @@ def build_source(cfg: DataConfig, seed: int) -> ImageSource:
         raise DataError(f"'{cfg.principal}' has {n_cls} classes in {n_train} training images (at most "
                         f"{MAX_PRINCIPAL_CLASSES}, and at least 2 images per class on average): is it an id column? "
                         f"Choose another data.principal / data.label_column")
+    if cfg.labelled_frac < 1.0:
+        src.labelled = keep_labels(src, cfg.labelled_frac, seed)
     if hasattr(loaded.reader, "scan"):  # files: every header now (format, size), so a bad file fails before Ray
         loaded.reader.scan(ids)
     src.images(src.train_rows()[:4])  # the first images decode at this size: a bad size / resize rule fails now
     return src
+
+
+def keep_labels(src: ImageSource, frac: float, seed: int) -> np.ndarray:
+    """A seeded `frac` of the training rows keeps its principal label (at least one row); test and validation rows
+    keep theirs. Fewer than 2 labelled classes is bad data."""
+    train = src.train_rows()
+    n_keep = max(1, int(round(frac * len(train))))
+    labelled = np.ones(len(src), bool)
+    labelled[train] = False
+    labelled[np.random.default_rng([seed, 4]).choice(train, n_keep, replace=False)] = True
+    n_cls = len(np.unique(src.principal[train[labelled[train]]]))
+    if n_cls < 2:
+        raise DataError(f"data.labelled_frac={frac} keeps {n_keep} of {len(train)} training labels, covering {n_cls} "
+                        f"principal class: at least 2 are needed; raise data.labelled_frac")
+    return labelled
 
 
 def split(native_test: np.ndarray, fixed: bool, test_frac: float, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -40,6 +41,7 @@ from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
 from ..disentangle import latent_traversal, traversal_figure
 from ..errors import ConfigError, DataError, RunDirError
 from ..models import DisentangleAE, to_float_images
+from ..mtl import UNLABELLED
 from ..report import write_report
 from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
@@ -90,6 +92,10 @@ def start_local_ray(**init_kwargs) -> str:
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return gcs
+
+
+# Models that learn from labelled images only: STL, and the peers whose label generators work per principal class.
+LABELLED_ONLY = ("stl", "maxl", "auxilearn")
 
 
 def _say(msg: str) -> None:
@@ -205,7 +211,7 @@ class Pipeline:
         """report.md / report.json / scorecard.png and the resolved config.yaml into the run directory."""
         src = self.source
         dataset = DatasetInfo(src.name, src.principal_name, src.n_principal_classes, len(src.train_rows()),
-                              len(src.val_rows()), len(src.test_rows()), src.image_size)
+                              len(src.val_rows()), len(src.test_rows()), src.image_size, len(src.labelled_train_rows()))
         report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict())
         png = self.stage_dir("discover") / "scorecard.png"
         if png.is_file():  # beside report.md, which shows it
@@ -225,8 +231,9 @@ class Pipeline:
 
     # Stage 1 ----------------------------------------------------------------------------------------------
     def disentangle(self, out: Path) -> DisentangleResult:
-        """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt."""
-        rows = self.source.train_rows()
+        """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt. Its pairs come from
+        the labelled training rows (the oracle needs both images' principal labels)."""
+        rows = self.source.labelled_train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
                                     self.run_dir, probe=self._probe(), data_fingerprint=self.fingerprint)
@@ -250,9 +257,9 @@ class Pipeline:
         write_with(path, lambda p: traversal_figure(grid, d.k, model.alpha, p))
 
     def _probe(self) -> dict:
-        """A seeded sample of training images for the TensorBoard scorecard (at most ~256 MB of pixels)."""
+        """A seeded sample of labelled training images for the TensorBoard scorecard (at most ~256 MB of pixels)."""
         src, d = self.source, self.cfg.disentangle
-        rows = src.train_rows()
+        rows = src.labelled_train_rows()
         cap = max(64, (256 << 20) // (3 * src.image_size ** 2))
         n = min(len(rows), d.scorecard_images, cap)
         pick = np.sort(np.random.default_rng([self.cfg.seed, 19]).choice(rows, n, replace=False))
@@ -261,11 +268,13 @@ class Pipeline:
 
     # Stage 2 ----------------------------------------------------------------------------------------------
     def discover(self, out: Path) -> DiscoverResult:
-        """Embed every training image with stage 1's encoder (Ray Data), then the core's `discovery.discover`."""
+        """Embed every training image, labelled or not, with stage 1's encoder (Ray Data), then the core's
+        `discovery.discover`: every training image gets an auxiliary label."""
         src, rows = self.source, self.source.train_rows()
         s = self._embed(self._stage1_model())
         return discover(s, rows, src.native_ids(rows), src.principal_name, src.principal[rows], self._factors(rows),
-                        self.cfg, out, title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)", say=_say)
+                        self.cfg, out, title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)", say=_say,
+                        labelled=src.is_labelled()[rows])
 
     def _stage1_model(self) -> dict:
         """Stage 1's model.pt, only from a stage folder complete for this config and dataset (its checksum too)."""
@@ -300,7 +309,12 @@ class Pipeline:
         tasks = auxiliary_tasks(self.cfg.discover.n_auxiliary)
         n_classes = {"principal": self.source.n_principal_classes,
                      **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
-        return labels.select(["row", "principal"] + tasks), n_classes
+        table = labels.select(["row", "principal"] + tasks)
+        known = self.source.is_labelled()[rows]
+        if not known.all():  # an unlabelled image trains the auxiliary heads only (the principal loss is masked)
+            principal = np.where(known, table.column("principal").to_numpy(), UNLABELLED)
+            table = table.set_column(1, "principal", pa.array(principal, pa.int64()))
+        return table, n_classes
 
     def _eval_tables(self, tasks: list[str]) -> tuple[pa.Table, pa.Table | None]:
         src = self.source
@@ -322,7 +336,11 @@ class Pipeline:
         more = f"{'/' + tag if tag else ''}{'' if seed is None else f' seed {seed}'}"  # tells apart the fits' lines
         label, name = kind + more, kind.upper() + more
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
-        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed})")
+        if kind in LABELLED_ONLY or set(n_classes) == {"principal"}:  # as a user without Detaux would train it
+            train = train.filter(pa.compute.not_equal(train.column("principal"), UNLABELLED))
+        n_labelled = int(np.sum(train.column("principal").to_numpy() != UNLABELLED))
+        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {train.num_rows} images"
+             + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label"))
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / "mtl" / tb, self.storage,
                             self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
@@ -354,15 +372,16 @@ class Pipeline:
         cfg, src = self.cfg, self.source
         ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0, w_principal=0.0))
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
-        res = train_disentangle.run(ae_cfg, src.train_rows(), src.principal, self.cache,
+        res = train_disentangle.run(ae_cfg, src.labelled_train_rows(), src.principal, self.cache,
                                     self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir,
                                     data_fingerprint=self.fingerprint)
         z = self._embed(res["model"]).sum(axis=1)
-        rows = src.train_rows()
+        rows, known = src.train_rows(), src.is_labelled()[src.train_rows()]
         result, diag = cluster_and_diagnose(z, cfg.discover, cfg.seed, src.principal[rows], self._factors(rows),
-                                            "entangled ablation: the plain autoencoder's latent", _say)
-        train = pa.table({"row": rows, "principal": src.principal[rows], "auxiliary": result.labels})
-        pq.write_table(train, out / "entangled_labels.parquet")
+                                            "entangled ablation: the plain autoencoder's latent", _say, known)
+        train = pa.table({"row": rows, "principal": np.where(known, src.principal[rows], UNLABELLED),
+                          "auxiliary": result.labels})
+        write_with(out / "entangled_labels.parquet", lambda p: pq.write_table(train, p))
         n = {"principal": n_classes["principal"], "auxiliary": int(result.labels.max()) + 1}
         fit = self.fit(cfg.mtl.model, train, n, tb=f"{cfg.mtl.model}_entangled", tag="entangled")
         fit.labels = "entangled autoencoder"
