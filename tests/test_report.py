@@ -35,7 +35,7 @@ def test_markdown_says_how_every_model_trained():
     r = report()
     assert "Every model trained" not in markdown(r)  # a report whose config predates the line
     cfg = Config()
-    cfg.mtl.optimizer, cfg.mtl.lr, cfg.mtl.lr_schedule, cfg.mtl.epochs = "sgd", 0.05, "cosine", 8
+    cfg.mtl.optimizer, cfg.mtl.lr, cfg.mtl.lr_schedule, cfg.mtl.epochs, cfg.mtl.auxiliary_weight = "sgd", 0.05, "cosine", 8, 0.5
     r.config = cfg.to_dict()
     assert ("Every model trained 8 epochs in batches of 32 with `sgd` at learning rate 0.05 (cosine); loss weights: "
             "principal 1, auxiliary 0.5 (`fixed`).") in markdown(r)
