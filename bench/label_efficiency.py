@@ -90,7 +90,7 @@ def main() -> None:
         print(f"[labels] f={f:g}: STL {row['stl']['mean']:.4f} +/- {row['stl']['std']:.4f}, MTL "
               f"{row['mtl']['mean']:.4f} +/- {row['mtl']['std']:.4f}, p = {row['p_value']}", flush=True)
     dataset = next((s.split("=", 1)[1] for s in args.overrides if s.startswith("data.dataset=")), "shapes")
-    lines = [f"| labelled fraction | labelled images | STL | MTL + Detaux | MTL - STL | Welch p | labels: best factor, min(H, C) |",
+    lines = ["| labelled fraction | labelled images | STL | MTL + Detaux | MTL - STL | Welch p | labels: best factor, min(H, C) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lab = f"{r['labels_best_factor']} {r['labels_min_hc']:.2f}" if r["labels_best_factor"] else f"NMI {r['nmi_principal_aux']:.3f}"

@@ -250,8 +250,6 @@ def main() -> None:
     if state:
         saved = dict(state["model"])
         if model.alpha_encoder is not None and not any(n.startswith("alpha_encoder.") for n in saved):
-            if d.alpha_encoder_width != 1.0:
-                raise SystemExit("a shared-encoder state continues into a private alpha encoder of the same width only")
             # A shared-encoder state continued with a private alpha encoder: f_alpha starts as a copy of the shared
             # encoder, weights and AdamW moments both, so at the first step nothing but the gradients' routing changed.
             old_names = param_names(build_model(replace(d, alpha_encoder="shared"), cfg.data.image_size,

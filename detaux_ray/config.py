@@ -65,7 +65,6 @@ class DisentangleConfig:
     # shapes the principal reached alpha at 0.998-1.000 and <= 0.05 elsewhere (shared: 0.79-0.98 / <= 0.20), for ~30%
     # more stage-1 time (docs/studies/2026-11-28-stage1-study.md).
     alpha_encoder: str = "private"
-    alpha_encoder_width: float = 1.0  # the private alpha encoder's channels and hidden units, as a share of the shared one's
     pulls: str = "principal"  # which pairs L_dist pulls where: all (paper) | same | principal | alpha (losses.pull_weights)
     relative_distances: bool = True  # L_dist on distances / the subspace's batch spread (scale-free; paper: false)
     pair_mode: str = "oracle_prob"  # oracle_prob (the paper: labels differ with oracle_prob) | random (the authors' code)
@@ -219,7 +218,7 @@ NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentan
 # Options measured worse than the defaults and not the paper's, removed: the value that meant "off" is still
 # accepted, so the config.yaml / best.yaml of older runs load; any other value is an error naming the study.
 REMOVED = {"disentangle.w_indep": 0.0, "disentangle.indep_kernel": "rbf", "disentangle.cons_relative": False,
-           "disentangle.grad_clip": 0.0}
+           "disentangle.grad_clip": 0.0, "disentangle.alpha_encoder_width": 1.0}
 REMOVED_WHY = "docs/studies/2026-11-28-stage1-study.md"
 
 
@@ -389,7 +388,7 @@ RANGES: dict[str, Range] = {
     "discover.n_clusters": Range(0, MAX_CLUSTERS), "discover.max_clusters": Range(2, MAX_CLUSTERS), "discover.meanshift_quantile": Range(0, 1, open_lo=True),
     "discover.fit_subsample": _at_least(100), "discover.knn_k": _at_least(1), "discover.dead_subspace_frac": _FRAC,
     "discover.n_auxiliary": _at_least(1),
-    "disentangle.alpha_encoder_width": Range(0, 1, open_lo=True), "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
+    "discover.ica_var_cut": Range(0, 1, open_lo=True, open_hi=True),
     "mtl.seeds": _at_least(1), "mtl.epochs": _at_least(1), "mtl.test_every": _at_least(1),
     "mtl.batch_size": _at_least(2), "mtl.lr": _POS,
     "mtl.weight_decay": _NONNEG, "mtl.width": _at_least(1), "mtl.principal_weight": _NONNEG,

@@ -107,8 +107,7 @@ def build_model(cfg: DisentangleConfig, image_size: int, n_principal: int, heads
     head, adversary = heads if heads is not None else (cfg.formulation()[0] > 0, cfg.w_adversary > 0)
     return DisentangleAE(image_size, cfg.k, cfg.latent_dim, cfg.arch, n_principal=n_principal if head else 0,
                          n_adversary=adversary, adversary_hidden=cfg.adversary_hidden,
-                         alpha_encoder="shared" if cfg.variant == "paper" else cfg.alpha_encoder, alpha=cfg.principal_subspace,
-                         alpha_width=cfg.alpha_encoder_width)
+                         alpha_encoder="shared" if cfg.variant == "paper" else cfg.alpha_encoder, alpha=cfg.principal_subspace)
 
 
 def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW:

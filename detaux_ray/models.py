@@ -234,7 +234,7 @@ class DisentangleAE(nn.Module):
             side = map_side(image_size)
             self.latent_dim = latent_dim * side * side
             if alpha_width != 1.0:
-                raise ValueError("disentangle.alpha_encoder_width must be 1 with arch=resnet18")
+                raise ValueError("alpha_width must be 1 with arch=resnet18")
             make_encoder = lambda width=1.0: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
             self.encoder = make_encoder()
             self.projectors = MapProjectors(k, latent_dim, side * side)

@@ -106,5 +106,5 @@ def test_private_alpha_encoder_routes_the_principal_terms_away_from_the_shared_e
         DisentangleAE(16, 3, 4, alpha_encoder="private", alpha=3)
     with pytest.raises(ValueError, match="one of: shared, private"):
         DisentangleAE(16, 3, 4, alpha_encoder="own")
-    with pytest.raises(ValueError, match="alpha_encoder_width must be 1 with arch=resnet18"):
+    with pytest.raises(ValueError, match="alpha_width must be 1 with arch=resnet18"):
         DisentangleAE(64, 3, 4, arch="resnet18", alpha_encoder="private", alpha_width=0.5)
