@@ -12,7 +12,7 @@
    subspace): homogeneity / completeness of the labels against every hidden factor, NMI with the principal.
 3. **Clustering on the accelerator**: the chosen subspace's points clustered by KMeans++ and labelled by their
    nearest fitted neighbours on the CPU (sklearn, SciPy's KD-tree: the pipeline's path) and on the accelerator
-   (`clustering.kmeans_torch`, `clustering.label_by_neighbours_torch`): time and agreement (ARI, share of equal
+   (`bench/torch_clustering.py`): time and agreement (ARI, share of equal
    labels). HDBSCAN on a GPU needs cuML, which this machine does not have.
 """
 
@@ -32,17 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detaux_ray.clustering import (  # noqa: E402
-    kmeans_torch,
-    label_by_neighbours,
-    label_by_neighbours_torch,
-)
+from detaux_ray.clustering import label_by_neighbours  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.data.shapes import ShapesRenderer  # noqa: E402
 from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
 from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
 from detaux_ray.models import DisentangleAE, autocast, to_float_images  # noqa: E402
+from torch_clustering import kmeans_torch, label_by_neighbours_torch  # noqa: E402  (bench/, beside this script)
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 from detaux_ray.scorecard import heatmap, scorecard  # noqa: E402
 

@@ -81,7 +81,10 @@ def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():
     from sklearn.datasets import make_blobs
     from sklearn.metrics import adjusted_rand_score
 
-    from detaux_ray.clustering import kmeans_torch, label_by_neighbours, label_by_neighbours_torch
+    from detaux_ray.clustering import label_by_neighbours
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from torch_clustering import kmeans_torch, label_by_neighbours_torch
 
     x, y = make_blobs(3000, n_features=10, centers=6, random_state=0)
     labels, centres = kmeans_torch(x, 6, seed=0)
