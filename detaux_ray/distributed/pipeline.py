@@ -45,7 +45,7 @@ from ..mtl import UNLABELLED
 from ..report import write_report
 from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
-from .discover import embed
+from .embed import embed
 from .logs import filter_forwarded_logs, quiet_env, silence_worker_logs
 from .streams import ImageCache, SourceImages, images_for
 from .trainer import fits_held, run_concurrently

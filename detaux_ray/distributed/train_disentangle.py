@@ -20,7 +20,7 @@ from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
 from .status import raise_if_failed
-from .trainer import diverged, end_epoch, fit, run_guarded, start_worker, torch_trainer
+from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
 from .streams import gather, pair_stream, pair_table
 
 
@@ -162,7 +162,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
         "status_dir": str(status_dir), "probe": probe, "n_principal": int(principal.max()) + 1,
         "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
     try:
-        result = fit(trainer, progress)
+        result = fit_interruptible(trainer, progress)
     finally:
         raise_if_failed(status_dir)  # a recorded failure explains a failed fit() better than Ray's traceback
     state = load_resume_state(result.checkpoint, run_path(storage, name))

@@ -23,7 +23,7 @@ from .checkpoints import resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
 from .status import raise_if_failed
-from .trainer import diverged, end_epoch, fit, run_guarded, start_worker, torch_trainer
+from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
 from .streams import ImageCache, row_stream
 
 
@@ -183,7 +183,7 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)
     try:
-        result = fit(trainer, progress)
+        result = fit_interruptible(trainer, progress)
     finally:
         raise_if_failed(status_dir)
     tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS

@@ -1,5 +1,5 @@
 """The Ray Train lines both training stages share: a worker's start, one epoch's report with its checkpoint, the
-trainer, a fit() that Ctrl-C can stop, and stopping (not restarting) on failures that a restart would repeat."""
+trainer, fit_interruptible() (Ctrl-C can stop it), and stopping (not restarting) on failures that a restart would repeat."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
             raise
 
 
-def fit(trainer: Any, progress: Progress | None = None) -> Any:
+def fit_interruptible(trainer: Any, progress: Progress | None = None) -> Any:
     """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt and the run's progress lines printed.
 
     On the main thread Ray Train replaces the process's SIGINT handler with one that aborts the run and exits the
