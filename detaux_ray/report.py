@@ -16,7 +16,7 @@ def _label_use(ds) -> list[str]:
             f"pairs from those {ds.n_labelled}; discovery embedded and labelled all {ds.n_train}; the multi-task models "
             f"trained the auxiliary task on all {ds.n_train} images and the principal task on the {ds.n_labelled} "
             f"labels; STL, MAXL, AuxiLearn and the principal-only controls trained on the {ds.n_labelled} labelled "
-            f"images."]
+            f"images, repeated in each epoch to as many steps as the models on every image."]
 
 
 def render_markdown(r: Report) -> str:

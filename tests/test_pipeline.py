@@ -327,6 +327,7 @@ def test_few_labels_every_stage_uses_what_it_can(ray_session, tmp_path, capsys):
     assert len(labels["auxiliary"]) == n_train and min(labels["auxiliary"]) >= 0
     assert sum(p >= 0 for p in labels["principal"]) == n_lab
     out = capsys.readouterr().out
-    assert f"training STL for 1 epochs (seed 0) on {n_lab} images" in out
+    # as many steps as the model on every image: the labelled images repeated to n_train rows per epoch
+    assert f"training STL for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in out
     assert f"training HPS for 1 epochs (seed 0) on {n_train} images, {n_lab} with their principal label" in out
     assert f"**{n_lab} of the {n_train} training images have their principal label.**" in (run_dir / "report.md").read_text()

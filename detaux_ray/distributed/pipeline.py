@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import functools
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -337,10 +338,16 @@ class Pipeline:
         label, name = kind + more, kind.upper() + more
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
         if kind in LABELLED_ONLY or set(n_classes) == {"principal"}:  # as a user without Detaux would train it
+            every = train.num_rows
             train = train.filter(pa.compute.not_equal(train.column("principal"), UNLABELLED))
+            if 0 < train.num_rows < every:  # as many steps as a model on every image: each epoch repeats the labels
+                n_lab_rows = train.num_rows
+                train = pa.concat_tables([train] * math.ceil(every / n_lab_rows)).slice(0, every)
         n_labelled = int(np.sum(train.column("principal").to_numpy() != UNLABELLED))
-        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {train.num_rows} images"
-             + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label"))
+        n_images = len(np.unique(train.column("row").to_numpy()))
+        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images"
+             + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label")
+             + (f", repeated to {train.num_rows} per epoch" if n_images < train.num_rows else ""))
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / "mtl" / tb, self.storage,
                             self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)

@@ -226,8 +226,12 @@ def shuffled(table: pa.Table, seed: int) -> pa.Table:
 
 
 def auxiliary_split(table: pa.Table, frac: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """(training rows, auxiliary-split rows): a seeded `frac` of the table held out (AuxiLearn's auxiliary set)."""
-    n = table.num_rows
-    held = np.zeros(n, dtype=bool)
-    held[np.random.default_rng([seed, 23]).choice(n, max(1, int(round(frac * n))), replace=False)] = True
+    """(training rows, auxiliary-split rows): a seeded `frac` of the table's images held out (AuxiLearn's auxiliary
+    set). An image the table repeats (few labels: `Pipeline.fit`) is on one side only."""
+    rows = table.column("row").to_numpy()
+    _, first = np.unique(rows, return_index=True)
+    images = rows[np.sort(first)]  # in table order: without repeats, position i is image i
+    n = len(images)
+    chosen = images[np.random.default_rng([seed, 23]).choice(n, max(1, int(round(frac * n))), replace=False)]
+    held = np.isin(rows, chosen)
     return table.filter(pa.array(~held)), table.filter(pa.array(held))

@@ -90,3 +90,18 @@ def test_ranks_decide_divergence_together(tmp_path):
     mp.spawn(_rank, args=(2, port, str(tmp_path / "status"), str(tmp_path / "out")), nprocs=2, join=True)
     assert [(tmp_path / "out" / str(r)).read_text() for r in (0, 1)] == ["True", "True"]
     assert (tmp_path / "status" / DIVERGED).is_file()
+
+
+def test_auxilearns_held_out_split_never_shares_an_image_with_its_training_rows():
+    import numpy as np
+    import pyarrow as pa
+
+    from detaux_ray.distributed.train_mtl import auxiliary_split
+
+    plain = pa.table({"row": np.arange(100), "principal": np.zeros(100, np.int64)})
+    train, held = auxiliary_split(plain, 0.2, seed=0)
+    assert held.num_rows == 20 and train.num_rows == 80
+    repeated = pa.concat_tables([plain.slice(0, 10)] * 10)  # ten labelled images, each ten times (few labels)
+    train, held = auxiliary_split(repeated, 0.2, seed=0)
+    tr, he = set(train.column("row").to_pylist()), set(held.column("row").to_pylist())
+    assert len(he) == 2 and not tr & he and held.num_rows == 20
