@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, detaux_loss  # noqa: E402
-from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
+from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
+from detaux_ray.models import to_float_images  # noqa: E402
 from detaux_ray.pairs import sample_pairs  # noqa: E402
 
 
@@ -40,8 +40,10 @@ def plain_epoch_time(cfg, source, epoch: int) -> float:
     images = torch.from_numpy(source.images(rows))  # the same images, held in memory
     n_principal = source.n_principal_classes if d.formulation()[0] > 0 else 0
     labels = torch.from_numpy(source.principal[rows])
-    model = DisentangleAE(cfg.data.image_size, d.k, d.latent_dim, n_principal=n_principal).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    # The model the Ray stage builds (build_model: the private alpha encoder and the adversary included), so the two
+    # loops time the same network.
+    model = build_model(d, cfg.data.image_size, n_principal).to(memory_format=torch.channels_last)
+    opt = optimizer(model, d)  # the Ray stage's optimiser (the adversary at its own rate)
     n_pairs = d.pairs_per_epoch or len(rows)
     times = []
     for e in range(epoch + 1):
