@@ -30,7 +30,8 @@ def test_label_bench_small():
 
 @pytest.mark.slow
 def test_ray_overhead_bench_small():
-    out = _run("bench/ray_overhead.py", "--n-images", "500", "--image-size", "16", "--batch", "32", "--rounds", "2")
+    out = _run("bench/ray_overhead.py", "--n-images", "500", "--image-size", "16", "--batch", "32", "--rounds", "2",
+               "--pairs", "512")
     assert len(out["plain_epoch_s"]) == len(out["ray_epoch_s"]) == 2 and min(out["plain_epoch_s"] + out["ray_epoch_s"]) > 0
     assert out["ratio"] == pytest.approx(float(np.median(out["ratios"])), abs=1e-3) and out["n_train_pairs"] > 0
 
