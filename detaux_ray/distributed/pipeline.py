@@ -310,12 +310,8 @@ class Pipeline:
         tasks = auxiliary_tasks(self.cfg.discover.n_auxiliary)
         n_classes = {"principal": self.source.n_principal_classes,
                      **{t: int(labels.column(t).to_numpy().max()) + 1 for t in tasks}}
-        table = labels.select(["row", "principal"] + tasks)
-        known = self.source.is_labelled()[rows]
-        if not known.all():  # an unlabelled image trains the auxiliary heads only (the principal loss is masked)
-            principal = np.where(known, table.column("principal").to_numpy(), UNLABELLED)
-            table = table.set_column(1, "principal", pa.array(principal, pa.int64()))
-        return table, n_classes
+        # An unlabelled image (principal -1 in labels.parquet) trains the auxiliary heads only: its principal loss is masked.
+        return labels.select(["row", "principal"] + tasks), n_classes
 
     def _eval_tables(self, tasks: list[str]) -> tuple[pa.Table, pa.Table | None]:
         src = self.source
@@ -341,8 +337,7 @@ class Pipeline:
             every = train.num_rows
             train = train.filter(pa.compute.not_equal(train.column("principal"), UNLABELLED))
             if 0 < train.num_rows < every:  # as many steps as a model on every image: each epoch repeats the labels
-                n_lab_rows = train.num_rows
-                train = pa.concat_tables([train] * math.ceil(every / n_lab_rows)).slice(0, every)
+                train = pa.concat_tables([train] * math.ceil(every / train.num_rows)).slice(0, every)
         n_labelled = int(np.sum(train.column("principal").to_numpy() != UNLABELLED))
         n_images = len(np.unique(train.column("row").to_numpy()))
         _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images"
