@@ -256,11 +256,11 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     and labelled; the scores, diagnostics and scorecard that need the principal read the labelled rows only, and
     labels.parquet gives the others principal = -1."""
     d, disc = cfg.disentangle, cfg.discover
-    lab = np.ones(len(rows), bool) if labelled is None else np.asarray(labelled, bool)
+    lab = slice(None) if labelled is None else np.asarray(labelled, bool)  # a slice: no copies when all are labelled
     pl, fl = principal[lab], {f: v[lab] for f, v in factors.items()}
     scores = subspace_scores(s[lab], pl, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters,
                              max_clusters=disc.max_clusters)
-    columns = {"row": rows, "id": ids, "principal": np.where(lab, principal, -1)}
+    columns = {"row": rows, "id": ids, "principal": principal if labelled is None else np.where(lab, principal, -1)}
     tasks, comp_scores = [], None
     if disc.space == "ica":
         u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
@@ -282,7 +282,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         where = [(j, None, None) for j in chosen]
         what = [f"subspace {j} (criterion {disc.criterion})" for j in chosen]
     for task, x, (j, c, load), label in zip(auxiliary_tasks(disc.n_auxiliary), points, where, what):
-        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, lab)
+        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, labelled)
         columns[task] = result.labels
         tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
     write_with(out / "labels.parquet", lambda p: pq.write_table(pa.table(columns), p))
