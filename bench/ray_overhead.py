@@ -90,7 +90,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh run each round: nothing to resume
             t0 = time.perf_counter()
             out = train_disentangle.run(cfg, source.train_rows(), source.principal, cache, Path(tmp) / "tb",
-                                        str(Path(tmp) / "ckpt"), Path(tmp))
+                                        str(Path(tmp) / "ckpt"))
             fit_s.append(time.perf_counter() - t0)
         ray_epoch.append(float(out["metrics"]["epoch_time_s"]))
         print(f"round {r + 1}/{args.rounds}: plain {plain[-1]:.2f}s, Ray {ray_epoch[-1]:.2f}s "

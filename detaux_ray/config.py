@@ -172,6 +172,9 @@ class ResourcesConfig:
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
     storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints
     max_failures: int = 2  # worker-group restarts from the last checkpoint before a training stage fails
+    # Where a run's workers go: "pack" on as few nodes as hold them (DDP's all-reduce stays inside a node), "spread"
+    # one per node where they fit (each worker gets a node's cores, disk and network to itself)
+    placement: str = "pack"
 
 
 @dataclass
@@ -179,6 +182,7 @@ class DebugConfig:
     """Fault injection for tests only; never part of a stage hash."""
 
     nan_epoch: int = -1  # stage 1 loss becomes NaN in this epoch
+    nan_node: str = "any"  # on the ranks of any node, or only on those of "other" nodes than the driver's
     kill_at: str = ""  # "stage:epoch:step" (stage = disentangle | stl | hps): rank 0 dies there, once per run dir
 
 
@@ -422,6 +426,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mtl.lr_schedule": ("constant", "cosine"),
     "mtl.optimizer": ("adamw", "sgd"),
     "resources.amp": ("none", "bf16"),
+    "resources.placement": ("pack", "spread"),
+    "debug.nan_node": ("any", "other"),
 }
 
 

@@ -19,6 +19,19 @@ def _label_use(ds) -> list[str]:
             f"images, repeated in each epoch to as many steps as the models on every image."]
 
 
+def _placement(r: Report) -> list[str]:
+    """Where the training stages ran, when on more than one node or after a restart (a lost worker or node)."""
+    workers = r.config.get("resources", {}).get("num_workers", 1)
+    fits = {"stage 1": r.disentangle, **{f"stage 3 `{k}`": m for k, m in r.mtl.results.items()}}
+    said = [f"{name} on {f.nodes} node{'s' if f.nodes != 1 else ''}" + (f", its worker group restarted {f.restarts} time(s) from the newest "
+                                            "checkpoint" if f.restarts else "")
+            for name, f in fits.items() if f.nodes > 1 or f.restarts]
+    if not said:
+        return []
+    return ["", f"Training ran on {workers} worker(s) per model: " + "; ".join(said) + ". A restart means a worker or "
+            "its node was lost; training went on from the last epoch saved."]
+
+
 def render_markdown(r: Report) -> str:
     ds, models, diag = r.dataset, r.mtl.results, r.diagnostics
     lines = [
@@ -27,6 +40,7 @@ def render_markdown(r: Report) -> str:
         f"Dataset `{ds.name}`, principal task `{ds.principal}` ({ds.n_principal_classes} classes), "
         f"{ds.n_train} training / {ds.n_val} validation / {ds.n_test} held-out test images.",
         *_label_use(ds),
+        *_placement(r),
         "",
         "## Principal-task accuracy on the held-out split (Table 1 style)",
         "",

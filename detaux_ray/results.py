@@ -99,6 +99,8 @@ class DisentangleResult(_Result):
     steps: int
     metrics: dict[str, float]
     architecture: dict[str, Any]
+    nodes: int = 1  # on how many Ray nodes the worker group trained
+    restarts: int = 0  # how often Ray Train restarted the worker group from its newest checkpoint (a lost worker)
 
 
 @dataclass
@@ -147,6 +149,8 @@ class FitResult(_Result):
     auxiliary_split_images: int | None = None  # auxilearn: images held out for the generator
     labels: str | None = None  # where the auxiliary labels came from, when not stage 2 (the ablation)
     aux_gradient: str = "sum"  # hps: how the auxiliary gradient joined the principal one (mtl.aux_gradient)
+    nodes: int = 1  # on how many Ray nodes the worker group trained
+    restarts: int = 0  # how often Ray Train restarted the worker group from its newest checkpoint (a lost worker)
 
 
 def control_keys(kinds: dict[str, str]) -> dict[str, str]:

@@ -50,9 +50,9 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     # 2. Rerun: stage 1 resumes at epoch 1, loses rank 0 mid-epoch, restarts from the checkpoint and completes
     #    with exactly the steps of an uninterrupted run; then discovery and STL / MTL-HPS.
     assert run(run_dir, "debug.kill_at=disentangle:1:2") == 0
-    assert (run_dir / "killed-disentangle").exists()
     m1 = json.loads((run_dir / "disentangle" / "manifest.json").read_text())
     assert m1["epochs"] == 2 and m1["steps"] == 2 * (256 // 2 // 32)
+    assert m1["restarts"] == 1 and m1["nodes"] == 1  # the lost rank 0, counted on the fit's status board
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("stl_accuracy", "mtl_accuracy", "nmi_principal_aux", "ami_principal_aux", "n_aux_classes"):
         assert isinstance(report[key], (int, float))
@@ -62,6 +62,7 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert report["subspace_criterion"] == "calinski" and report["chosen_subspace"] in (1, 2)
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# Detaux run report") and "## Stage 1 scorecard" in md and "![scorecard](scorecard.png)" in md
+    assert "stage 1 on 1 node, its worker group restarted 1 time(s)" in md
     for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet", "discover/subspaces.parquet",
               "discover/diagnostics.json", "discover/scorecard.png", "scorecard.png", "mtl/results.json"):
         assert (run_dir / f).is_file(), f

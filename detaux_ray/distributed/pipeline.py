@@ -237,12 +237,13 @@ class Pipeline:
         rows = self.source.labelled_train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
                                     self.run_dir / "tensorboard" / "disentangle", self.storage,
-                                    self.run_dir, probe=self._probe(), data_fingerprint=self.fingerprint)
+                                    probe=self._probe(), data_fingerprint=self.fingerprint)
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
         self._traversals(res["model"], out / "traversals.png")
         return DisentangleResult("model.pt", res["epoch"] + 1, res["steps"], res["metrics"],
-                                 {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim})
+                                 {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim},
+                                 nodes=res["placement"]["nodes"], restarts=res["placement"]["restarts"])
 
     def _traversals(self, state: dict, path: Path) -> None:
         """Figure 3 of the paper as a PNG for the report: every subspace traversed between two training images of
@@ -344,7 +345,7 @@ class Pipeline:
              + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label")
              + (f", repeated to {train.num_rows} per epoch" if n_images < train.num_rows else ""))
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / "mtl" / tb, self.storage,
-                            self.run_dir, val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
+                            val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
         _say(f"{name}: principal test accuracy {res.test_principal_accuracy:.4f}")
         return res
@@ -375,7 +376,7 @@ class Pipeline:
         ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0, w_principal=0.0))
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
         res = train_disentangle.run(ae_cfg, src.labelled_train_rows(), src.principal, self.cache,
-                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage, self.run_dir,
+                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage,
                                     data_fingerprint=self.fingerprint)
         z = self._embed(res["model"]).sum(axis=1)
         rows, known = src.train_rows(), src.is_labelled()[src.train_rows()]

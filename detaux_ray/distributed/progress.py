@@ -15,13 +15,15 @@ from typing import Any
 import ray
 from ray.util.queue import Queue
 
+from .status import on_driver_node
+
 
 class Progress:
     """The driver's end: `queue` goes into train_loop_config; `drain()` prints what arrived."""
 
     def __init__(self, tag: str, epochs: int, unit: str):
         self.tag, self.epochs, self.unit = tag, epochs, unit
-        self.queue = Queue(actor_options={"num_cpus": 0})  # no CPU: it must never wait for a training slot
+        self.queue = Queue(actor_options=on_driver_node())  # no CPU (never waits for a training slot), not on a node that may go
         self.epoch_times: list[float] = []
 
     def drain(self) -> None:

@@ -19,7 +19,7 @@ from ..scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
-from .status import raise_if_failed
+from .status import StatusBoard
 from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
 from .streams import gather, pair_stream, pair_table
 
@@ -55,8 +55,8 @@ def _train(config: dict) -> None:
             x1, x2, same, y1, y2 = _pair_tensors(batch, device)
             with autocast(device, res.amp):
                 loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
-            maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status_dir"])
-            if epoch == cfg.debug.nan_epoch:  # test hook: simulate a diverged step
+            maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status"])
+            if epoch == cfg.debug.nan_epoch and (cfg.debug.nan_node == "any" or not w.on_driver_node):  # test hook
                 loss = loss * float("nan")
             optimizer_step(opt, loss)
             global_step += 1
@@ -64,7 +64,7 @@ def _train(config: dict) -> None:
                 sums[name] = sums.get(name, 0.0) + v
             picks += lam.sum(0)
         means = {name: float(v) / steps for name, v in sums.items()}
-        if diverged(means.values(), rank, config["status_dir"], f"stage 1 loss became non-finite in epoch {epoch} "
+        if diverged(means.values(), rank, config["status"], f"stage 1 loss became non-finite in epoch {epoch} "
                     f"({means}); training stopped, the last good checkpoint (epoch {epoch - 1}) is kept. Lower "
                     "disentangle.lr or check the data."):
             return
@@ -150,20 +150,25 @@ def _log_scorecard(writer: SummaryWriter, model: DisentangleAE, probe: dict, ima
 
 
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        status_dir: Path, probe: dict | None = None, data_fingerprint: str = "") -> dict:
-    """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state and its metrics.
+        probe: dict | None = None, data_fingerprint: str = "") -> dict:
+    """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state, its metrics and
+    where it trained (`placement`: workers, nodes, restarts).
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
-    raise_if_failed(status_dir, clear=True)
     name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
-    progress = Progress("disentangle", cfg.disentangle.epochs, "pairs")
+    progress, board = Progress("disentangle", cfg.disentangle.epochs, "pairs"), StatusBoard()
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
-        "status_dir": str(status_dir), "probe": probe, "n_principal": int(principal.max()) + 1,
-        "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
+        "status": board.handle, "driver_node": ray.get_runtime_context().get_node_id(), "probe": probe,
+        "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
     try:
-        result = fit_interruptible(trainer, progress)
+        try:
+            result = fit_interruptible(trainer, progress)
+        finally:
+            board.raise_if_failed()  # a recorded failure explains a failed fit() better than Ray's traceback
+        placement = board.placement()
     finally:
-        raise_if_failed(status_dir)  # a recorded failure explains a failed fit() better than Ray's traceback
+        board.close()
     state = load_resume_state(result.checkpoint, run_path(storage, name))
-    return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {})}
+    return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {}),
+            "placement": placement}

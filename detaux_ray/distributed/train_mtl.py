@@ -22,7 +22,7 @@ from ..results import FitResult
 from .checkpoints import resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
-from .status import raise_if_failed
+from .status import StatusBoard
 from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
 from .streams import ImageCache, row_stream
 
@@ -59,7 +59,7 @@ def _train(config: dict) -> None:
         for step, batch in enumerate(shards["train"].iter_torch_batches(  # Ray Data: this rank's shard, shuffled
                 batch_size=m.batch_size, local_shuffle_buffer_size=4 * m.batch_size, local_shuffle_seed=cfg.seed * 100_003 + epoch,
                 drop_last=True, device=device, pin_memory=device.type == "cuda")):
-            maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status_dir"])
+            maybe_kill(cfg.debug.kill_at, kind, epoch, step, rank, config["status"])
             x, targets = to_float_images(batch["image"]), {t: batch[t].long() for t in tasks}
             with autocast(device, res.amp):
                 if learner is None:
@@ -75,7 +75,7 @@ def _train(config: dict) -> None:
                     meta[k] = meta.get(k, []) + [v]
         metrics = {"epoch": epoch, "train_loss": float(total) / max(n_batches, 1), "epoch_time_s": time.time() - t0,
                    "lr": opt.param_groups[0]["lr"]}
-        if diverged([metrics["train_loss"]], rank, config["status_dir"], f"stage 3 ({kind}) loss became non-finite in "
+        if diverged([metrics["train_loss"]], rank, config["status"], f"stage 3 ({kind}) loss became non-finite in "
                     f"epoch {epoch}; the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr."):
             return
         if rank == 0:
@@ -150,7 +150,7 @@ def _accuracy(model: torch.nn.Module, shard, device) -> float:
 
 
 def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_classes: dict[str, int],
-        cache: ImageCache, tb_dir: Path, storage: str, status_dir: Path, val_table: pa.Table | None = None,
+        cache: ImageCache, tb_dir: Path, storage: str, val_table: pa.Table | None = None,
         callbacks: list | None = None, tag: str = "", fits_at_once: int = 1, label: str = "",
         data_fingerprint: str = "") -> FitResult:
     """Fit one model ('stl' or cfg.mtl.model) and return its final metrics and parameter count.
@@ -159,12 +159,10 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     (a Tune trial passes TuneReportCallback so each epoch reaches the scheduler); `tag` tells apart runs of the same
     model and config on different labels (the entangled ablation), whose checkpoints must not be shared;
     `fits_at_once` is how many fits share the cluster now (their workers share a node's cores); `label` names the fit
-    in the progress lines. A fit's failure markers go to a folder of its own under `status_dir` (fits may run at once).
+    in the progress lines. Each fit has a status board of its own (fits may run at once).
     """
     res = cfg.resources
     name = f"mtl-{kind}-{cfg.stage_hash('mtl', data_fingerprint)}{'-' + tag if tag else ''}"
-    status_dir = Path(status_dir) / ".status" / name
-    raise_if_failed(status_dir, clear=True)
     meta_table = None
     if kind == "auxilearn":  # its generator learns on a held-out share of the training split
         train_table, meta_table = auxiliary_split(train_table, cfg.mtl.aux_split, cfg.seed)
@@ -176,16 +174,21 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     if meta_table is not None:
         datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
-    progress = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images")
+    progress, board = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images"), StatusBoard()
     trainer = torch_trainer(train_loop_per_worker, {
-        "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir), "status_dir": str(status_dir),
+        "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
+        "status": board.handle, "driver_node": ray.get_runtime_context().get_node_id(),
         "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue,
         "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)
     try:
-        result = fit_interruptible(trainer, progress)
+        try:
+            result = fit_interruptible(trainer, progress)
+        finally:
+            board.raise_if_failed()  # a recorded failure explains a failed fit() better than Ray's traceback
+        placement = board.placement()
     finally:
-        raise_if_failed(status_dir)
+        board.close()
     tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS
              else n_classes)
     return FitResult(
@@ -201,6 +204,8 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         auxiliary_classes=n_classes["principal"] * cfg.mtl.psi if kind in LEARNERS else None,
         auxiliary_split_images=meta_table.num_rows if meta_table is not None else None,
         wall_time_s=round(time.time() - t0, 1),
+        nodes=placement["nodes"],
+        restarts=placement["restarts"],
     )
 
 

@@ -23,7 +23,7 @@ from ..errors import find_data_error
 from ..models import set_torch_threads
 from .logs import quiet_worker, train_log_level
 from .progress import Progress, send
-from .status import DATA_ERROR, DIVERGED, failed, record
+from .status import DATA_ERROR, DIVERGED, failed, joined, record
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Worker:
     rank: int
     world: int
     device: torch.device
+    on_driver_node: bool  # on the node of the driver (and of the fit's status board)
 
 
 def start_worker(config: dict) -> Worker:
@@ -41,7 +42,9 @@ def start_worker(config: dict) -> Worker:
     # Fits running at once on this node (stage 3) share its cores too.
     set_torch_threads(cfg.resources.torch_threads, ctx.get_local_world_size() * config.get("fits_at_once", 1))
     torch.manual_seed(cfg.seed)
-    return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    joined(config["status"], ctx.get_world_rank())  # where this rank runs; rank 0 also counts the group's starts
+    on_driver_node = ray.get_runtime_context().get_node_id() == config["driver_node"]
+    return Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), on_driver_node)
 
 
 def report(metrics: dict, state: dict | None) -> None:
@@ -63,17 +66,23 @@ def end_epoch(metrics: dict, state: dict, rank: int, progress, items: int, value
         send(progress, epoch=metrics["epoch"], epoch_time_s=metrics["epoch_time_s"], items=items, values=values)
 
 
-def diverged(values, rank: int, status_dir: str, message: str) -> bool:
-    """True when an epoch's losses are not all finite on any rank; rank 0 then leaves the DIVERGED marker with
-    `message`. Not an exception: Ray Train would restart the worker group and diverge again. The ranks decide
-    together (one all-reduce): each sees only its own batches' losses, and a rank that stopped alone would leave the
-    others waiting in the next collective. The driver reads the marker and raises NonFiniteLossError."""
-    bad = not all(math.isfinite(v) for v in values)
-    if any_rank(bad):
-        if rank == 0:
-            record(status_dir, DIVERGED, message)
+def diverged(values, rank: int, board, message: str) -> bool:
+    """True when an epoch's losses are not all finite on any rank (`not_finite_on_any_rank`); each rank that saw it
+    records DIVERGED on the fit's status board, `message` with its rank and host. Not an exception: Ray Train would
+    restart the worker group and diverge again. The driver turns the record into NonFiniteLossError."""
+    here = not all(math.isfinite(v) for v in values)
+    if not_finite_on_any_rank(here):
+        if here:
+            record(board, DIVERGED, f"{message} (seen first on rank {rank}, host {ray.util.get_node_ip_address()})")
         return True
     return False
+
+
+def not_finite_on_any_rank(here: bool) -> bool:
+    """True when some rank saw a non-finite loss (`here`: this rank did). The ranks decide together (one all-reduce):
+    each sees only its own batches' losses, and a rank that stopped alone would leave the others waiting in the next
+    collective."""
+    return any_rank(here)
 
 
 def any_rank(flag: bool) -> bool:
@@ -97,7 +106,8 @@ def torch_trainer(loop: Callable[[dict], None], loop_config: dict, cfg: Config, 
     return TorchTrainer(
         loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
-                                     resources_per_worker={"CPU": res.cpus_per_worker}),
+                                     resources_per_worker={"CPU": res.cpus_per_worker},
+                                     placement_strategy=res.placement.upper()),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]) if datasets else None,
         run_config=RunConfig(name=name, storage_path=str(storage), logging_config=LoggingConfig(train_log_level()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -117,12 +127,12 @@ def fits_held(res: ResourcesConfig, extra_cpus: float = 0.0) -> int:
 
 
 def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
-    """Run a train_loop_per_worker body. A data error leaves its marker for the driver; a single worker then just
+    """Run a train_loop_per_worker body. A data error is recorded on the fit's status board for the driver; a single worker then just
     returns (nothing to retry, no traceback), while DDP workers raise so that Ray stops the ranks still waiting in
-    a collective, and the restarted worker group, finding the marker, returns at once (it would fail the same way,
+    a collective, and the restarted worker group, finding it recorded, returns at once (it would fail the same way,
     as would a diverged loss)."""
     quiet_worker()
-    if failed(config["status_dir"]):
+    if failed(config["status"]):
         return
     try:
         loop(config)
@@ -130,7 +140,7 @@ def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
         message = find_data_error(exc)
         if message is None:
             raise
-        record(config["status_dir"], DATA_ERROR, message)
+        record(config["status"], DATA_ERROR, message)
         if ray.train.get_context().get_world_size() > 1:
             raise
 
