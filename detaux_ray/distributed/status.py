@@ -62,6 +62,7 @@ class StatusBoard:
     """The driver's end: `handle` goes into train_loop_config; after fit(), `raise_if_failed()` and `placement()`."""
 
     def __init__(self) -> None:
+        self.driver_node = ray.get_runtime_context().get_node_id()  # workers compare their node with it
         self.handle = _Board.options(**on_driver_node()).remote()
 
     def raise_if_failed(self) -> None:

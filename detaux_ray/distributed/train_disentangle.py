@@ -159,7 +159,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     progress, board = Progress("disentangle", cfg.disentangle.epochs, "pairs"), StatusBoard()
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
-        "status": board.handle, "driver_node": ray.get_runtime_context().get_node_id(), "probe": probe,
+        "status": board.handle, "driver_node": board.driver_node, "probe": probe,
         "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
     try:
         try:

@@ -177,7 +177,7 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     progress, board = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images"), StatusBoard()
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
-        "status": board.handle, "driver_node": ray.get_runtime_context().get_node_id(),
+        "status": board.handle, "driver_node": board.driver_node,
         "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue,
         "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)

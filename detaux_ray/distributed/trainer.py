@@ -67,22 +67,17 @@ def end_epoch(metrics: dict, state: dict, rank: int, progress, items: int, value
 
 
 def diverged(values, rank: int, board, message: str) -> bool:
-    """True when an epoch's losses are not all finite on any rank (`not_finite_on_any_rank`); each rank that saw it
-    records DIVERGED on the fit's status board, `message` with its rank and host. Not an exception: Ray Train would
-    restart the worker group and diverge again. The driver turns the record into NonFiniteLossError."""
+    """True when an epoch's losses are not all finite on any rank; each rank that saw it records DIVERGED on the
+    fit's status board, `message` with its rank and host. Not an exception: Ray Train would restart the worker group
+    and diverge again. The ranks decide together (`any_rank`, one all-reduce): each sees only its own batches'
+    losses, and a rank that stopped alone would leave the others waiting in the next collective. The driver turns
+    the record into NonFiniteLossError."""
     here = not all(math.isfinite(v) for v in values)
-    if not_finite_on_any_rank(here):
+    if any_rank(here):
         if here:
             record(board, DIVERGED, f"{message} (seen first on rank {rank}, host {ray.util.get_node_ip_address()})")
         return True
     return False
-
-
-def not_finite_on_any_rank(here: bool) -> bool:
-    """True when some rank saw a non-finite loss (`here`: this rank did). The ranks decide together (one all-reduce):
-    each sees only its own batches' losses, and a rank that stopped alone would leave the others waiting in the next
-    collective."""
-    return any_rank(here)
 
 
 def any_rank(flag: bool) -> bool:

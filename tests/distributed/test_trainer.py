@@ -64,12 +64,12 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
 
     import torch.distributed as dist
 
-    from detaux_ray.distributed.trainer import not_finite_on_any_rank
+    from detaux_ray.distributed.trainer import any_rank
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     losses = [1.0, math.nan] if rank == 1 else [1.0, 0.5]  # only rank 1 saw the non-finite loss
-    stopped = not_finite_on_any_rank(not all(math.isfinite(v) for v in losses))
+    stopped = any_rank(not all(math.isfinite(v) for v in losses))
     with open(f"{out}/{rank}", "w") as fh:
         fh.write(str(stopped))
     dist.destroy_process_group()
