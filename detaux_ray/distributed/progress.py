@@ -2,36 +2,32 @@
 
 A training worker is another process: Ray forwards its output with a prefix, folds lines that look alike (log
 dedup: "epoch 2/6 ..." and "epoch 3/6 ..." count as alike) and Ray Train prints each line twice. Rank 0 therefore
-puts each epoch's numbers on a small queue actor (`send`), and the driver, while it waits for `fit()`, prints them
-(`Progress.follow`): one line per epoch with the loss, the throughput and the time left in this training run.
+puts each epoch's numbers on the fit's status board (`send`; the actor of `status.py`), and the driver, while it
+waits for `fit()`, prints them (`Progress.follow`): one line per epoch with the loss, the throughput and the time
+left in this training run.
 """
 
 from __future__ import annotations
 
 import threading
-from queue import Empty
 from typing import Any
 
 import ray
-from ray.util.queue import Queue
 
-from .status import on_driver_node
+from .status import StatusBoard
 
 
 class Progress:
-    """The driver's end: `queue` goes into train_loop_config; `drain()` prints what arrived."""
+    """The driver's end of the progress lines on `board` (whose `handle` goes into train_loop_config);
+    `drain()` prints what arrived."""
 
-    def __init__(self, tag: str, epochs: int, unit: str):
+    def __init__(self, tag: str, epochs: int, unit: str, board: StatusBoard):
         self.tag, self.epochs, self.unit = tag, epochs, unit
-        self.queue = Queue(actor_options=on_driver_node())  # no CPU (never waits for a training slot), not on a node that may go
+        self.handle = board.handle
         self.epoch_times: list[float] = []
 
     def drain(self) -> None:
-        while True:
-            try:
-                msg = self.queue.get_nowait()
-            except Empty:
-                return
+        for msg in ray.get(self.handle.take.remote()):
             print(self.line(msg), flush=True)
 
     def follow(self, done: threading.Event, every_s: float = 0.5) -> None:
@@ -41,7 +37,7 @@ class Progress:
                 self.drain()
             self.drain()
         except ray.exceptions.RayError:
-            pass  # the queue actor died with its owner (Ctrl-C, shutdown): there is nothing left to print
+            pass  # the board died with its owner (Ctrl-C, shutdown): there is nothing left to print
 
     def line(self, msg: dict[str, Any]) -> str:
         if "resumed_after" in msg:
@@ -53,18 +49,15 @@ class Progress:
         return (f"[{self.tag}] epoch {msg['epoch'] + 1}/{self.epochs} {values} | "
                 f"{msg['items'] / max(msg['epoch_time_s'], 1e-9):,.0f} {self.unit}/s | ETA {_duration(eta)}")
 
-    def close(self) -> None:
-        ray.kill(self.queue.actor)
-
-
-def send(queue: Queue | None, **msg: Any) -> None:
-    """The worker's end (rank 0): never blocks or fails training (a driver that went away just gets no line)."""
-    if queue is None:
+def send(board, **msg: Any) -> None:
+    """The worker's end (rank 0): never blocks or fails training (a driver that went away just gets no line).
+    Calls from one process to an actor run in the order they were made, so the lines keep their order."""
+    if board is None:
         return
     try:
-        queue.put_nowait(msg)
+        board.put.remote(msg)  # not awaited
     except ray.exceptions.RayError:
-        pass  # the driver and its queue are gone: nobody to tell, training goes on to its checkpoint
+        pass  # the driver and its board are gone: nobody to tell, training goes on to its checkpoint
 
 
 def _duration(seconds: float) -> str:

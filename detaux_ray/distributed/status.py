@@ -7,7 +7,8 @@ it on the fit's `StatusBoard`, a small actor on the driver's node; a restarted w
 once, and the driver turns it into the user-facing error. The board is an actor, not a file in the run directory,
 so that a worker on another node reaches the driver whatever that node's disk holds, and it lives on the driver's
 node, so that losing a worker node loses none of it. Each worker also records its node, and rank 0 each start of
-the worker group: the report says on how many nodes a stage trained and how often its group restarted.
+the worker group: the report says on how many nodes a stage trained and how often its group restarted. Rank 0's
+per-epoch progress messages travel on the same actor (`progress.py`): one small actor per fit, not two.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class _Board:
         self.marks: set[str] = set()
         self.nodes: dict[int, str] = {}
         self.starts = 0
+        self.messages: list[dict] = []  # progress, in the order rank 0 sent them
+
+    def put(self, msg: dict) -> None:
+        self.messages.append(msg)
+
+    def take(self) -> list[dict]:
+        out, self.messages = self.messages, []
+        return out
 
     def record(self, marker: str, message: str) -> None:
         self.failures.setdefault(marker, message)  # the first message says what happened
@@ -53,7 +62,7 @@ class _Board:
 
 
 def on_driver_node() -> dict[str, Any]:
-    """Actor options that pin a small driver-side actor (board, progress queue) to the driver's node."""
+    """Actor options that pin a small driver-side actor (the status board) to the driver's node."""
     node = ray.get_runtime_context().get_node_id()
     return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 

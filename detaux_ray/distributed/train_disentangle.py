@@ -39,7 +39,7 @@ def _train(config: dict) -> None:
     ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
     board = _Board(config, cfg, device) if rank == 0 else None  # TensorBoard (rank 0)
     if board and start_epoch:
-        send(config["progress"], resumed_after=start_epoch)
+        send(config["status"], resumed_after=start_epoch)
     # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
     # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
@@ -73,7 +73,7 @@ def _train(config: dict) -> None:
         if board:
             metrics |= board.epoch(model, epoch, means, betas, (picks / picks.sum().clamp_min(1e-12)).cpu().numpy())
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": global_step},
-                  rank, config["progress"], metrics["pairs"], means)
+                  rank, config["status"], metrics["pairs"], means)
     if board:
         board.writer.close()
 
@@ -156,11 +156,12 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
     name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
-    progress, board = Progress("disentangle", cfg.disentangle.epochs, "pairs"), StatusBoard()
+    board = StatusBoard()
+    progress = Progress("disentangle", cfg.disentangle.epochs, "pairs", board)
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
         "status": board.handle, "driver_node": board.driver_node, "probe": probe,
-        "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name), "progress": progress.queue}, cfg, name, storage)
+        "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)}, cfg, name, storage)
     try:
         try:
             result = fit_interruptible(trainer, progress)

@@ -42,7 +42,7 @@ def _train(config: dict) -> None:
     if learner is not None and state:
         learner.load_state_dict(state["learner"])
     if rank == 0 and start_epoch:
-        send(config["progress"], resumed_after=start_epoch)
+        send(config["status"], resumed_after=start_epoch)
     ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
     tasks = list(config["n_classes"]) if kind not in ("stl", *LEARNERS) else ["principal"]
     weights = model.loss_weights if hasattr(model, "loss_weights") else {
@@ -86,7 +86,7 @@ def _train(config: dict) -> None:
             _log_epoch(writer, model, metrics, learner, meta, x, targets["principal"], epoch)
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                             **({"learner": learner.state_dict()} if learner is not None else {})},
-                  rank, config["progress"], n_batches * m.batch_size * w.world,
+                  rank, config["status"], n_batches * m.batch_size * w.world,
                   {k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "train_loss"})
     if writer:
         writer.close()
@@ -120,7 +120,7 @@ def _log_epoch(writer: SummaryWriter, model: torch.nn.Module, metrics: dict, lea
         if name.endswith("accuracy") or name in ("train_loss", "lr"):
             writer.add_scalar(name, value, epoch)
     for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
-        writer.add_scalar(f"log_sigma2_{task}", float(log_var), epoch)
+        writer.add_scalar(f"log_sigma2_{task}", float(log_var.detach()), epoch)
     if learner is not None:
         for k, v in meta.items():
             writer.add_scalar(k, sum(v) / len(v), epoch)
@@ -174,11 +174,12 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
     if meta_table is not None:
         datasets["meta"] = row_stream(meta_table, cache, res.data_cpus)
     t0 = time.time()
-    progress, board = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images"), StatusBoard()
+    board = StatusBoard()
+    progress = Progress(f"mtl:{label or kind}", cfg.mtl.epochs, "images", board)
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "kind": kind, "n_classes": n_classes, "tb_dir": str(tb_dir),
         "status": board.handle, "driver_node": board.driver_node,
-        "has_val": val_table is not None, "run_path": run_path(storage, name), "progress": progress.queue,
+        "has_val": val_table is not None, "run_path": run_path(storage, name),
         "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)
     try:

@@ -170,12 +170,10 @@ def fit_interruptible(trainer: Any, progress: Progress | None = None) -> Any:
     try:
         wait_interruptibly(lambda: t.join(0.5) or t.is_alive())
     finally:
-        # Also on Ctrl-C: a printer left polling while Ray shuts down prints the queue actor's death (a CI run).
+        # Also on Ctrl-C: a printer left polling while Ray shuts down prints the board actor's death (a CI run).
         done.set()
         if printer is not None:
             printer.join(timeout=5)
-    if printer is not None:
-        progress.close()
     if "error" in box:
         raise box["error"]
     return box["result"]

@@ -8,44 +8,49 @@ def test_epoch_lines_reach_the_driver_once_in_order(ray_session, capsys):
     import ray
 
     from detaux_ray.distributed.progress import Progress, send
+    from detaux_ray.distributed.status import StatusBoard
 
-    progress = Progress("disentangle", 4, "pairs")
+    board = StatusBoard()
+    progress = Progress("disentangle", 4, "pairs", board)
 
     @ray.remote(num_cpus=0.1)
-    def rank0(queue):  # what a training worker does, from another process
-        send(queue, resumed_after=1)
+    def rank0(board):  # what a training worker does, from another process
+        send(board, resumed_after=1)
         for epoch in (1, 2):
-            send(queue, epoch=epoch, epoch_time_s=2.0 * epoch, items=1000, values={"total": 0.5 / epoch})
+            send(board, epoch=epoch, epoch_time_s=2.0 * epoch, items=1000, values={"total": 0.5 / epoch})
 
     done = threading.Event()
     printer = threading.Thread(target=progress.follow, args=(done, 0.05))
     printer.start()
-    ray.get(rank0.remote(progress.queue))
+    ray.get(rank0.remote(board.handle))
     done.set()
     printer.join()
-    progress.close()
+    board.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["[disentangle] resuming after epoch 1/4 (the newest checkpoint)",
                      "[disentangle] epoch 2/4 total=0.5 | 500 pairs/s | ETA 4s",  # 2 epochs left x 2 s
                      "[disentangle] epoch 3/4 total=0.25 | 250 pairs/s | ETA 3s"]  # 1 left x mean(2 s, 4 s)
-    send(None, epoch=0)  # no queue (e.g. a rank other than 0 is never given one): nothing happens
+    send(None, epoch=0)  # no board: nothing happens
+    send(board.handle, epoch=0)  # a board that is gone (the driver ended): nothing happens either
 
 
-def test_printer_ends_quietly_when_the_queue_dies_under_it(ray_session):
-    """After a Ctrl-C the queue actor dies with the driver while the printer still polls (a CI run printed the
+def test_printer_ends_quietly_when_the_board_dies_under_it(ray_session):
+    """After a Ctrl-C the board actor dies with the driver while the printer still polls (a CI run printed the
     actor's death as a thread traceback): the printer stops without raising."""
     import ray
 
     from detaux_ray.distributed.progress import Progress
+    from detaux_ray.distributed.status import StatusBoard
 
-    progress = Progress("disentangle", 2, "pairs")
+    board = StatusBoard()
+    progress = Progress("disentangle", 2, "pairs", board)
     errors = []
     threading.excepthook, previous = (lambda args: errors.append(args.exc_value)), threading.excepthook
     try:
         done = threading.Event()
         printer = threading.Thread(target=progress.follow, args=(done, 0.05))
         printer.start()
-        ray.kill(progress.queue.actor)
+        ray.kill(board.handle)
         printer.join(timeout=30)
     finally:
         threading.excepthook = previous
