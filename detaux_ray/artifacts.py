@@ -153,6 +153,24 @@ def check_writable_dir(path: Path, what: str = "run directory") -> None:
         raise RunDirError(f"cannot write to {what} {path}: {exc.strerror or exc}") from None
 
 
+def check_writable_storage(uri: str, what: str = "resources.storage_path") -> None:
+    """Write and delete a small object under a storage URI (s3://, gs://): a missing bucket, a refused key or a
+    read-only role is one RunDirError before any training, not a failed upload after the first epoch."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    try:
+        fs, inner = pafs.FileSystem.from_uri(uri)
+        probe = f"{inner.rstrip('/')}/{_tmp_prefix('write-check')}{uuid.uuid4().hex[:8]}"
+        with fs.open_output_stream(probe) as out:
+            out.write(b"")
+        fs.delete_file(probe)
+    except (OSError, ValueError) as exc:  # pyarrow: OSError from the store, ArrowInvalid (ValueError) for the URI
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunDirError(f"{what}={uri} is not writable: {first}") from None
+
+
 def clean_stale_temporaries(folder: Path) -> list[str]:
     """Tidy what a killed process of this host left in `folder`: its temporary files and staging folders
     (.<name>.tmp-<host>-<pid>-*) are removed; a stage it had moved aside to replace it (.<name>.old-...) is put

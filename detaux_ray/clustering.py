@@ -67,12 +67,12 @@ def label_by_neighbours(fit_x: np.ndarray, fit_labels: np.ndarray, x: np.ndarray
 
 
 def _hdbscan_cpu(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx: np.ndarray | None,
-                 predict: str = "knn", knn_k: int = 10) -> np.ndarray:
+                 predict: str = "knn", knn_k: int = 10, n_jobs: int = 1) -> np.ndarray:
     import hdbscan
 
     fit_x = x if fit_idx is None else x[fit_idx]
     clf = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
-                          prediction_data=fit_idx is not None and predict == "approximate", core_dist_n_jobs=1)
+                          prediction_data=fit_idx is not None and predict == "approximate", core_dist_n_jobs=n_jobs)
     clf.fit(fit_x)
     if fit_idx is None:
         return clf.labels_.astype(np.int64)
@@ -85,21 +85,27 @@ def _hdbscan_cpu(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx
     return labels
 
 
-def _hdbscan_cuml(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx: np.ndarray | None) -> np.ndarray:
-    # Written against cuML's documented API (cuml.cluster.hdbscan); min_samples must be in [1, 1023].
+def _hdbscan_cuml(x: np.ndarray, min_cluster_size: int, min_samples: int, fit_idx: np.ndarray | None,
+                  predict: str = "knn", knn_k: int = 10) -> np.ndarray:
+    # Written against cuML's documented API (cuml.cluster.hdbscan); min_samples must be in [1, 1023]. The rest of
+    # the points are labelled as on the CPU: by discover.predict.
     import cupy as cp
     from cuml.cluster import hdbscan as cu_hdbscan
 
     xg = cp.asarray(x, dtype=cp.float32)
     fit_x = xg if fit_idx is None else xg[cp.asarray(fit_idx)]
     clf = cu_hdbscan.HDBSCAN(min_cluster_size=min_cluster_size, min_samples=int(min(max(min_samples, 1), 1023)),
-                             prediction_data=fit_idx is not None)
+                             prediction_data=fit_idx is not None and predict == "approximate")
     clf.fit(fit_x)
+    fitted = cp.asnumpy(cp.asarray(clf.labels_)).astype(np.int64)
     if fit_idx is None:
-        return cp.asnumpy(cp.asarray(clf.labels_)).astype(np.int64)
-    labels, _ = cu_hdbscan.approximate_predict(clf, xg)
-    labels = cp.asnumpy(cp.asarray(labels)).astype(np.int64)
-    labels[fit_idx] = cp.asnumpy(cp.asarray(clf.labels_))
+        return fitted
+    if predict == "approximate":
+        labels, _ = cu_hdbscan.approximate_predict(clf, xg)
+        labels = cp.asnumpy(cp.asarray(labels)).astype(np.int64)
+    else:
+        labels = label_by_neighbours(x[fit_idx], fitted, x, knn_k)
+    labels[fit_idx] = fitted
     return labels
 
 
@@ -125,8 +131,9 @@ def choose_n_clusters(x: np.ndarray, seed: int, max_clusters: int, init: str = "
     return max(scores, key=scores.get), scores
 
 
-def cluster(x: np.ndarray, cfg: DiscoverConfig, seed: int) -> ClusterResult:
-    """Cluster embeddings x (N, d) with cfg.clusterer; raise SingleClusterError if fewer than 2 clusters."""
+def cluster(x: np.ndarray, cfg: DiscoverConfig, seed: int, n_jobs: int = 1) -> ClusterResult:
+    """Cluster embeddings x (N, d) with cfg.clusterer; raise SingleClusterError if fewer than 2 clusters.
+    n_jobs: processes for hdbscan's core distances on the CPU (the labels do not depend on it)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     fit_idx = _subsample(n, cfg.fit_subsample, seed)
@@ -140,10 +147,11 @@ def cluster(x: np.ndarray, cfg: DiscoverConfig, seed: int) -> ClusterResult:
             raise ConfigError("discover.backend=cuml but cuML is not importable or no GPU is visible; "
                               "install the 'gpu' extra on a GPU machine or use backend=auto")
         if use_cuml:
-            raw = _hdbscan_cuml(x, min_cluster_size, cfg.min_samples, fit_idx)
+            raw = _hdbscan_cuml(x, min_cluster_size, cfg.min_samples, fit_idx, cfg.predict, cfg.knn_k)
         else:
-            raw = _hdbscan_cpu(x, min_cluster_size, cfg.min_samples, fit_idx, cfg.predict, cfg.knn_k)
-            params.update(predict=cfg.predict if fit_idx is not None else "none")
+            raw = _hdbscan_cpu(x, min_cluster_size, cfg.min_samples, fit_idx, cfg.predict, cfg.knn_k, n_jobs)
+            params.update(n_jobs=n_jobs)
+        params.update(predict=cfg.predict if fit_idx is not None else "none")
         method = f"hdbscan[{'cuml' if use_cuml else 'cpu'}]"
         has_noise = bool((raw < 0).any())
         n_clusters = int(raw.max()) + 1 if (raw >= 0).any() else 0

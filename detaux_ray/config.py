@@ -109,7 +109,7 @@ class DiscoverConfig:
     max_clusters: int = 20  # n_clusters = 0: the largest number of auxiliary classes considered
     meanshift_quantile: float = 0.1
     fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction
-    predict: str = "knn"  # how the rest is labelled on CPU: "knn" (KD-tree vote) or "approximate" (hdbscan's)
+    predict: str = "knn"  # how the rest is labelled (CPU and cuML): "knn" (KD-tree vote) or "approximate" (hdbscan's)
     knn_k: int = 10
     dead_subspace_frac: float = 0.01  # subspaces with variance below this fraction of the largest are skipped
     n_auxiliary: int = 1  # auxiliary tasks: one per best subspace (the paper uses 1; more is its future work)

@@ -220,14 +220,18 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
     )
 
 
+Clusterer = Callable[[np.ndarray, DiscoverConfig, int], ClusterResult]  # (points, config, seed) -> labels
+
+
 def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, principal: np.ndarray,
                          factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print,
-                         labelled: np.ndarray | None = None) -> tuple[ClusterResult, Diagnostics]:
+                         labelled: np.ndarray | None = None, clusterer: Clusterer = cluster) -> tuple[ClusterResult, Diagnostics]:
     """Cluster the points x (N, d) with discover.clusterer and diagnose the labels against the principal task and
-    the known factors, on the `labelled` rows (all when None)."""
+    the known factors, on the `labelled` rows (all when None). `clusterer` runs `clustering.cluster` here or
+    elsewhere (the pipeline: a Ray task where the GPU or the cores are)."""
     say(f"{what}: clustering {len(x)} points with {disc.clusterer}")
     t0 = time.time()
-    result = cluster(x, disc, seed)
+    result = clusterer(x, disc, seed)
     say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
         f"in {time.time() - t0:.1f}s")
     lab = slice(None) if labelled is None else np.asarray(labelled, bool)
@@ -245,7 +249,8 @@ def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
 
 def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: str, principal: np.ndarray,
              factors: dict[str, np.ndarray], cfg: Config, out: Path, title: str = "",
-             say: Callable[[str], None] = print, labelled: np.ndarray | None = None) -> DiscoverResult:
+             say: Callable[[str], None] = print, labelled: np.ndarray | None = None,
+             clusterer: Clusterer = cluster) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
     discover.n_auxiliary of them by discover.criterion (or, with discover.space=ica, the independent components of
     lowest kurtosis of the nuisance latent), cluster each into an auxiliary task, and write
@@ -254,7 +259,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
 
     `labelled` (N,) bool marks the rows whose principal label is known (data.labelled_frac): every row is clustered
     and labelled; the scores, diagnostics and scorecard that need the principal read the labelled rows only, and
-    labels.parquet gives the others principal = -1."""
+    labels.parquet gives the others principal = -1. `clusterer`: see `cluster_and_diagnose`."""
     d, disc = cfg.disentangle, cfg.discover
     lab = slice(None) if labelled is None else np.asarray(labelled, bool)  # a slice: no copies when all are labelled
     pl, fl = principal[lab], {f: v[lab] for f, v in factors.items()}
@@ -282,7 +287,8 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         where = [(j, None, None) for j in chosen]
         what = [f"subspace {j} (criterion {disc.criterion})" for j in chosen]
     for task, x, (j, c, load), label in zip(auxiliary_tasks(disc.n_auxiliary), points, where, what):
-        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, labelled)
+        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, labelled,
+                                            clusterer)
         columns[task] = result.labels
         tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
     write_with(out / "labels.parquet", lambda p: pq.write_table(pa.table(columns), p))

@@ -165,3 +165,10 @@ def test_label_efficiency_bench_small(tmp_path):
     assert low["n_labelled"] == round(0.2 * low["n_train"])
     assert all(len(r[k]["accuracy"]) == 2 for r in out["rows"] for k in ("stl", "mtl"))
     assert (tmp_path / "label_efficiency.png").stat().st_size > 0 and "| 0.2 |" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_store_reads_bench_small():
+    out = _run("bench/store_reads.py", "--images", "32", "--rounds", "1", "--batch", "16")
+    assert set(out["images_per_s"]) == {"local_1", f"local_{out['threads']}", "s3_1", f"s3_{out['threads']}"}
+    assert min(out["images_per_s"].values()) > 0 and out["ratio_s3"] > 0

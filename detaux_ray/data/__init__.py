@@ -176,6 +176,8 @@ def _load(cfg: DataConfig, seed: int):
     from . import formats
     from .shapes import load_shapes
 
+    if cfg.dataset not in GENERATED:
+        formats.check_location(cfg.path)
     size, rs = cfg.image_size, cfg.resize
     loaders = {
         "shapes": lambda: load_shapes(size, cfg.noise, seed, cfg.heldout_hues),

@@ -1,14 +1,21 @@
-"""Stage 2 on Ray Data: embed every training image with the stage-1 model in a pool of up to `n_actors` actors
-(the pipeline gives it as many as training workers), project on all subspaces; the choice of subspace, the
-clustering and the diagnostics are the core's (`detaux_ray.discovery`)."""
+"""Stage 2 on Ray: embed every training image with the stage-1 model in a pool of up to `n_actors` Ray Data actors
+(the pipeline gives it as many as training workers), project on all subspaces; then cluster as a Ray task placed
+where the accelerator or the cores are (`remote_clusterer`). The choice of subspace, the clustering itself and the
+diagnostics are the core's (`detaux_ray.discovery`, `detaux_ray.clustering`)."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
+from ..clustering import ClusterResult, cluster
+from ..config import DiscoverConfig, ResourcesConfig
+from ..errors import DetauxError
 from ..models import DisentangleAE, autocast, to_device, to_float_images
 from .streams import ImageCache, gather, table_dataset
 
@@ -48,3 +55,34 @@ def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_d
     order = np.argsort(r)  # streaming may reorder blocks; restore the rows' order
     pos = np.searchsorted(r[order], rows)
     return s[order][pos].reshape(len(rows), k, -1)
+
+
+def _cluster_task(x: np.ndarray, disc: DiscoverConfig, seed: int) -> ClusterResult:
+    # hdbscan's core distances on every CPU this task holds; on a GPU node cuML is found there (backend=auto)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return cluster(x, disc, seed, n_jobs=max(1, math.ceil(cpus)))
+
+
+def cluster_task_resources(res: ResourcesConfig) -> dict:
+    """One GPU when training had GPUs (cuML there); else the CPUs training held, which are free once it ended, at
+    most one node's: a clustering task runs on one node."""
+    if res.use_gpu:
+        return {"num_gpus": 1, "num_cpus": 1}
+    node_cpus = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]), default=1.0)
+    return {"num_cpus": min(res.num_workers * res.cpus_per_worker, node_cpus)}
+
+
+def remote_clusterer(res: ResourcesConfig) -> Callable[[np.ndarray, DiscoverConfig, int], ClusterResult]:
+    """`clustering.cluster` as a Ray task with `cluster_task_resources(res)`; our own errors (one cluster, a bad
+    backend) come back as themselves, not as Ray's wrapped traceback."""
+    task = ray.remote(_cluster_task).options(**cluster_task_resources(res), max_retries=0)
+
+    def run(x: np.ndarray, disc: DiscoverConfig, seed: int) -> ClusterResult:
+        try:
+            return ray.get(task.remote(x, disc, seed))
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, DetauxError):
+                raise exc.cause from None
+            raise
+
+    return run

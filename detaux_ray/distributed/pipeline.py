@@ -24,6 +24,7 @@ import yaml
 from ..artifacts import (
     RunLock,
     check_writable_dir,
+    check_writable_storage,
     clean_stale_temporaries,
     copy_file,
     load_torch,
@@ -46,7 +47,7 @@ from ..mtl import UNLABELLED
 from ..report import write_report
 from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
 from . import train_disentangle, train_mtl
-from .embed import embed
+from .embed import embed, remote_clusterer
 from .logs import filter_forwarded_logs, quiet_env, silence_worker_logs
 from .streams import ImageCache, SourceImages, images_for
 from .trainer import fits_held, run_concurrently
@@ -151,6 +152,10 @@ class Pipeline:
         self._lock.acquire()  # a second run on this run dir exits 6 naming the holder
         if self.stage_store is not None:
             check_writable_dir(self.stage_store, "stage store")
+        if "://" in self.storage:  # Ray Train's checkpoints in a bucket: fail now, not at the first upload
+            check_writable_storage(self.storage)
+        elif self.cfg.resources.storage_path:
+            check_writable_dir(Path(self.storage), "resources.storage_path")
         for folder in [self.run_dir] + ([self.stage_store / s for s in ("disentangle", "discover", "mtl")] if self.stage_store else []):
             removed = clean_stale_temporaries(folder) if folder.is_dir() else []
             if removed:
@@ -276,7 +281,7 @@ class Pipeline:
         s = self._embed(self._stage1_model())
         return discover(s, rows, src.native_ids(rows), src.principal_name, src.principal[rows], self._factors(rows),
                         self.cfg, out, title=f"{src.name}: probe score per subspace (0 = chance, 1 = perfect)", say=_say,
-                        labelled=src.is_labelled()[rows])
+                        labelled=src.is_labelled()[rows], clusterer=remote_clusterer(self.cfg.resources))
 
     def _stage1_model(self) -> dict:
         """Stage 1's model.pt, only from a stage folder complete for this config and dataset (its checksum too)."""
@@ -381,7 +386,8 @@ class Pipeline:
         z = self._embed(res["model"]).sum(axis=1)
         rows, known = src.train_rows(), src.is_labelled()[src.train_rows()]
         result, diag = cluster_and_diagnose(z, cfg.discover, cfg.seed, src.principal[rows], self._factors(rows),
-                                            "entangled ablation: the plain autoencoder's latent", _say, known)
+                                            "entangled ablation: the plain autoencoder's latent", _say, known,
+                                            remote_clusterer(cfg.resources))
         train = pa.table({"row": rows, "principal": np.where(known, src.principal[rows], UNLABELLED),
                           "auxiliary": result.labels})
         write_with(out / "entangled_labels.parquet", lambda p: pq.write_table(train, p))
