@@ -132,7 +132,7 @@ class LocalCluster:
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
+        proc.wait(timeout=10)  # `ray start --block` stops its processes on SIGTERM; after 10 s they are killed
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:

@@ -1,6 +1,7 @@
-"""End to end on a real local Ray: a diverged run keeps its checkpoint; the rerun resumes, survives a killed
-training worker (stage 1 on 2 DDP workers) and finishes with the labels of an uninterrupted stage 1; every model,
-the seeds and the ablation; a third run reuses every stage; a single-cluster discovery stops before MTL."""
+"""End to end on a real local Ray, as scenarios over a few shared runs (`Runs`): a diverged run keeps its
+checkpoint; the rerun resumes, survives a killed training worker (stage 1 on 2 DDP workers) and finishes with the
+labels of an uninterrupted stage 1; the seeds; every model and the ablation; a third run reuses every stage; a
+single-cluster discovery stops before MTL. Then bad input, changed data, locks and few labels."""
 
 import json
 import shutil
@@ -39,20 +40,63 @@ def scalars(tb_dir, tag):
     return steps, tags
 
 
-@pytest.mark.slow
-def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    assert run(run_dir, "debug.nan_epoch=1") == 5
-    assert "non-finite in epoch 1" in capsys.readouterr().err
-    assert not (run_dir / "disentangle").exists() and not (run_dir / "report.json").exists()
-    assert list((run_dir / "checkpoints").glob("disentangle-*/checkpoint_*"))  # the last good one (epoch 0)
+class Runs:
+    """The end-to-end runs the scenarios below read, each made once per module, in this order:
 
-    # 2. Rerun: stage 1 resumes at epoch 1, loses rank 0 mid-epoch, restarts from the checkpoint and completes
-    #    with exactly the steps of an uninterrupted run; then discovery and STL / MTL-HPS.
-    assert run(run_dir, "debug.kill_at=disentangle:1:2") == 0
+    1. `run`: stage 1 diverges in epoch 1 (exit 5); the rerun resumes at epoch 1, loses rank 0 mid-epoch (stage 1
+       on 2 DDP workers), restarts from the checkpoint and completes; then discovery, STL and MTL-HPS over 2 seeds.
+    2. `reference`: a fresh, uninterrupted stage 1 that stops after it (a single-cluster discovery: exit 4).
+    3. `between`: a copy of `reference` (interrupted between stages) finished with every stage-3 model.
+    """
+
+    def __init__(self, base: Path):
+        self.base, self.out, self.err = base, {}, {}
+
+    def make(self, name: str, *extra: str, copy_of: str | None = None) -> int:
+        import contextlib
+        import io
+
+        if copy_of is not None:
+            shutil.copytree(self.base / copy_of, self.base / name)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(self.base / name, *extra)
+        self.out[name], self.err[name] = self.out.get(name, "") + out.getvalue(), self.err.get(name, "") + err.getvalue()
+        return code
+
+
+@pytest.fixture(scope="module")
+def runs(ray_session, tmp_path_factory):
+    r = Runs(tmp_path_factory.mktemp("pipeline"))
+    r.codes = {"nan": r.make("run", "debug.nan_epoch=1")}
+    r.after_nan = {"stage": (r.base / "run" / "disentangle").exists(), "report": (r.base / "run" / "report.json").exists(),
+                   "checkpoints": bool(list((r.base / "run" / "checkpoints").glob("disentangle-*/checkpoint_*")))}
+    r.codes["resumed"] = r.make("run", "debug.kill_at=disentangle:1:2", "mtl.seeds=2")
+    r.codes["reference"] = r.make("reference", "discover.clusterer=kmeans", "discover.n_clusters=1")
+    return r
+
+
+@pytest.mark.slow
+def test_a_diverged_stage_1_stops_with_exit_5_and_keeps_its_last_good_checkpoint(runs):
+    assert runs.codes["nan"] == 5 and "non-finite in epoch 1" in runs.err["run"]
+    assert runs.after_nan == {"stage": False, "report": False, "checkpoints": True}  # epoch 0's checkpoint only
+
+
+@pytest.mark.slow
+def test_the_rerun_resumes_through_a_lost_worker_with_the_steps_of_an_uninterrupted_run(runs):
+    run_dir = runs.base / "run"
+    assert runs.codes["resumed"] == 0, runs.err["run"][-3000:]
     m1 = json.loads((run_dir / "disentangle" / "manifest.json").read_text())
     assert m1["epochs"] == 2 and m1["steps"] == 2 * (256 // 2 // 32)
     assert m1["restarts"] == 1 and m1["nodes"] == 1  # the lost rank 0, counted on the fit's status board
+    assert "stage 1 on 1 node, its worker group restarted 1 time(s)" in (run_dir / "report.md").read_text()
+    steps, _ = scalars(run_dir / "tensorboard" / "disentangle", "loss/total")
+    assert sorted(steps) == [0, 1]  # epoch 0 from the first run, epoch 1 from the resumed one: nothing redone
+
+
+@pytest.mark.slow
+def test_a_finished_run_has_its_report_scorecard_artifacts_and_tensorboard(runs):
+    run_dir = runs.base / "run"
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("stl_accuracy", "mtl_accuracy", "nmi_principal_aux", "ami_principal_aux", "n_aux_classes"):
         assert isinstance(report[key], (int, float))
@@ -62,7 +106,6 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert report["subspace_criterion"] == "calinski" and report["chosen_subspace"] in (1, 2)
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# Detaux run report") and "## Stage 1 scorecard" in md and "![scorecard](scorecard.png)" in md
-    assert "stage 1 on 1 node, its worker group restarted 1 time(s)" in md
     for f in ("disentangle/model.pt", "discover/labels.parquet", "discover/embeddings.parquet", "discover/subspaces.parquet",
               "discover/diagnostics.json", "discover/scorecard.png", "scorecard.png", "mtl/results.json"):
         assert (run_dir / f).is_file(), f
@@ -75,33 +118,47 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     assert sub.column_names == ["id", "subspace_0", "subspace_1", "subspace_2"] and sub.num_rows == lab.num_rows
     assert sub.column("id").to_pylist() == lab.column("id").to_pylist()  # shapes: the combination index
     assert sub.schema.field("subspace_1").type.list_size == 10
-    steps, tags = scalars(run_dir / "tensorboard" / "disentangle", "loss/total")
-    assert sorted(steps) == [0, 1]  # epoch 0 from the first run, epoch 1 from the resumed one: nothing redone
+    _, tags = scalars(run_dir / "tensorboard" / "disentangle", "loss/total")
     assert {"loss/rec", "loss/prin", "loss/dist", "loss/spar", "loss/cons", "loss/reg", "beta/beta1",
             "oracle/pick_subspace_0", "reconstruction", "latent_traversal", "scorecard/principal_in_alpha",
             "scorecard/scale/subspace_0", "scorecard/wall_hue/subspace_2"} <= tags
     for model in ("stl", "hps"):  # one TensorBoard run per model, the same tags: the curves overlay
         assert "test_principal_accuracy" in scalars(run_dir / "tensorboard" / "mtl" / model, "")[1]
-    labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
 
-    # An uninterrupted stage 1 gives the very same auxiliary labels: the resumed training retraced it exactly. The
-    # reference run stops after stage 1 (a single-cluster discovery: exit 4, nothing written after stage 1); the
-    # next run discovers on its stage 1 with the default clusterer.
-    reference = tmp_path / "reference"
-    assert run(reference, "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
+
+@pytest.mark.slow
+def test_every_model_runs_over_two_seeds_with_a_welch_test_against_stl(runs):
+    r = json.loads((runs.base / "run" / "report.json").read_text())
+    seeds = r["seeds"]
+    assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
+    assert seeds["accuracy"]["mtl"][0] == r["models"]["mtl"]["test_principal_accuracy"] and "p_value" in seeds
+    assert set(seeds["models"]) == {"stl", "mtl"} and "p_value" in seeds["models"]["mtl"]
+    assert "Welch t-test" in (runs.base / "run" / "report.md").read_text()
+    assert "test_principal_accuracy" in scalars(runs.base / "run" / "tensorboard" / "mtl" / "hps_seed1", "")[1]
+
+
+@pytest.mark.slow
+def test_an_uninterrupted_stage_1_stops_at_one_cluster_with_nothing_after_it(runs):
+    reference = runs.base / "reference"
+    assert runs.codes["reference"] == 4 and "found 1 cluster" in runs.err["reference"]
     assert (reference / "disentangle" / "model.pt").is_file() and not (reference / "discover").exists()
 
-    # Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the same labels.
-    # It also discovers 2 auxiliary tasks, trains NDDR-CNN with uncertainty weighting and MTI-Net on all three
-    # tasks through the same Ray Train stage, the peers MAXL and AuxiLearn, NDDR and MTI on the principal alone (the
-    # controls), repeats every model over 2 seeds, and runs the entangled ablation, two fits at a time (2 x 0.25 +
-    # 0.25 CPUs each on the session's 2; the number of workers is part of the stage hash, their CPUs are not).
-    between = tmp_path / "between"
-    shutil.copytree(reference, between)
-    assert run(between, "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
-               "mtl.compare=[mti, maxl, auxilearn]", "mtl.controls=true", "mtl.seeds=2", "mtl.entangled_ablation=true", "mtl.meta_every=2",
-               "resources.cpus_per_worker=0.25") == 0
-    assert "[pipeline] 14 fits, 2 at a time" in capsys.readouterr().out  # 5 models + 2 controls x 2 seeds
+
+@pytest.mark.slow
+def test_every_stage_3_model_after_an_interruption_between_stages(runs):
+    """Interrupted between stages (stage 1 complete, nothing after it): the rerun finishes with the labels of the
+    resumed run (the resumed training retraced the uninterrupted one exactly). It also discovers 2 auxiliary tasks,
+    trains NDDR-CNN with uncertainty weighting and MTI-Net on all three tasks through the same Ray Train stage, the
+    peers MAXL and AuxiLearn, NDDR and MTI on the principal alone (the controls), and the entangled ablation, two
+    fits at a time (2 x 0.25 + 0.25 CPUs each on the session's 2; the number of workers is part of the stage hash,
+    their CPUs are not)."""
+    between = runs.base / "between"
+    code = runs.make("between", "mtl.model=nddr", "mtl.loss_weighting=uncertainty", "discover.n_auxiliary=2",
+                     "mtl.compare=[mti, maxl, auxilearn]", "mtl.controls=true", "mtl.entangled_ablation=true",
+                     "mtl.meta_every=2", "resources.cpus_per_worker=0.25", copy_of="reference")
+    assert code == 0, runs.err["between"][-3000:]
+    assert "[pipeline] 7 fits, 2 at a time" in runs.out["between"]  # 5 models + 2 controls
+    labels = pq.read_table(runs.base / "run" / "discover" / "labels.parquet").to_pydict()
     two = pq.read_table(between / "discover" / "labels.parquet").to_pydict()
     assert {k: two[k] for k in labels} == labels and len(set(two["auxiliary_1"])) == 4
     r = json.loads((between / "report.json").read_text())
@@ -118,19 +175,12 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     # The peers learn their own labels (C * psi classes), with their generator in the parameter count.
     assert r["models"]["maxl"]["auxiliary_classes"] == 8 * 5 and r["models"]["auxilearn"]["auxiliary_split_images"] > 0
     assert r["models"]["maxl"]["parameters"] > r["models"]["stl"]["parameters"] * 1.9
-    assert set(r["seeds"]["models"]) == {"stl", "mtl", "mti", "maxl", "auxilearn", "nddr_alone", "mti_alone"}
-    assert all("p_value" in v for k, v in r["seeds"]["models"].items() if k != "stl")
-    assert {k: v.get("control") for k, v in r["seeds"]["models"].items() if "p_vs_control" in v} == {
-        "mtl": "nddr_alone", "mti": "mti_alone"}
     assert all(0.0 <= m["test_principal_accuracy"] <= 1.0 and m["parameters"] > 0 for m in r["models"].values())
-    seeds = r["seeds"]
-    assert seeds["seeds"] == [0, 1] and len(seeds["accuracy"]["stl"]) == len(seeds["accuracy"]["mtl"]) == 2
-    assert seeds["accuracy"]["mtl"][0] == r["models"]["mtl"]["test_principal_accuracy"] and "p_value" in seeds
     assert r["entangled_ablation"]["ae_steps"] == 2 * (256 // 2 // 32)  # stage 1's 256 pairs per epoch, on two workers
     md = (between / "report.md").read_text()
-    assert "entangled-AE labels (ablation)" in md and "Welch t-test" in md and "MTL-MTI + Detaux" in md
+    assert "entangled-AE labels (ablation)" in md and "MTL-MTI + Detaux" in md
     assert "| MAXL (learned labels) |" in md and "| AuxiLearn (learned labels) |" in md
-    assert "| NDDR on the principal alone (control) | principal |" in md and "vs control: t | p |" in md
+    assert "| NDDR on the principal alone (control) | principal |" in md
     board = between / "tensorboard" / "mtl"
     assert {"log_sigma2_principal", "log_sigma2_auxiliary", "log_sigma2_auxiliary_1"} <= scalars(board / "nddr", "")[1]
     assert "test_principal_accuracy" in scalars(board / "mti", "")[1]
@@ -140,30 +190,36 @@ def test_pipeline_end_to_end(ray_session, tmp_path, capsys):
     for control in ("nddr_alone", "mti_alone"):  # the controls log apart from the models
         assert "test_principal_accuracy" in scalars(board / control, "")[1]
 
-    # 3. Third run: every stage reused, identical auxiliary labels; an artifact changed since it was written is
-    #    caught by its checksum and its stage recomputed (the same labels again).
-    capsys.readouterr()
-    assert run(run_dir) == 0
-    out = capsys.readouterr().out
-    assert out.count("already complete for this config") == 3
+
+@pytest.mark.slow
+def test_a_third_run_reuses_every_stage_and_recomputes_an_artifact_changed_since(runs):
+    run_dir = runs.base / "run"
+    labels = pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict()
+    before = len(runs.out["run"])
+    assert runs.make("run", "mtl.seeds=2") == 0
+    assert runs.out["run"][before:].count("already complete for this config") == 3
     assert pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict() == labels
     assert all(s["reused"] for s in json.loads((run_dir / "report.json").read_text())["stages"].values())
     (run_dir / "discover" / "labels.parquet").write_bytes(b"garbage")
-    assert run(run_dir) == 0
-    out = capsys.readouterr().out
+    before = len(runs.out["run"])
+    assert runs.make("run", "mtl.seeds=2") == 0
+    out = runs.out["run"][before:]
     assert "artifact labels.parquet changed since it was written (checksum mismatch); running it again" in out
     assert out.count("already complete for this config") == 2
     assert pq.read_table(run_dir / "discover" / "labels.parquet").to_pydict() == labels
 
-    # 4. A discovery that finds one cluster stops with its own exit code, before MTL, leaving no artifact.
-    #    The previous run's report and resolved config stay, and still describe the same run.
-    single = tmp_path / "single"
-    shutil.copytree(run_dir, single, ignore=shutil.ignore_patterns("discover", "mtl"))
-    assert run(single, "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
-    assert "found 1 cluster" in capsys.readouterr().err
-    assert not (single / "discover").exists() and not (single / "mtl").exists()
+
+@pytest.mark.slow
+def test_a_single_cluster_discovery_stops_before_mtl_and_keeps_the_previous_report(runs):
+    """A discovery that finds one cluster stops with its own exit code, before MTL, leaving no artifact; the
+    previous run's report and resolved config stay, and still describe the same run."""
     import yaml
 
+    single = runs.base / "single"
+    shutil.copytree(runs.base / "run", single, ignore=shutil.ignore_patterns("discover", "mtl"))
+    assert runs.make("single", "discover.clusterer=kmeans", "discover.n_clusters=1") == 4
+    assert "found 1 cluster" in runs.err["single"]
+    assert not (single / "discover").exists() and not (single / "mtl").exists()
     assert yaml.safe_load((single / "config.yaml").read_text()) == json.loads((single / "report.json").read_text())["config"]
 
 
