@@ -32,16 +32,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detaux_ray.clustering import label_by_neighbours  # noqa: E402
+from detaux_ray.discover.clustering import label_by_neighbours  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.data.shapes import ShapesRenderer  # noqa: E402
-from detaux_ray.discovery import choose_subspace, diagnostics, subspace_scores  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
-from detaux_ray.models import DisentangleAE, autocast, to_float_images  # noqa: E402
+from detaux_ray.discover.auxiliary import choose_subspace, diagnostics, subspace_scores  # noqa: E402
+from detaux_ray.disentangle.objective import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
+from detaux_ray.disentangle.models import DisentangleAE  # noqa: E402
+from detaux_ray.tensors import autocast, to_float_images  # noqa: E402
 from torch_clustering import kmeans_torch, label_by_neighbours_torch  # noqa: E402  (bench/, beside this script)
-from detaux_ray.pairs import sample_pairs  # noqa: E402
-from detaux_ray.scorecard import heatmap, scorecard  # noqa: E402
+from detaux_ray.disentangle.pairs import sample_pairs  # noqa: E402
+from detaux_ray.disentangle.scorecard import heatmap, scorecard  # noqa: E402
 
 TINY = ["data.image_size=16", "data.n_images=3000", "disentangle.k=3", "disentangle.latent_dim=4",
         "disentangle.batch_size=16", "discover.n_clusters=4"]

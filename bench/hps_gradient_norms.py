@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import detaux_ray.mtl as mtl  # noqa: E402
+import detaux_ray.mtl.models as mtl  # noqa: E402
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from mtl_study import train  # noqa: E402

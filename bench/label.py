@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from detaux_ray.clustering import label_by_neighbours  # noqa: E402
+from detaux_ray.discover.clustering import label_by_neighbours  # noqa: E402
 
 
 def blobs(n: int, d: int = 10, centres: int = 10, noise_frac: float = 0.05, seed: int = 0) -> np.ndarray:

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.models import to_float_images  # noqa: E402
-from detaux_ray.mtl import build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
+from detaux_ray.tensors import to_float_images  # noqa: E402
+from detaux_ray.mtl.models import build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 

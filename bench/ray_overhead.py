@@ -28,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
-from detaux_ray.models import to_float_images  # noqa: E402
-from detaux_ray.pairs import sample_pairs  # noqa: E402
+from detaux_ray.disentangle.objective import beta_schedule, build_model, detaux_loss, optimizer  # noqa: E402
+from detaux_ray.tensors import to_float_images  # noqa: E402
+from detaux_ray.disentangle.pairs import sample_pairs  # noqa: E402
 
 
 def plain_epoch_time(cfg, source, epoch: int) -> float:

@@ -29,16 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detaux_ray.clustering import cluster  # noqa: E402
+from detaux_ray.discover.clustering import cluster  # noqa: E402
 from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.discovery import (choose_subspace, component_scores, diagnostics, independent_components,  # noqa: E402
-                                  subspace_scores)
+from detaux_ray.discover.auxiliary import (choose_subspace, component_scores, diagnostics,  # noqa: E402
+                                           independent_components, subspace_scores)
 from detaux_ray.errors import SingleClusterError  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, build_model, detaux_loss, optimizer, optimizer_step  # noqa: E402
-from detaux_ray.models import DisentangleAE, to_float_images  # noqa: E402
-from detaux_ray.pairs import sample_pairs  # noqa: E402
-from detaux_ray.scorecard import scorecard  # noqa: E402
+from detaux_ray.disentangle.objective import (beta_schedule, build_model, detaux_loss, optimizer,  # noqa: E402
+                                              optimizer_step)
+from detaux_ray.disentangle.models import DisentangleAE  # noqa: E402
+from detaux_ray.tensors import to_float_images  # noqa: E402
+from detaux_ray.disentangle.pairs import sample_pairs  # noqa: E402
+from detaux_ray.disentangle.scorecard import scorecard  # noqa: E402
 
 
 @torch.no_grad()
@@ -111,6 +113,13 @@ def evaluate(cfg, model, images, src, rows, full: bool) -> dict:
     except SingleClusterError as e:  # a dead nuisance latent: the run's scorecard is still the finding
         out["discovery"]["error"] = str(e)
     return out
+
+
+def with_heads(d, heads: tuple[bool, bool]):
+    """d with the principal head and the adversary a continued run saved (heads = (head, adversary)), so that its
+    state loads; only the model's construction reads these weights' being zero or not."""
+    return replace(d, w_principal=(d.w_principal or 1.0) if heads[0] else 0.0,
+                   w_adversary=(d.w_adversary or 1.0) if heads[1] else 0.0)
 
 
 def param_names(model: DisentangleAE, d) -> list[str]:
@@ -193,7 +202,7 @@ def main() -> None:
     ap.add_argument("--leaky-projectors", type=float, default=0.0, help="experiment: LeakyReLU slope in the projectors")
     args = ap.parse_args()
     if args.leaky_projectors > 0:
-        from detaux_ray import models
+        from detaux_ray.disentangle import models
 
         slope = args.leaky_projectors
 
@@ -207,11 +216,11 @@ def main() -> None:
             return torch.einsum("bd,bde->be", h, self.w2[i]) + self.b2[i]
         models.Projectors.forward, models.Projectors.project_one = leaky_forward, leaky_one
     if args.rec_loss == "bce":
-        from detaux_ray import losses
+        from detaux_ray.disentangle import losses
 
         losses.reconstruction_loss = lambda x, x_rec: torch.nn.functional.binary_cross_entropy(x_rec, x)
     if args.decoder_output == "linear":
-        from detaux_ray import models
+        from detaux_ray.disentangle import models
 
         def linear_forward(self, z):
             return self.deconv(self.mlp(z).view(-1, self.c0, 4, 4))
@@ -229,7 +238,7 @@ def main() -> None:
     print(f"[{args.name}] {len(rows)} images in {time.time() - t0:.1f}s", flush=True)
     labels = torch.from_numpy(src.principal[rows])
     if args.rec_weight == "median":
-        from detaux_ray import losses
+        from detaux_ray.disentangle import losses
 
         sample = to_float_images(torch.from_numpy(images[np.random.default_rng([cfg.seed, 31]).permutation(len(images))[:2000]]))
         median = sample.median(dim=0).values  # (3, S, S)
@@ -243,7 +252,7 @@ def main() -> None:
     w_principal = d.formulation()[0]
     state = torch.load(args.resume, weights_only=False) if args.resume else None
     heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
-    model = build_model(d, cfg.data.image_size, src.n_principal_classes, heads).to(memory_format=torch.channels_last)
+    model = build_model(with_heads(d, heads), cfg.data.image_size, src.n_principal_classes).to(memory_format=torch.channels_last)
     opt = optimizer(model, d)
     n_pairs = d.pairs_per_epoch or len(rows)
     curve, step, first = [], 0, 0
@@ -252,8 +261,8 @@ def main() -> None:
         if model.alpha_encoder is not None and not any(n.startswith("alpha_encoder.") for n in saved):
             # A shared-encoder state continued with a private alpha encoder: f_alpha starts as a copy of the shared
             # encoder, weights and AdamW moments both, so at the first step nothing but the gradients' routing changed.
-            old_names = param_names(build_model(replace(d, alpha_encoder="shared"), cfg.data.image_size,
-                                                src.n_principal_classes, heads), d)
+            old_names = param_names(build_model(with_heads(replace(d, alpha_encoder="shared"), heads), cfg.data.image_size,
+                                                src.n_principal_classes), d)
             saved.update({"alpha_encoder." + n[len("encoder."):]: v.clone() for n, v in state["model"].items() if n.startswith("encoder.")})
             saved["alpha_index"], saved["alpha_width"] = model.alpha_index, model.alpha_width
             model.load_state_dict(saved)

@@ -2,7 +2,7 @@
 
 Reference: k projector MLPs in a Python loop (nn.ModuleList), oracle / L_dist / L_spar as loops over subspaces,
 and L_cons built from all k*bs swapped latents of which a random 2*bs subset is decoded, re-encoded and projected
-by a loop over projectors. Ours: detaux_ray.disentangle.detaux_loss (all k projectors as one batched einsum,
+by a loop over projectors. Ours: detaux_ray.disentangle.objective.detaux_loss (all k projectors as one batched einsum,
 vectorised terms, channels_last). Both start from the same weights, see the same batches and the same swapped
 (pair, subspace) couples; the script asserts they compute the same loss (relative 1e-5) before timing.
 
@@ -33,8 +33,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import DisentangleConfig  # noqa: E402
 from detaux_ray.data.shapes import N_COMBINATIONS, ShapesRenderer  # noqa: E402
-from detaux_ray.disentangle import Betas, detaux_loss  # noqa: E402
-from detaux_ray.models import DisentangleAE, autocast, to_device, to_float_images  # noqa: E402
+from detaux_ray.disentangle.objective import Betas, detaux_loss  # noqa: E402
+from detaux_ray.disentangle.models import DisentangleAE  # noqa: E402
+from detaux_ray.tensors import autocast, to_device, to_float_images  # noqa: E402
 
 
 class ReferenceAE(nn.Module):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import _model, _step, _sync  # noqa: E402
 
 from detaux_ray.config import load_config  # noqa: E402
-from detaux_ray.disentangle import beta_schedule, optimizer  # noqa: E402
+from detaux_ray.disentangle.objective import beta_schedule, optimizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

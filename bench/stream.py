@@ -118,8 +118,9 @@ def step_rate(batch: int, steps: int) -> float:
     import torch
 
     from detaux_ray.config import load_config
-    from detaux_ray.disentangle import beta_schedule, detaux_loss
-    from detaux_ray.models import DisentangleAE, set_torch_threads, to_float_images
+    from detaux_ray.disentangle.objective import beta_schedule, detaux_loss
+    from detaux_ray.disentangle.models import DisentangleAE
+    from detaux_ray.tensors import set_torch_threads, to_float_images
 
     set_torch_threads(0, 1)
     d = load_config("paper").disentangle  # k = 10, d = 10 at 64x64: the paper's stage 1

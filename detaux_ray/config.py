@@ -13,7 +13,7 @@ import yaml
 
 from .errors import ConfigError
 
-CRITERIA = ("l_dist", "dot", "cluster", "calinski")  # stage-2 subspace criteria (detaux_ray.discovery)
+CRITERIA = ("l_dist", "dot", "cluster", "calinski")  # stage-2 subspace criteria (detaux_ray.discover.auxiliary)
 CONFIG_DIR = Path(__file__).resolve().parent / "presets"  # package data, so a plain `pip install .` has them
 
 
@@ -96,7 +96,7 @@ class DiscoverConfig:
     # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
     criterion: str = "calinski"
     # What is clustered: ica (ours: the independent components of the live non-alpha subspaces together, the one of
-    # lowest kurtosis first; discovery.independent_components) | subspace (the paper: the chosen subspace). The
+    # lowest kurtosis first; discover.auxiliary.independent_components) | subspace (the paper: the chosen subspace). The
     # nuisance latent had few directions, each subspace a mixture of them: with the private alpha encoder the labels'
     # mean min(H, C) over six shapes seeds 0.83 against 0.51 (docs/studies/2026-11-28-stage1-study.md).
     space: str = "ica"
@@ -148,7 +148,7 @@ class MTLConfig:
     principal_weight: float = 1.0
     # 0.1: over seeds 0-2 with the cosine schedule, weight 0.5 made HPS learn the principal ~2 epochs later (same study)
     auxiliary_weight: float = 0.1
-    # maxl / auxilearn (detaux_ray/auxlearn.py): the label generator and its meta step.
+    # maxl / auxilearn (detaux_ray/mtl/auxlearn.py): the label generator and its meta step.
     psi: int = 5  # auxiliary sub-classes per principal class (MAXL's psi; C * psi auxiliary classes)
     meta_lr: float = 1e-3  # Adam learning rate of the label generator
     meta_alpha: float = 0.1  # MAXL's virtual SGD step / the Neumann series' step size (AuxiLearn)

@@ -97,7 +97,7 @@ def render_markdown(r: Report) -> str:
                          f"{t.diagnostics.nmi_principal_aux:.4f} | {t.diagnostics.best_factor} |")
     card = r.discover.scorecard
     if card:
-        from .scorecard import Scorecard
+        from .disentangle.scorecard import Scorecard
 
         sc = Scorecard.from_dict(card)
         sep = sc.principal_separation()
@@ -202,7 +202,7 @@ def _chosen(disc, first) -> str:
 
 def _dead(r) -> str:
     """The subspaces skipped for their tiny variance (discover.dead_subspace_frac), which the criterion never saw."""
-    from .discovery import dead_subspaces, nuisance_subspaces  # no sklearn unless there is a stage 2 to describe
+    from .discover.auxiliary import dead_subspaces, nuisance_subspaces  # no sklearn unless there is a stage 2 to describe
 
     frac = r.config.get("discover", {}).get("dead_subspace_frac", 0.0)
     alpha = r.config.get("disentangle", {}).get("principal_subspace", 0)

@@ -22,15 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import (
-    CONFIG_DIR,
-    Config,
-    config_from_dict,
-    load_config,
-    named_yaml,
-    parse_override,
-    read_yaml,
-)
+from .config import CONFIG_DIR, Config, config_from_dict, load_config, named_yaml, parse_override, read_yaml
 from .errors import ConfigError
 
 SEARCH_DIR = CONFIG_DIR / "search"

@@ -82,7 +82,7 @@ def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():
     from sklearn.datasets import make_blobs
     from sklearn.metrics import adjusted_rand_score
 
-    from detaux_ray.clustering import label_by_neighbours
+    from detaux_ray.discover.clustering import label_by_neighbours
 
     sys.path.insert(0, str(ROOT / "bench"))
     from torch_clustering import kmeans_torch, label_by_neighbours_torch

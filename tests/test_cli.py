@@ -126,7 +126,7 @@ def test_the_bad_input_table_names_tests_that_exist():
     import re
 
     doc = (ROOT / "docs" / "errors.md").read_text()
-    refs = re.findall(r"`((?:distributed/)?test_\w+\.py)(?:::(\w+))?`|`::(\w+)`", doc)
+    refs = re.findall(r"`((?:\w+/)?test_\w+\.py)(?:::(\w+))?`|`::(\w+)`", doc)
     assert len(refs) > 15
     current = None
     for file, func, func_only in refs:

@@ -3,19 +3,8 @@
 import json
 
 from detaux_ray.report import render_markdown
-from detaux_ray.results import (
-    STAGE_RESULTS,
-    Ablation,
-    AuxiliaryTask,
-    DatasetInfo,
-    Diagnostics,
-    DiscoverResult,
-    DisentangleResult,
-    FitResult,
-    MTLResult,
-    Report,
-    StageRun,
-)
+from detaux_ray.results import (STAGE_RESULTS, Ablation, AuxiliaryTask, DatasetInfo, Diagnostics, DiscoverResult,
+                                DisentangleResult, FitResult, MTLResult, Report, StageRun)
 from detaux_ray.statistics import seed_statistics
 
 

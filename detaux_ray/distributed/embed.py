@@ -1,7 +1,7 @@
 """Stage 2 on Ray: embed every training image with the stage-1 model in a pool of up to `n_actors` Ray Data actors
 (the pipeline gives it as many as training workers), project on all subspaces; then cluster as a Ray task placed
 where the accelerator or the cores are (`remote_clusterer`). The choice of subspace, the clustering itself and the
-diagnostics are the core's (`detaux_ray.discovery`, `detaux_ray.clustering`)."""
+diagnostics are the core's (`detaux_ray.discover.auxiliary`, `detaux_ray.discover.clustering`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import pyarrow as pa
 import ray
 import torch
 
-from ..clustering import ClusterResult, cluster
+from ..discover.clustering import ClusterResult, cluster
 from ..config import DiscoverConfig, ResourcesConfig
 from ..errors import DetauxError
-from ..models import DisentangleAE, autocast, to_device, to_float_images
+from ..disentangle.models import DisentangleAE
+from ..tensors import autocast, to_device, to_float_images
 from .streams import ImageCache, gather, table_dataset
 
 

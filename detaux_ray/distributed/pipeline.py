@@ -21,31 +21,20 @@ import ray
 import torch
 import yaml
 
-from ..artifacts import (
-    RunLock,
-    check_writable_dir,
-    check_writable_storage,
-    clean_stale_temporaries,
-    copy_file,
-    load_torch,
-    manifest,
-    read_manifest,
-    save_torch,
-    staging_dir,
-    verify_stage,
-    write_json,
-    write_text,
-    write_with,
-)
+from ..artifacts import (RunLock, check_writable_dir, check_writable_storage, clean_stale_temporaries, copy_file,
+                         load_torch, manifest, read_manifest, save_torch, staging_dir, verify_stage, write_json,
+                         write_text, write_with)
 from ..config import Config
 from ..data import ImageSource, build_source
-from ..discovery import auxiliary_tasks, cluster_and_diagnose, discover
-from ..disentangle import latent_traversal, traversal_figure
+from ..discover.auxiliary import auxiliary_tasks, cluster_and_diagnose, discover
+from ..disentangle.objective import latent_traversal, traversal_figure
 from ..errors import ConfigError, DataError, RunDirError
-from ..models import DisentangleAE, to_float_images
-from ..mtl import UNLABELLED
+from ..disentangle.models import DisentangleAE
+from ..tensors import to_float_images
+from ..mtl.models import UNLABELLED
 from ..report import write_report
-from ..results import STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report, StageRun
+from ..results import (STAGE_RESULTS, Ablation, DatasetInfo, DisentangleResult, DiscoverResult, FitResult, Report,
+                       StageRun)
 from . import train_disentangle, train_mtl
 from .embed import embed, remote_clusterer
 from .logs import filter_forwarded_logs, quiet_env, silence_worker_logs

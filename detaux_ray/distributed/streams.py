@@ -14,7 +14,7 @@ import ray
 
 from ..data import ImageSource
 from ..errors import DataError, find_data_error
-from ..pairs import sample_pairs
+from ..disentangle.pairs import sample_pairs
 
 CHUNK = 2048  # rows per object-store chunk
 

@@ -13,9 +13,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from ..config import Config
-from ..disentangle import beta_schedule, build_model, detaux_loss, latent_traversal, optimizer, optimizer_step
-from ..models import DisentangleAE, autocast, to_device, to_float_images
-from ..scorecard import heatmap, scorecard
+from ..disentangle.objective import (beta_schedule, build_model, detaux_loss, latent_traversal, optimizer,
+                                     optimizer_step)
+from ..disentangle.models import DisentangleAE
+from ..tensors import autocast, to_device, to_float_images
+from ..disentangle.scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send

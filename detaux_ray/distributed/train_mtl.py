@@ -13,11 +13,11 @@ import ray.train.torch
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from ..auxlearn import LEARNERS, AuxLabelLearner, build_learner
-from ..auxlearn import train_loss as learner_loss
+from ..mtl.auxlearn import LEARNERS, AuxLabelLearner, build_learner
+from ..mtl.auxlearn import train_loss as learner_loss
 from ..config import Config
-from ..models import autocast, count_parameters, to_float_images
-from ..mtl import build_mtl_model, learning_rate, make_optimizer, multitask_loss
+from ..tensors import autocast, count_parameters, to_float_images
+from ..mtl.models import build_mtl_model, learning_rate, make_optimizer, multitask_loss
 from ..results import FitResult
 from .checkpoints import resume, run_path
 from .faults import maybe_kill

@@ -20,7 +20,7 @@ from ray.train.torch import TorchTrainer
 from ..artifacts import save_torch
 from ..config import Config, ResourcesConfig, config_from_dict
 from ..errors import find_data_error
-from ..models import set_torch_threads
+from ..tensors import set_torch_threads
 from .logs import quiet_worker, train_log_level
 from .progress import Progress, send
 from .status import DATA_ERROR, DIVERGED, failed, joined, record

@@ -14,7 +14,7 @@ def _blobs(n=600, seed=0):
 
 
 def test_the_clustering_task_gives_the_drivers_labels_on_the_cpus_it_holds(ray_session):
-    from detaux_ray.clustering import cluster
+    from detaux_ray.discover.clustering import cluster
     from detaux_ray.distributed.embed import remote_clusterer
 
     x, disc = _blobs(), DiscoverConfig(clusterer="hdbscan", backend="cpu", min_cluster_frac=0.05, fit_subsample=300)

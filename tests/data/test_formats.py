@@ -23,9 +23,10 @@ def source_for(dataset, tmp_path, extra=()):
 
 @pytest.mark.parametrize("dataset", sorted(FORMATS))
 def test_format_streams_through_ray_data_into_stage1(ray_session, tmp_path, dataset):
-    from detaux_ray.disentangle import beta_schedule, detaux_loss
+    from detaux_ray.disentangle.objective import beta_schedule, detaux_loss
     from detaux_ray.distributed.streams import images_for, pair_stream, pair_table
-    from detaux_ray.models import DisentangleAE, to_float_images
+    from detaux_ray.disentangle.models import DisentangleAE
+    from detaux_ray.tensors import to_float_images
 
     cfg, src = source_for(dataset, tmp_path)
     assert len(src) > 0 and src.test_rows().size and src.train_rows().size and src.n_principal_classes >= 2
@@ -123,7 +124,7 @@ def test_parquet_runs_the_whole_pipeline_streamed(ray_session, tmp_path, capsys)
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "jobs"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
     import full_pipeline
 
     path = write_parquet(tmp_path)

@@ -1,48 +1,14 @@
+"""Stage 2's choices and labels (detaux_ray.discover.auxiliary): which subspace or component, the dead cut and its
+fallback, diagnostics against known factors, the labels every image gets."""
+
 import numpy as np
 import pytest
-from sklearn.metrics import adjusted_rand_score
 
-from detaux_ray.clustering import cluster
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discovery import (choose_subspace, component_scores, criterion_margin, dead_subspaces, diagnostics,
-                                  independent_components, rank_subspaces, subspace_scores)
+from detaux_ray.discover.auxiliary import (choose_subspace, component_scores, criterion_margin, dead_subspaces,
+                                           diagnostics, independent_components, rank_subspaces, subspace_scores)
+from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
-
-
-def blobs(n_per=300, centres=4, noise=40, seed=0):
-    rng = np.random.default_rng(seed)
-    c = rng.normal(0, 10, size=(centres, 3))
-    x = np.concatenate([c[i] + rng.normal(0, 0.3, size=(n_per, 3)) for i in range(centres)])
-    y = np.repeat(np.arange(centres), n_per)
-    x = np.concatenate([x, rng.uniform(-25, 25, size=(noise, 3))])
-    return x, np.concatenate([y, np.full(noise, -1)])
-
-
-@pytest.mark.parametrize("clusterer", ["hdbscan", "kmeans", "kmeans++", "meanshift"])
-def test_clusterers_recover_blobs(clusterer):
-    x, y = blobs()
-    res = cluster(x, DiscoverConfig(clusterer=clusterer, n_clusters=4, min_cluster_frac=0.05, meanshift_quantile=0.1), seed=0)
-    core = y >= 0
-    assert adjusted_rand_score(y[core], res.labels[core]) > 0.95
-    assert res.labels.min() == 0 and res.labels.max() == len(np.unique(res.labels)) - 1
-    if clusterer == "hdbscan":
-        assert res.method == "hdbscan[cpu]" and res.n_clusters == 4 and res.has_noise_label
-        assert res.labels[~core].max() == 4  # noise kept as its own, last label
-
-
-def test_hdbscan_subsample_then_predict_labels_every_point():
-    x, y = blobs(n_per=500)
-    res = cluster(x, DiscoverConfig(min_cluster_frac=0.05, fit_subsample=800), seed=0)
-    assert len(res.labels) == len(x) and res.params["n_fit"] == 800
-    assert adjusted_rand_score(y[y >= 0], res.labels[y >= 0]) > 0.95
-
-
-def test_single_cluster_is_an_error():
-    x = np.random.default_rng(0).normal(size=(500, 2))
-    with pytest.raises(SingleClusterError, match="found 1 cluster"):
-        cluster(x, DiscoverConfig(clusterer="kmeans", n_clusters=1), seed=0)
-    with pytest.raises(SingleClusterError, match="no MTL stage"):
-        cluster(x, DiscoverConfig(min_cluster_frac=0.45), seed=0)
 
 
 def test_diagnostics_on_known_labels():
@@ -169,7 +135,7 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
     import pyarrow.parquet as pq
 
     from detaux_ray.config import load_config
-    from detaux_ray.discovery import discover
+    from detaux_ray.discover.auxiliary import discover
     from detaux_ray.report import _chosen, _where
 
     s, y, factors = _mixed_latent(n=3000)
@@ -187,7 +153,7 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
 
 def test_more_auxiliary_tasks_than_independent_components_is_one_clear_error(tmp_path):
     from detaux_ray.config import load_config
-    from detaux_ray.discovery import discover
+    from detaux_ray.discover.auxiliary import discover
 
     s, y, factors = _mixed_latent(n=1500)  # three components
     cfg = load_config("quick", ["discover.space=ica", "discover.n_auxiliary=4"])
@@ -196,28 +162,9 @@ def test_more_auxiliary_tasks_than_independent_components_is_one_clear_error(tmp
     assert not (tmp_path / "labels.parquet").exists()
 
 
-def test_the_number_of_kmeans_clusters_is_chosen_from_the_data():
-    from detaux_ray.clustering import choose_n_clusters
-
-    rng = np.random.default_rng(0)
-    for centres in (3, 4, 7):  # on a circle: every two centres at least as far apart as neighbours
-        angle = 2 * np.pi * np.arange(centres) / centres
-        c = np.stack([10 * np.cos(angle), 10 * np.sin(angle), np.zeros(centres)], 1)
-        y = np.repeat(np.arange(centres), 200)
-        x = c[y] + rng.normal(0, 0.5, (len(y), 3))
-        assert choose_n_clusters(x, seed=0, max_clusters=12)[0] == centres
-        res = cluster(x, DiscoverConfig(clusterer="kmeans++", n_clusters=0, max_clusters=12), seed=0)
-        assert res.n_clusters == centres and res.params["n_clusters_chosen_by"] == "silhouette"
-        assert adjusted_rand_score(y, res.labels) > 0.99
-    one_d = np.repeat(np.arange(5.0), 200)[:, None] + np.random.default_rng(0).normal(0, 0.05, (1000, 1))
-    assert choose_n_clusters(one_d, seed=0, max_clusters=20)[0] == 5  # a 1-D factor with five levels
-    with pytest.raises(SingleClusterError, match="distinct point"):
-        choose_n_clusters(np.zeros((100, 2)), seed=0, max_clusters=10)
-
-
 def test_a_nuisance_latent_below_the_dead_cut_falls_back_to_every_non_constant_subspace(tmp_path):
     from detaux_ray.config import load_config
-    from detaux_ray.discovery import discover, nuisance_subspaces
+    from detaux_ray.discover.auxiliary import discover, nuisance_subspaces
 
     s, y, factors = _mixed_latent(n=2000)
     s[:, 0] *= 1e4  # alpha far larger than the rest: every other subspace is below the 1% cut
@@ -236,7 +183,7 @@ def test_discovery_labels_every_image_and_reads_the_principal_only_where_it_is_k
     import pyarrow.parquet as pq
 
     from detaux_ray.config import load_config
-    from detaux_ray.discovery import discover
+    from detaux_ray.discover.auxiliary import discover
 
     s, y, factors = _mixed_latent(n=3000)
     known = np.random.default_rng(0).random(len(s)) < 0.1

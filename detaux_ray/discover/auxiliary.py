@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 from scipy.stats import chi2_contingency
 from sklearn import metrics
 
-from .artifacts import write_json, write_with
+from ..artifacts import write_json, write_with
 from .clustering import ClusterResult, choose_n_clusters, cluster
-from .config import Config, DiscoverConfig
-from .errors import SingleClusterError
-from .pairs import sample_pairs
-from .results import AuxiliaryTask, Diagnostics, DiscoverResult
-from .scorecard import heatmap, is_identifier, scorecard
+from ..config import Config, DiscoverConfig
+from ..errors import SingleClusterError
+from ..disentangle.pairs import sample_pairs
+from ..results import AuxiliaryTask, Diagnostics, DiscoverResult
+from ..disentangle.scorecard import heatmap, is_identifier, scorecard
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import losses
-from .config import DisentangleConfig
+from ..config import DisentangleConfig
 from .models import DisentangleAE
 
 
@@ -100,11 +100,11 @@ def detaux_loss(
     return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
 
-def build_model(cfg: DisentangleConfig, image_size: int, n_principal: int, heads: tuple[bool, bool] | None = None) -> DisentangleAE:
+def build_model(cfg: DisentangleConfig, image_size: int, n_principal: int) -> DisentangleAE:
     """The stage-1 autoencoder `cfg` asks for: the principal head when the formulation has one (n_principal classes),
     the adversary when w_adversary > 0, a private alpha encoder when alpha_encoder=private (never under
-    variant=paper). heads=(head, adversary) overrides which of the two it gets (a continued run keeps its own)."""
-    head, adversary = heads if heads is not None else (cfg.formulation()[0] > 0, cfg.w_adversary > 0)
+    variant=paper)."""
+    head, adversary = cfg.formulation()[0] > 0, cfg.w_adversary > 0
     return DisentangleAE(image_size, cfg.k, cfg.latent_dim, cfg.arch, n_principal=n_principal if head else 0,
                          n_adversary=adversary, adversary_hidden=cfg.adversary_hidden,
                          alpha_encoder="shared" if cfg.variant == "paper" else cfg.alpha_encoder, alpha=cfg.principal_subspace)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import DiscoverConfig
-from .errors import ConfigError, SingleClusterError
+from ..config import DiscoverConfig
+from ..errors import ConfigError, SingleClusterError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def sample_pairs(labels: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int,

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from detaux_ray.config import DisentangleConfig
-from detaux_ray.disentangle import beta_schedule, detaux_loss
-from detaux_ray.models import DisentangleAE, to_float_images
-from detaux_ray.pairs import sample_pairs
-from detaux_ray.scorecard import factor_columns, heatmap, probe_scores, scorecard
+from detaux_ray.disentangle.objective import beta_schedule, detaux_loss
+from detaux_ray.disentangle.models import DisentangleAE
+from detaux_ray.tensors import to_float_images
+from detaux_ray.disentangle.pairs import sample_pairs
+from detaux_ray.disentangle.scorecard import factor_columns, heatmap, probe_scores, scorecard
 
 
 def _embeddings(n=3000, seed=0):

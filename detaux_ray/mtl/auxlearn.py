@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .mtl import HardSharingNet, make_backbone
+from .models import HardSharingNet, make_backbone
 
 LEARNERS = ("maxl", "auxilearn")
 

@@ -4,14 +4,8 @@ enough to differentiate numerically in float64."""
 import torch
 from torch import nn
 
-from detaux_ray.auxlearn import (
-    build_learner,
-    implicit_hypergradient,
-    label_stats,
-    mask_softmax,
-    maxl_meta_loss,
-    train_loss,
-)
+from detaux_ray.mtl.auxlearn import (build_learner, implicit_hypergradient, label_stats, mask_softmax, maxl_meta_loss,
+                                     train_loss)
 
 
 class ToyNet(nn.Module):
@@ -112,7 +106,7 @@ def test_the_real_modules_pass_gradients_to_the_generator():
 
 
 def test_a_meta_step_moves_only_the_generator():
-    from detaux_ray.auxlearn import AuxLabelLearner
+    from detaux_ray.mtl.auxlearn import AuxLabelLearner
 
     for kind in ("maxl", "auxilearn"):
         torch.manual_seed(0)

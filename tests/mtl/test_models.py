@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from detaux_ray.models import count_parameters
-from detaux_ray.mtl import build_mtl_model, multitask_loss
+from detaux_ray.tensors import count_parameters
+from detaux_ray.mtl.models import build_mtl_model, multitask_loss
 
 
 def test_stl_and_hps_forward_backward():
@@ -22,7 +22,7 @@ def test_stl_and_hps_forward_backward():
 
 
 def test_nddr_forward_backward_and_near_identity_init():
-    from detaux_ray.mtl import NDDRLayer
+    from detaux_ray.mtl.models import NDDRLayer
 
     n_classes = {"principal": 8, "auxiliary": 5}
     nddr, hps = build_mtl_model("nddr", n_classes, 8), build_mtl_model("hps", n_classes, 8)
@@ -68,7 +68,7 @@ def test_every_model_takes_several_auxiliary_tasks(kind):
 
 
 def test_mti_net_deep_supervision_distillation_and_size():
-    from detaux_ray.mtl import MTINet
+    from detaux_ray.mtl.models import MTINet
 
     n_classes = {"principal": 8, "auxiliary": 5}
     mti = build_mtl_model("mti", n_classes, 8)
@@ -97,7 +97,7 @@ def test_mti_net_deep_supervision_distillation_and_size():
 def test_resnet18_backbone_and_local_pretrained_weights(tmp_path):
     from torchvision.models import resnet18
 
-    from detaux_ray.mtl import ResNet18Backbone
+    from detaux_ray.mtl.models import ResNet18Backbone
 
     n_classes = {"principal": 8, "auxiliary": 5}
     for kind in ("stl", "hps", "mti"):
@@ -119,7 +119,7 @@ def test_resnet18_backbone_and_local_pretrained_weights(tmp_path):
 
 
 def test_learning_rate_schedules():
-    from detaux_ray.mtl import learning_rate
+    from detaux_ray.mtl.models import learning_rate
 
     assert [learning_rate(1e-3, e, 8, "constant") for e in (0, 7)] == [1e-3, 1e-3]
     cosine = [learning_rate(1.0, e, 4, "cosine") for e in range(4)]
@@ -129,7 +129,7 @@ def test_learning_rate_schedules():
 
 
 def test_make_optimizer_steps_hand_computed():
-    from detaux_ray.mtl import make_optimizer
+    from detaux_ray.mtl.models import make_optimizer
 
     lin = torch.nn.Linear(1, 1, bias=False)
     lr, wd, mu = 0.1, 0.01, 0.9
@@ -154,7 +154,7 @@ def test_make_optimizer_steps_hand_computed():
 
 
 def test_combine_task_gradients_hand_computed():
-    from detaux_ray.mtl import combine_task_gradients
+    from detaux_ray.mtl.models import combine_task_gradients
 
     gp = torch.tensor([[1.0, 0.0]])
     agree, oppose = torch.tensor([[1.0, 1.0]]), torch.tensor([[-1.0, 2.0]])
@@ -172,7 +172,7 @@ def test_hps_aux_gradient_reaches_the_backbone_as_combined(mode):
     """One ordinary backward through HPS gives the backbone exactly the hand-combined gradient at its output."""
     import torch.nn.functional as F
 
-    from detaux_ray.mtl import combine_task_gradients
+    from detaux_ray.mtl.models import combine_task_gradients
 
     torch.manual_seed(0)
     x = torch.rand(16, 3, 32, 32)
@@ -200,7 +200,7 @@ def test_hps_aux_gradient_reaches_the_backbone_as_combined(mode):
 
 
 def test_an_unlabelled_row_adds_nothing_to_the_principal_loss_or_its_gradient():
-    from detaux_ray.mtl import UNLABELLED, masked_cross_entropy
+    from detaux_ray.mtl.models import UNLABELLED, masked_cross_entropy
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
     y = torch.tensor([0, 1, UNLABELLED])
@@ -217,7 +217,7 @@ def test_an_unlabelled_row_adds_nothing_to_the_principal_loss_or_its_gradient():
 
 
 def test_multitask_loss_masks_the_principal_and_keeps_every_auxiliary_label():
-    from detaux_ray.mtl import UNLABELLED
+    from detaux_ray.mtl.models import UNLABELLED
 
     torch.manual_seed(0)
     logits = {"principal": torch.randn(4, 3), "auxiliary": torch.randn(4, 5)}

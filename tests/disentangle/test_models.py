@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from detaux_ray.models import DisentangleAE, to_float_images
+from detaux_ray.disentangle.models import DisentangleAE
+from detaux_ray.tensors import to_float_images
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
@@ -17,8 +18,8 @@ def test_autoencoder_shapes(size):
 
 def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
     from detaux_ray.config import load_config
-    from detaux_ray.disentangle import beta_schedule, detaux_loss
-    from detaux_ray.models import MapProjectors
+    from detaux_ray.disentangle.objective import beta_schedule, detaux_loss
+    from detaux_ray.disentangle.models import MapProjectors
 
     d = load_config("quick", ["disentangle.k=3", "disentangle.latent_dim=4"]).disentangle
     model = DisentangleAE(64, 3, 4, arch="resnet18", n_principal=2)
@@ -44,7 +45,7 @@ def test_resnet18_feature_map_autoencoder_trains_on_the_flattened_map():
 def test_hidden_layer_adversary_reads_what_a_linear_one_cannot_and_survives_a_checkpoint():
     """A label coded by the radius (inside / outside a ring) is invisible to a linear classifier, not to an MLP:
     the adversary with adversary_hidden > 0 must see such a factor for the confusion loss to remove it."""
-    from detaux_ray.models import SubspaceClassifiers
+    from detaux_ray.disentangle.models import SubspaceClassifiers
 
     torch.manual_seed(0)
     s = torch.randn(512, 1, 2)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from detaux_ray.errors import DataError
-from detaux_ray.pairs import sample_pairs
+from detaux_ray.disentangle.pairs import sample_pairs
 
 
 def test_pairs_follow_oracle_probability_and_labels():

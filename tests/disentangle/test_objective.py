@@ -1,0 +1,100 @@
+"""Stage 1's full objective, beta schedule, optimiser, swap plan and traversals (detaux_ray.disentangle.objective)."""
+
+import math
+
+import pytest
+import torch
+
+from detaux_ray.config import DisentangleConfig
+from detaux_ray.disentangle import losses
+from detaux_ray.disentangle.models import DisentangleAE
+from detaux_ray.disentangle.objective import beta_schedule, consistency_term, detaux_loss, latent_traversal
+
+
+def test_consistency_zero_for_perfectly_factorised_toy_model():
+    k, d = 3, 3
+    model = DisentangleAE(16, k, d)
+    with torch.no_grad():  # projector i keeps coordinate i exactly: p_i(z) = e_i e_i^T z
+        proj = model.projectors
+        proj.w1.zero_(); proj.b1.zero_(); proj.w2.zero_(); proj.b2.zero_()
+        for i in range(k):
+            proj.w1[i, i, i] = 1.0  # relu needs z_i >= 0: keep the toy latents positive
+            proj.w2[i, i, i] = 1.0
+
+    class Identity(torch.nn.Module):  # decoder/encoder pair that round-trips the latent exactly
+        def forward(self, x):
+            return x
+
+    model.encoder, model.decoder = Identity(), Identity()
+    z1, z2 = torch.rand(4, d), torch.rand(4, d)
+    s1, s2 = proj(z1), proj(z2)
+    assert consistency_term(model, s1, s2, n_swaps=k).item() == pytest.approx(0.0, abs=1e-12)
+    assert losses.sparsity_loss(s1).item() == 0.0
+
+
+def test_beta_schedule():
+    cfg = DisentangleConfig(epochs=40)
+    assert beta_schedule(9.9, cfg).warmup  # the first quarter is L_rec alone
+    b = beta_schedule(12.0, cfg)
+    assert b.beta1 == pytest.approx(math.exp(25 / 40 * (12 - 16))) and b.beta3 == pytest.approx(1 - b.beta1)
+    end = beta_schedule(39.0, cfg)
+    assert end.beta1 == end.beta2 == 1.0 and end.beta3 == 0.0
+
+
+def test_full_objective_backpropagates_and_traversal_shape():
+    cfg = DisentangleConfig(k=4, latent_dim=6, epochs=4)
+    model = DisentangleAE(16, cfg.k, cfg.latent_dim)
+    x1, x2 = torch.rand(5, 3, 16, 16), torch.rand(5, 3, 16, 16)
+    paper = DisentangleConfig(k=4, latent_dim=6, epochs=4, variant="paper")
+    loss, terms, lam = detaux_loss(model, x1, x2, torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool), beta_schedule(3.5, paper), paper)
+    assert set(terms) == {"rec", "dist", "spar", "reg", "cons"} and lam.shape == (5, 4)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    # the default adds the principal head on s_alpha, which needs the labels and a model with the head
+    with_head = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=3)
+    y1, y2 = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 2, 2, 1, 1])
+    loss, terms, _ = detaux_loss(with_head, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg, y1=y1, y2=y2)
+    assert "prin" in terms
+    loss.backward()
+    assert with_head.principal_head[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="principal"):
+        detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg)
+    assert latent_traversal(model, x1[0], x2[0], steps=6).shape == (4 * 6, 3, 16, 16)
+
+
+def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
+    from detaux_ray.config import DisentangleConfig
+    from detaux_ray.disentangle.objective import optimizer
+    from detaux_ray.disentangle.models import DisentangleAE
+
+    model = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True, adversary_hidden=8)
+    opt = optimizer(model, DisentangleConfig(lr=1e-3, adversary_lr_scale=10))
+    main, adv = opt.param_groups
+    assert adv["lr"] == pytest.approx(1e-2) and main["lr"] == pytest.approx(1e-3)
+    assert {id(p) for p in adv["params"]} == {id(p) for p in model.adversary.parameters()}
+    assert len(main["params"]) + len(adv["params"]) == len(list(model.parameters()))
+    # scale 1: both groups take the very steps one group over all parameters takes
+    torch.manual_seed(0)
+    a = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
+    b = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
+    b.load_state_dict(a.state_dict())
+    cfg = DisentangleConfig(lr=1e-3, adversary_lr_scale=1.0)
+    opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    x = torch.rand(4, 3, 16, 16)
+    for model_, opt_ in zip((a, b), opts):
+        for _ in range(2):
+            s = model_.subspaces(x)
+            loss = s.square().mean() + model_.adversary(s[:, 1:]).square().mean()
+            opt_.zero_grad()
+            loss.backward()
+            opt_.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_swap_plan_samples_a_fraction_of_the_pairs():
+    from detaux_ray.disentangle.objective import swap_plan
+
+    rows, idx = swap_plan(64, 5, 1, "cpu", fraction=0.25)
+    assert len(rows) == len(idx) == 16 and len(set(rows.tolist())) == 16 and int(idx.max()) < 5
+    rows, idx = swap_plan(8, 3, 3, "cpu")  # every subspace of every pair
+    assert rows.tolist() == [r for r in range(8) for _ in range(3)] and idx.tolist() == [0, 1, 2] * 8
