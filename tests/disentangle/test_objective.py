@@ -77,11 +77,14 @@ def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
     torch.manual_seed(0)
     a = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
     b = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)
+    c = DisentangleAE(16, 3, 4, n_principal=5, n_adversary=True)  # the unfused per-parameter loop
     b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
     cfg = DisentangleConfig(lr=1e-3, adversary_lr_scale=1.0)
-    opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
+            torch.optim.AdamW(c.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     x = torch.rand(4, 3, 16, 16)
-    for model_, opt_ in zip((a, b), opts):
+    for model_, opt_ in zip((a, b, c), opts):
         for _ in range(2):
             s = model_.subspaces(x)
             loss = s.square().mean() + model_.adversary(s[:, 1:]).square().mean()
@@ -89,6 +92,8 @@ def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
             loss.backward()
             opt_.step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    # fused (one kernel per group) is AdamW's own update, to float rounding
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(a.parameters(), c.parameters()))
 
 
 def test_swap_plan_samples_a_fraction_of_the_pairs():
