@@ -4,16 +4,31 @@ a mistake in the input (errors.py lists the codes)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 from .errors import INTERRUPTED_EXIT, DataError, DetauxError, find_data_error
+
+
+# Set by Ctrl-C for the whole run. A KeyboardInterrupt that lands inside a finalizer (Ray's calls run ObjectRef
+# finalizers) is swallowed by Python; the flag is not, and the next wait for Ray (trainer.wait_interruptibly) sees it.
+interrupted = threading.Event()
+
+
+def on_sigint(signum, frame) -> None:
+    interrupted.set()
+    raise KeyboardInterrupt
 
 
 def run_cli(body: Callable[[], int], on_interrupt: Callable[[], str]) -> int:
     """Run `body`; map a DetauxError (also one wrapped by Ray, e.g. a bad image read in a Ray task) to its exit
     code. Ctrl-C prints `on_interrupt()`'s line (where it stopped, how to resume) and ends the process with 130.
     Anything else is a bug and keeps its traceback."""
+    interrupted.clear()  # a run of its own (a test session calls several in one process)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
         return body()
     except DetauxError as exc:
@@ -26,6 +41,9 @@ def run_cli(body: Callable[[], int], on_interrupt: Callable[[], str]) -> int:
         if message is None:
             raise
         return _fail(message, DataError.exit_code)
+    finally:
+        if previous is not None:  # an embedding caller (a test) gets its own handler back
+            signal.signal(signal.SIGINT, previous)
 
 
 def _exit_now(code: int) -> None:

@@ -53,9 +53,12 @@ def test_a_dataset_in_a_bucket_reads_as_it_does_from_disk(s3_env, tmp_path, name
 
 
 def _main(*argv):
-    """The pipeline's command line in a child process (its env is this one's); (exit code, stderr)."""
+    """The pipeline's command line in a child process with this one's env and a Ray instance of its own (the test
+    session's Ray was started without the store's variables, which its workers would need); (exit code, stderr)."""
+    import os
+
     p = subprocess.run([sys.executable, str(ROOT / "jobs" / "full_pipeline.py"), *argv], capture_output=True, text=True,
-                       cwd=ROOT, timeout=600)
+                       cwd=ROOT, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
     return p.returncode, p.stderr
 
 

@@ -75,8 +75,10 @@ def cluster_task_resources(res: ResourcesConfig) -> dict:
 
 def remote_clusterer(res: ResourcesConfig) -> Callable[[np.ndarray, DiscoverConfig, int], ClusterResult]:
     """`clustering.cluster` as a Ray task with `cluster_task_resources(res)`; our own errors (one cluster, a bad
-    backend) come back as themselves, not as Ray's wrapped traceback."""
-    task = ray.remote(_cluster_task).options(**cluster_task_resources(res), max_retries=0)
+    backend) come back as themselves, not as Ray's wrapped traceback. Scheduled on the cluster's free resources, as
+    the run's fits are: inside a Tune trial a task would otherwise be placed in the trial's own small reservation,
+    which its CPUs or GPU never fit."""
+    task = ray.remote(_cluster_task).options(**cluster_task_resources(res), max_retries=0, scheduling_strategy="DEFAULT")
 
     def run(x: np.ndarray, disc: DiscoverConfig, seed: int) -> ClusterResult:
         try:

@@ -18,6 +18,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, L
 from ray.train.torch import TorchTrainer
 
 from ..artifacts import save_torch
+from ..cli import interrupted, on_sigint
 from ..config import Config, ResourcesConfig, config_from_dict
 from ..errors import find_data_error
 from ..tensors import set_torch_threads
@@ -183,21 +184,17 @@ def wait_interruptibly(busy: Callable[[], bool]) -> None:
     """Wait while busy() (a check that itself waits a little, e.g. a join with a timeout), with Ctrl-C raising
     KeyboardInterrupt here (on the main thread).
 
-    Ctrl-C sets a flag as well as raising: a KeyboardInterrupt that lands inside a finalizer is swallowed by
-    Python (a CI run went on to the end after a Ctrl-C once), the flag is not.
+    Ctrl-C sets a process-wide flag as well as raising (cli.interrupted): a KeyboardInterrupt that lands inside a
+    finalizer is swallowed by Python (a run went on to the end after a Ctrl-C, twice in CI, once before the wait
+    began), the flag is not.
     """
-    interrupted = threading.Event()
-
-    def on_sigint(signum, frame) -> None:
-        interrupted.set()
-        raise KeyboardInterrupt
-
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
-        while busy():
-            if interrupted.is_set():
-                raise KeyboardInterrupt
+        while not interrupted.is_set() and busy():
+            pass
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     finally:
         if main and previous is not None:  # None: a handler not set from Python, nothing to restore
             signal.signal(signal.SIGINT, previous)

@@ -40,3 +40,28 @@ def test_the_task_asks_for_a_gpu_with_gpu_training_else_trainings_cpus_on_one_no
     assert cluster_task_resources(ResourcesConfig(use_gpu=True, num_workers=4)) == {"num_gpus": 1, "num_cpus": 1}
     assert cluster_task_resources(ResourcesConfig(num_workers=1, cpus_per_worker=0.75)) == {"num_cpus": 0.75}
     assert cluster_task_resources(ResourcesConfig(num_workers=4, cpus_per_worker=4)) == {"num_cpus": 2.0}  # the node's 2
+
+
+def test_inside_a_tune_trial_the_task_is_placed_outside_the_trials_reservation(ray_session):
+    """A Tune trial runs in a placement group that captures its child tasks; its bundle (0.1 CPU here) does not
+    fit the clustering task's CPUs, which Ray refuses ("cannot fit into any bundles") unless the task is placed
+    on the cluster's free resources, as the trial's fits are."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from detaux_ray.distributed.embed import remote_clusterer
+
+    pg = placement_group([{"CPU": 0.1}])
+    ray.get(pg.ready())
+
+    @ray.remote(num_cpus=0.1)
+    def trial(x):
+        disc = DiscoverConfig(clusterer="kmeans", n_clusters=3)
+        return remote_clusterer(ResourcesConfig(num_workers=1, cpus_per_worker=0.5))(x, disc, 0).n_clusters
+
+    try:
+        strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+        assert ray.get(trial.options(scheduling_strategy=strategy).remote(_blobs()), timeout=120) == 3
+    finally:
+        remove_placement_group(pg)

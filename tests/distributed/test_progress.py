@@ -18,6 +18,9 @@ def test_epoch_lines_reach_the_driver_once_in_order(ray_session, capsys):
         send(board, resumed_after=1)
         for epoch in (1, 2):
             send(board, epoch=epoch, epoch_time_s=2.0 * epoch, items=1000, values={"total": 0.5 / epoch})
+        # send() does not wait; calls from one process run in order, so once this one has run the board holds all
+        # three (in training, rank 0's checkpoint report comes after its last line)
+        ray.get(board.failure.remote())
 
     done = threading.Event()
     printer = threading.Thread(target=progress.follow, args=(done, 0.05))

@@ -102,3 +102,20 @@ def test_auxilearns_held_out_split_never_shares_an_image_with_its_training_rows(
     train, held = auxiliary_split(repeated, 0.2, seed=0)
     tr, he = set(train.column("row").to_pylist()), set(held.column("row").to_pylist())
     assert len(he) == 2 and not tr & he and held.num_rows == 20
+
+
+def test_a_ctrl_c_swallowed_before_the_wait_still_stops_it():
+    """A KeyboardInterrupt raised inside a finalizer is lost (Python swallows it); the run's flag is not: the next
+    wait for Ray raises at once instead of waiting for a fit to finish (a CI run went on after its Ctrl-C)."""
+    from detaux_ray.cli import interrupted
+    from detaux_ray.distributed.trainer import wait_interruptibly
+
+    interrupted.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wait_interruptibly(lambda: time.sleep(0.01) or True)  # a fit that would never end
+    finally:
+        interrupted.clear()
+    polls = []
+    wait_interruptibly(lambda: polls.append(1) or len(polls) < 3)  # no Ctrl-C: it waits until done
+    assert len(polls) == 3
