@@ -44,6 +44,7 @@ def test_stream_bench_small():
     assert out["stream_over_step"] == pytest.approx(out["x1"]["stream_pairs_per_s"] / out["step_pairs_per_s"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_on_cpu(tmp_path):
     """bench/gpu_check.py end to end at a tiny size on the CPU: the script the GPU run uses, every part present."""
     out_path = tmp_path / "gpu.json"
@@ -129,6 +130,7 @@ def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_r
     assert abs(rows[2]["linear"]["score"]) < 0.15 and abs(rows[2]["mlp"]["score"]) < 0.15
 
 
+@pytest.mark.slow
 def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
     """bench/stage1_study.py --save-at / --resume: continued without changes, the run ends where it would have."""
     tiny = ["--set", "data.n_images=600", "--set", "data.image_size=16", "--set", "disentangle.epochs=2",
@@ -150,6 +152,7 @@ def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
     assert bad.returncode == 2 and "--save-at needs --state PATH" in bad.stderr
 
 
+@pytest.mark.slow
 def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
     """bench/suite.py: one harness run per (dataset, seed), only data.* changed, a row each and a JSON line; a dead
     or empty nuisance latent is a row that says so, never a crash."""
