@@ -54,14 +54,14 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", required=True, help="folder for the runs, table.md, label_efficiency.png and the JSON")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from detaux_ray.recipe import main as pipeline
 
@@ -106,6 +106,7 @@ def main() -> None:
     (out / "label_efficiency.json").write_text(json.dumps(result, indent=1))
     print("\n".join(lines))
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -18,6 +18,31 @@ def ray_session():
     yield ray
 
 
+@pytest.fixture(scope="session")
+def few_labels(ray_session, tmp_path_factory):
+    """`bench/label_efficiency.py` at one fraction (0.3), two seeds, a tiny size, on the session's Ray: the run that
+    the few-labels pipeline test and the bench's smoke test both read (one pipeline run, not two)."""
+    import contextlib
+    import io
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import label_efficiency
+
+    folder = tmp_path_factory.mktemp("labels")
+    sets = ["data.n_images=1200", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=2",
+            "disentangle.pairs_per_epoch=256", "disentangle.batch_size=32", "discover.clusterer=kmeans++",
+            "discover.n_clusters=4", "mtl.epochs=1", "mtl.width=8", "resources.num_workers=1",
+            "resources.cpus_per_worker=0.25"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = label_efficiency.main(["--fractions", "0.3", "--seeds", "2", "--out", str(folder),
+                                        *[a for s in sets for a in ("--set", s)]])
+    return SimpleNamespace(result=result, folder=folder, out=out.getvalue())
+
+
 def pytest_configure(config):
     # Test modules in subfolders import the fixture writers in tests/ and the entry points in jobs/.
     import sys

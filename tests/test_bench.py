@@ -170,17 +170,15 @@ def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_label_efficiency_bench_small(tmp_path):
-    """One fraction at a tiny size: both models over two seeds, the table, the plot, the JSON line."""
-    sets = ["data.n_images=800", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=1",
-            "disentangle.pairs_per_epoch=128", "disentangle.batch_size=32", "discover.clusterer=kmeans++",
-            "discover.n_clusters=3", "mtl.epochs=1", "mtl.width=8", "resources.cpus_per_worker=0.25"]
-    out = _run("bench/label_efficiency.py", "--fractions", "0.2", "--seeds", "2", "--out", str(tmp_path),
-               *[a for s in sets for a in ("--set", s)])
+def test_label_efficiency_bench_small(few_labels):
+    """One fraction at a tiny size (the few-labels run of tests/test_pipeline.py): both models over two seeds, the
+    table, the plot, the JSON line."""
+    out, folder = few_labels.result, few_labels.folder
     (low,) = out["rows"]
-    assert low["n_labelled"] == round(0.2 * low["n_train"])
+    assert low["labelled_frac"] == 0.3 and low["n_labelled"] == round(0.3 * low["n_train"])
     assert all(len(r[k]["accuracy"]) == 2 for r in out["rows"] for k in ("stl", "mtl"))
-    assert (tmp_path / "label_efficiency.png").stat().st_size > 0 and "| 0.2 |" in (tmp_path / "table.md").read_text()
+    assert (folder / "label_efficiency.png").stat().st_size > 0 and "| 0.3 |" in (folder / "table.md").read_text()
+    assert json.loads(few_labels.out.strip().splitlines()[-1]) == json.loads((folder / "label_efficiency.json").read_text())
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -15,12 +17,12 @@ from scipy.stats import chi2_contingency
 from sklearn import metrics
 
 from ..artifacts import write_json, write_with
-from .clustering import ClusterResult, choose_n_clusters, cluster
 from ..config import Config, DiscoverConfig
-from ..errors import SingleClusterError
 from ..disentangle.pairs import sample_pairs
-from ..results import AuxiliaryTask, Diagnostics, DiscoverResult
 from ..disentangle.scorecard import heatmap, is_identifier, scorecard
+from ..errors import SingleClusterError
+from ..results import AuxiliaryTask, Diagnostics, DiscoverResult
+from .clustering import ClusterResult, choose_n_clusters, cluster
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 
@@ -93,6 +95,7 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
     mixing matrix A (x = A u): |A_jc|^2 summed over subspace j's coordinates, over the sum for all j (0 on alpha and
     on dead subspaces)."""
     from sklearn.decomposition import PCA, FastICA
+    from sklearn.exceptions import ConvergenceWarning
 
     n, k, d = s.shape
     live, _ = nuisance_subspaces(_variance(s), alpha, dead_frac)
@@ -101,7 +104,14 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
     fit = np.random.default_rng([seed, 17]).permutation(n)[:fit_points]
     ratio = PCA(random_state=seed).fit(x[fit]).explained_variance_ratio_
     c = int(min(max(2, (ratio > var_cut).sum()), x.shape[1]))
-    ica = FastICA(n_components=c, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-5).fit(x[fit])
+    ica = FastICA(n_components=c, whiten="unit-variance", random_state=seed, max_iter=2000, tol=1e-5)
+    with warnings.catch_warnings():  # said below in one line, not as scikit-learn's two-line warning
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ica.fit(x[fit])
+    if ica.n_iter_ >= ica.max_iter:
+        logging.getLogger(__name__).warning(
+            f"FastICA did not converge in {ica.max_iter} iterations on the nuisance latent ({c} components): the "
+            "components are approximate; a longer stage 1 (disentangle.epochs) usually gives a cleaner latent")
     u = ica.transform(x)
     w2 = (ica.mixing_.T ** 2).reshape(c, len(live), d).sum(-1)
     loadings = np.zeros((c, k))

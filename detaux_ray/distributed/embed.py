@@ -6,6 +6,7 @@ diagnostics are the core's (`detaux_ray.discover.auxiliary`, `detaux_ray.discove
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -44,10 +45,15 @@ def embed(rows: np.ndarray, model_state: dict, image_size: int, k: int, latent_d
           arch: str = "conv") -> np.ndarray:
     """Subspace projections (len(rows), k, d), in the order of `rows` (d: the flattened map for arch=resnet18)."""
     state_ref = ray.put(model_state)
-    ds = table_dataset(pa.table({"row": rows})).map_batches(
-        Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, arch, cache, use_gpu, amp),
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors), batch_size=batch_size, batch_format="numpy",
-        num_cpus=cpus, num_gpus=1 if use_gpu else 0)
+    with warnings.catch_warnings():  # Ray Data takes max_restarts through its deprecated **ray_remote_args only
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = table_dataset(pa.table({"row": rows})).map_batches(
+            Embedder, fn_constructor_args=([state_ref], image_size, k, latent_dim, arch, cache, use_gpu, amp),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors), batch_size=batch_size, batch_format="numpy",
+            num_cpus=cpus, num_gpus=1 if use_gpu else 0,
+            # Not restarted: a lost embedding actor fails the stage, whose rerun embeds again (seconds). A restartable
+            # actor whose constructor arguments sit in the object store makes Ray print an error line on every run.
+            max_restarts=0)
     got_rows, got_s = [], []
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         got_rows.append(b["row"])

@@ -49,6 +49,7 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
         return
     filter_forwarded_logs()  # before ray.init: the local instance's first notices pass through it too
     address = address or os.environ.get("RAY_ADDRESS", "")
+    train_env_defaults(local=not address)
     if address:
         env = quiet_env()
         if env and "runtime_env" not in init_kwargs:  # other nodes' workers do not inherit our environment
@@ -61,6 +62,19 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def train_env_defaults(local: bool) -> None:
+    """Ray Train settings for this driver's fits, where the user has not set them (Train passes them from the
+    driver's environment to its controller and workers).
+
+    The controller polls its workers every 0.5 s instead of 2 s: a fit's end (and a failure) is noticed up to 1.5 s
+    sooner, and a run makes dozens of fits. On a private local instance the preemption watcher is off: a node of
+    one's own machine is never preempted, and the watcher is one more actor process per fit. Measured together on
+    a 2-core box: a trivial 2-worker fit 14.2 -> 11.2 s."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
 def start_local_ray(**init_kwargs) -> str:
     """A new local Ray instance whose address every one of its processes knows (RAY_ADDRESS in their
     environment), so nothing inside Ray (Train's cleaner actors, the state API) searches the machine for "the"
@@ -69,6 +83,7 @@ def start_local_ray(**init_kwargs) -> str:
     import socket
 
     filter_forwarded_logs()
+    train_env_defaults(local=True)
     with socket.socket() as sock:  # a free port now; the GCS binds it a moment later
         sock.bind(("", 0))
         port = sock.getsockname()[1]

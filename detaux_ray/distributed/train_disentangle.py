@@ -22,7 +22,7 @@ from .checkpoints import load_resume_state, resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
 from .status import StatusBoard
-from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
+from .trainer import diverged, end_epoch, fit_on_board, run_guarded, start_worker, torch_trainer
 from .streams import gather, pair_stream, pair_table
 
 
@@ -164,14 +164,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
         "status": board.handle, "driver_node": board.driver_node, "probe": probe,
         "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)}, cfg, name, storage)
-    try:
-        try:
-            result = fit_interruptible(trainer, progress)
-        finally:
-            board.raise_if_failed()  # a recorded failure explains a failed fit() better than Ray's traceback
-        placement = board.placement()
-    finally:
-        board.close()
+    result, placement = fit_on_board(trainer, progress, board)
     state = load_resume_state(result.checkpoint, run_path(storage, name))
     return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {}),
             "placement": placement}

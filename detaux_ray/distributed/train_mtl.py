@@ -23,7 +23,7 @@ from .checkpoints import resume, run_path
 from .faults import maybe_kill
 from .progress import Progress, send
 from .status import StatusBoard
-from .trainer import diverged, end_epoch, fit_interruptible, run_guarded, start_worker, torch_trainer
+from .trainer import diverged, end_epoch, fit_on_board, run_guarded, start_worker, torch_trainer
 from .streams import ImageCache, row_stream
 
 
@@ -182,14 +182,7 @@ def run(cfg: Config, kind: str, train_table: pa.Table, test_table: pa.Table, n_c
         "has_val": val_table is not None, "run_path": run_path(storage, name),
         "fits_at_once": fits_at_once},
         cfg, name, storage, datasets=datasets, callbacks=callbacks)
-    try:
-        try:
-            result = fit_interruptible(trainer, progress)
-        finally:
-            board.raise_if_failed()  # a recorded failure explains a failed fit() better than Ray's traceback
-        placement = board.placement()
-    finally:
-        board.close()
+    result, placement = fit_on_board(trainer, progress, board)
     tasks = ({"principal": 0} if kind == "stl" else {"principal": 0, "auxiliary (learned)": 0} if kind in LEARNERS
              else n_classes)
     return FitResult(

@@ -141,6 +141,21 @@ def run_guarded(loop: Callable[[dict], None], config: dict) -> None:
             raise
 
 
+def fit_on_board(trainer: Any, progress: Progress, board: Any) -> tuple[Any, dict]:
+    """`fit_interruptible`, then the fit's status board read and closed: (Ray's Result, where the workers ran).
+
+    A failure the workers recorded on the board is raised in place of fit()'s own error: it says what happened
+    (a diverged loss, a bad image) better than Ray's traceback."""
+    try:
+        try:
+            result = fit_interruptible(trainer, progress)
+        finally:
+            board.raise_if_failed()
+        return result, board.placement()
+    finally:
+        board.close()
+
+
 def fit_interruptible(trainer: Any, progress: Progress | None = None) -> Any:
     """trainer.fit(), with Ctrl-C reaching the caller as KeyboardInterrupt and the run's progress lines printed.
 

@@ -103,3 +103,6 @@ def test_ctrl_c_then_kill_then_rerun_resumes_from_the_newest_checkpoint(ray_sess
     assert resumed_after(out) >= done
     assert re.search(r"removed \d+ leftover\(s\) of an interrupted run in .*: \.disentangle\.tmp-", out), out[-3000:]
     assert not list(run_dir.glob(".*tmp-*")) and (run_dir / "report.json").is_file()
+    # The whole run's terminal holds our lines and Ray's forwarded ones, not Ray's internal error lines (the
+    # embedding actors' "constructor arguments in the object store") nor scikit-learn's two-line warnings.
+    assert "core_worker.cc" not in out and "ConvergenceWarning" not in out, out[-3000:]
