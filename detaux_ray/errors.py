@@ -3,38 +3,15 @@
 import re
 
 
-class DetauxError(Exception):
-    exit_code = 1
-
-
-class ConfigError(DetauxError):
-    """Unknown preset, unknown key, a value of the wrong type or range."""
-
-    exit_code = 2
-
-
-class DataError(DetauxError):
-    """Unknown dataset, missing factor, too few principal classes, bad images."""
-
-    exit_code = 3
-
-
-class SingleClusterError(DetauxError):
-    """Discovery found one cluster: the auxiliary task would carry no information (run unsuccessful)."""
-
-    exit_code = 4
-
-
-class NonFiniteLossError(DetauxError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
-
-    exit_code = 5
-
-
-class RunDirError(DetauxError):
-    """The run directory cannot be used (a file, not writable) or holds an artifact this project cannot read."""
-
-    exit_code = 6
+# One class per exit code (docs/errors.md), so that scripts can tell failures apart; what each one means:
+class DetauxError(Exception): exit_code = 1  # noqa: E701  (anything else of ours)
+class ConfigError(DetauxError): exit_code = 2  # noqa: E701  unknown preset or key, a value of the wrong type or range
+class DataError(DetauxError): exit_code = 3  # noqa: E701  unknown dataset, missing factor, too few classes, bad images
+# Discovery found one cluster: the auxiliary task would carry no information (the run is unsuccessful).
+class SingleClusterError(DetauxError): exit_code = 4  # noqa: E701
+class NonFiniteLossError(DetauxError): exit_code = 5  # noqa: E701  a NaN/inf loss; the last good checkpoint is kept
+# The run directory cannot be used (a file, not writable, busy) or holds an artifact this project cannot read.
+class RunDirError(DetauxError): exit_code = 6  # noqa: E701
 
 
 INTERRUPTED_EXIT = 130  # Ctrl-C (128 + SIGINT), as shells report it
