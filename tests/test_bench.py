@@ -171,7 +171,7 @@ def test_suite_bench_runs_every_dataset_kind_and_reports_each(tmp_path):
 
 @pytest.mark.slow
 def test_label_efficiency_bench_small(few_labels):
-    """One fraction at a tiny size (the few-labels run of tests/test_pipeline.py): both models over two seeds, the
+    """One fraction at a tiny size (conftest's `few_labels` run, which the few-labels pipeline test reads too): both models over two seeds, the
     table, the plot, the JSON line."""
     out, folder = few_labels.result, few_labels.folder
     (low,) = out["rows"]

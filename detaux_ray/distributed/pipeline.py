@@ -49,8 +49,8 @@ def ensure_ray(address: str = "", **init_kwargs) -> None:
         return
     filter_forwarded_logs()  # before ray.init: the local instance's first notices pass through it too
     address = address or os.environ.get("RAY_ADDRESS", "")
-    train_env_defaults(local=not address)
     if address:
+        train_env_defaults(local=False)  # start_local_ray sets the local ones
         env = quiet_env()
         if env and "runtime_env" not in init_kwargs:  # other nodes' workers do not inherit our environment
             init_kwargs["runtime_env"] = {"env_vars": env}
