@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.discover.clustering import cluster  # noqa: E402
 from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.discover.auxiliary import (choose_subspace, component_scores, diagnostics,  # noqa: E402
+from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, component_scores, diagnostics,  # noqa: E402
                                            independent_components, subspace_scores)
 from detaux_ray.errors import SingleClusterError  # noqa: E402
 from detaux_ray.disentangle.objective import (beta_schedule, build_model, detaux_loss, optimizer,  # noqa: E402
@@ -82,8 +82,9 @@ def discover_all(cfg, s, src, rows, card, scores) -> dict:
                                   "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes,
                                   "subspace_best_probe": card.best_factor(j)}
     u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
-    kurt = component_scores(u, src.principal[rows], cfg.seed, n_clusters=disc.n_clusters)["kurtosis"]
-    c = int(np.argmin(kurt))  # discover.space=ica: the component of lowest kurtosis
+    comp = component_scores(u, src.principal[rows], cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
+    kurt = comp["kurtosis"]
+    c = choose_components(comp, 1)[0]  # discover.space=ica: the product's rule
     res = cluster(u[:, c : c + 1], disc, cfg.seed)
     diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
     fs = diag.best_scores()

@@ -95,8 +95,8 @@ class DiscoverConfig:
     # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/studies/2026-11-28-stage1-study.md) | cluster
     # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
     criterion: str = "calinski"
-    # What is clustered: ica (ours: the independent components of the live non-alpha subspaces together, the one of
-    # lowest kurtosis first; discover.auxiliary.independent_components) | subspace (the paper: the chosen subspace). The
+    # What is clustered: ica (ours: the independent components of the live non-alpha subspaces together, the
+    # sub-Gaussian one of largest calinski first; discover.auxiliary.choose_components) | subspace (the paper: the chosen subspace). The
     # nuisance latent had few directions, each subspace a mixture of them: with the private alpha encoder the labels'
     # mean min(H, C) over six shapes seeds 0.83 against 0.51 (docs/studies/2026-11-28-stage1-study.md).
     space: str = "ica"
@@ -105,7 +105,7 @@ class DiscoverConfig:
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
     min_samples: int = 10
-    n_clusters: int = 0  # kmeans / kmeans++: 0 = chosen from the data (best silhouette in [2, max_clusters])
+    n_clusters: int = 0  # kmeans / kmeans++: 0 = chosen from the data (a Gaussian mixture's BIC over [2, max_clusters])
     max_clusters: int = 20  # n_clusters = 0: the largest number of auxiliary classes considered
     meanshift_quantile: float = 0.1
     fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction

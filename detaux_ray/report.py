@@ -145,8 +145,8 @@ def render_markdown(r: Report) -> str:
         lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
     comp = r.discover.component_scores
     if comp:
-        lines += ["", "Independent components of the nuisance latent (`discover.space=ica`; the lowest excess kurtosis is "
-                  "clustered first: a factor with many evenly used levels scores about -1.2, a Gaussian 0):", "",
+        lines += ["", "Independent components of the nuisance latent (`discover.space=ica`; the sub-Gaussian one (excess "
+                  "kurtosis < 0: a factor's evenly used levels) of largest calinski is clustered first):", "",
                   "| component | kurtosis | calinski |", "|---|---|---|"]
         for c, (ku, ch) in enumerate(zip(comp["kurtosis"], comp["calinski"])):
             lines.append(f"| {c} | {ku:.3f} | {ch:.4g} |")
@@ -197,7 +197,7 @@ def _chosen(disc, first) -> str:
         return f"- chosen subspace: **{first.subspace}** by criterion `{disc.criterion}`" + _margin(disc)
     load = ", ".join(f"{j}: {v:.0%}" for j, v in enumerate(first.loadings or []) if v > 0)
     return (f"- clustered: **independent component {first.component}** of the live non-alpha subspaces together "
-            f"(`discover.space=ica`), the one of lowest kurtosis; its variance per subspace: {load}")
+            f"(`discover.space=ica`), the sub-Gaussian one of largest calinski; its variance per subspace: {load}")
 
 
 def _dead(r) -> str:

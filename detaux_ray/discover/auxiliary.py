@@ -119,6 +119,17 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
     return u, loadings
 
 
+def choose_components(scores: dict[str, np.ndarray], n: int) -> list[int]:
+    """The n independent components to cluster, best first: the sub-Gaussian ones (excess kurtosis < 0: a factor
+    whose levels are used evenly; heavy tails are outliers or a sparse code) by decreasing `calinski` (how far apart
+    the clusters of the component's own number stand, discounted by what they say about the principal), then the
+    others by `calinski`. Kurtosis alone ranked every evenly used factor near -1.2 however blurred its levels, and
+    `calinski` alone took heavy-tailed splits (docs/studies/2026-12-04-discovery-rules.md)."""
+    kurt, cal = np.asarray(scores["kurtosis"]), np.asarray(scores["calinski"])
+    order = sorted(range(len(kurt)), key=lambda c: (kurt[c] >= 0, -cal[c]))
+    return [int(c) for c in order[:n]]
+
+
 def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_clusters: int = 10,
                      n_points: int = 3000, max_clusters: int = 20) -> dict[str, np.ndarray]:
     """Per-component scores: `calinski` as in subspace_scores (B/W of KMeans_c on the component, times
@@ -155,7 +166,10 @@ def dead_subspaces(variance, alpha: int, dead_frac: float) -> list[int]:
     return [j for j in range(len(var)) if j != alpha and var[j] < dead_frac * var.max()]
 
 
-CONSTANT = 1e-12  # a subspace whose variance is below this share of the largest is constant: it holds nothing
+# A subspace whose variance is below this share of the largest is constant: it holds nothing. Measured: a projector
+# whose units had all died gave 2e-9 of alpha's (float32 summation-order noise; one distinct value per coordinate,
+# `digits`), the smallest live subspace measured 5e-6 (`sprites`; docs/studies/2026-12-04-discovery-rules.md).
+CONSTANT = 1e-8
 
 
 def nuisance_subspaces(variance, alpha: int, dead_frac: float) -> tuple[list[int], bool]:
@@ -169,8 +183,11 @@ def nuisance_subspaces(variance, alpha: int, dead_frac: float) -> tuple[list[int
         return live, False
     rest = [j for j in range(len(var)) if j != alpha and var[j] > CONSTANT * var.max()]
     if not rest:
-        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is constant: the "
-                                 f"disentanglement encoded nothing outside alpha; train longer, or lower disentangle.k")
+        ratios = ", ".join(f"{j}: {var[j] / var.max():.1e}" for j in range(len(var)) if j != alpha)
+        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is constant (variance {ratios} "
+                                 "of the largest): stage 1 encoded nothing outside alpha, so there is nothing to "
+                                 "discover; rerun stage 1 with another seed, or with a lower disentangle.w_cons (it "
+                                 "shrinks every subspace the decoder can do without)")
     return rest, True
 
 
@@ -263,7 +280,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
              clusterer: Clusterer = cluster) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
     discover.n_auxiliary of them by discover.criterion (or, with discover.space=ica, the independent components of
-    lowest kurtosis of the nuisance latent), cluster each into an auxiliary task, and write
+    sub-Gaussian ones of largest calinski of the nuisance latent, choose_components), cluster each into an auxiliary task, and write
     labels.parquet, embeddings.parquet (the first chosen subspace or component), subspaces.parquet, the scorecard
     (scorecard.png) and diagnostics.json into `out`. Returns what it found.
 
@@ -284,13 +301,13 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
             raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
                                      f"nuisance latent has only {u.shape[1]} independent components above "
                                      f"discover.ica_var_cut = {disc.ica_var_cut}: lower one of them")
-        chosen = [int(c) for c in np.argsort(comp_scores["kurtosis"])[: disc.n_auxiliary]]
-        say(f"nuisance latent: {u.shape[1]} independent components, excess kurtosis "
-            + ", ".join(f"{v:.2f}" for v in comp_scores["kurtosis"]))
+        chosen = choose_components(comp_scores, disc.n_auxiliary)
+        say(f"nuisance latent: {u.shape[1]} independent components, excess kurtosis / calinski "
+            + ", ".join(f"{v:.2f} / {j:.3g}" for v, j in zip(comp_scores["kurtosis"], comp_scores["calinski"])))
         points = [u[:, c : c + 1] for c in chosen]
         where = [(int(np.argmax(loadings[c])), c, loadings[c].round(4).tolist()) for c in chosen]
         what = [f"independent component {c} (loads on subspace {j} {loadings[c][j]:.0%}; kurtosis "
-                f"{comp_scores['kurtosis'][c]:.2f})" for j, c, _ in where]
+                f"{comp_scores['kurtosis'][c]:.2f}, calinski {comp_scores['calinski'][c]:.3g})" for j, c, _ in where]
     else:
         chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
         points = [s[:, j] for j in chosen]

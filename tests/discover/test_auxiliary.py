@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discover.auxiliary import (choose_subspace, component_scores, criterion_margin, dead_subspaces,
+from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, component_scores, criterion_margin, dead_subspaces,
                                            diagnostics, independent_components, rank_subspaces, subspace_scores)
 from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
@@ -122,7 +122,8 @@ def test_independent_components_unmix_factors_that_no_single_subspace_holds():
     only[:, 2:] += 1e-3 * np.random.default_rng(1).normal(size=only[:, 2:].shape)
     assert (independent_components(only, 0, 0.0, 0)[1][:, 1] > 0.99).all()
     scores = component_scores(u, y, seed=0)
-    first = int(np.argmin(scores["kurtosis"]))  # a 10-level uniform factor (about -1.2), not the Gaussian (about 0)
+    first = choose_components(scores, 1)[0]  # a 10-level uniform factor (about -1.2), not the Gaussian (about 0)
+    assert scores["kurtosis"][first] < -1.0
     lab = cluster(u[:, [first]], DiscoverConfig(clusterer="kmeans++", n_clusters=10), 0).labels
     assert max(min(hcv(f, lab)[:2]) for f in factors.values()) > 0.9
     s[:, 3] = 0  # a dead subspace is left out, like the subspace criteria do
@@ -143,7 +144,7 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
     info = discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None)
     task = info.first
     assert info.space == "ica" and len(info.component_scores["kurtosis"]) == 3
-    assert task.component == int(np.argmin(info.component_scores["kurtosis"])) and task.subspace in (1, 2, 3)
+    assert task.component == choose_components(info.component_scores, 1)[0] and task.subspace in (1, 2, 3)
     assert task.diagnostics.best_factor in factors and min(task.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
     assert pq.read_table(tmp_path / "labels.parquet").num_rows == len(s)
     assert pq.read_table(tmp_path / "embeddings.parquet").column("embedding").type.list_size == 1
@@ -195,3 +196,34 @@ def test_discovery_labels_every_image_and_reads_the_principal_only_where_it_is_k
     assert np.array_equal(np.asarray(labels["principal"]), np.where(known, y, -1))  # no label read where it is unknown
     assert info.scorecard["n_fit"] + info.scorecard["n_eval"] <= known.sum()  # the scorecard probed labelled rows only
     assert min(info.first.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
+
+
+def test_the_component_whose_levels_stand_apart_is_chosen_not_the_lowest_kurtosis():
+    """Three unit-variance components: ten crisp levels (kurtosis about -1.2), two broad modes (kurtosis about -1.5,
+    the lowest) and a heavy-tailed one whose outliers KMeans splits off cleanly. The crisp one is chosen: its
+    clusters stand apart, and the heavy-tailed split is never taken first."""
+    rng = np.random.default_rng(0)
+    n = 6000
+    levels = rng.integers(0, 10, n) + 0.05 * rng.normal(size=n)
+    modes = np.where(rng.random(n) < 0.5, -1.0, 1.0) + 0.45 * rng.normal(size=n)
+    tails = rng.standard_t(2, size=n)
+    u = np.stack([tails, modes, levels], 1)
+    u = (u - u.mean(0)) / u.std(0)
+    scores = component_scores(u, rng.integers(0, 3, n), seed=0, n_clusters=0)
+    assert int(np.argmin(scores["kurtosis"])) == 1 and scores["kurtosis"][0] > 3
+    assert choose_components(scores, 3) == [2, 1, 0]
+
+
+def test_subspaces_at_float_noise_are_constant_and_the_error_says_what_was_measured():
+    """What a collapsed projector gives (measured on `digits`): every non-alpha coordinate one value plus float32
+    summation noise, 2e-9 of alpha's variance. That is 'constant', said with the numbers, not a 1-cluster KMeans."""
+    from detaux_ray.discover.auxiliary import nuisance_subspaces
+
+    rng = np.random.default_rng(0)
+    s = np.zeros((2000, 4, 3))
+    s[:, 0] = rng.normal(0, 0.15, (2000, 3))
+    s[:, 1:] = 0.5 + rng.normal(0, 5e-6, (2000, 3, 3))
+    with pytest.raises(SingleClusterError, match=r"is constant \(variance 1: .*e-09"):
+        nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), alpha=0, dead_frac=0.01)
+    s[:, 2] += rng.normal(0, 3e-4, (2000, 3))  # 4e-6 of alpha's: tiny, yet live (sprites measured 5e-6)
+    assert nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), alpha=0, dead_frac=0.01) == ([2], True)

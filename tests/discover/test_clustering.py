@@ -54,11 +54,16 @@ def test_the_number_of_kmeans_clusters_is_chosen_from_the_data():
         c = np.stack([10 * np.cos(angle), 10 * np.sin(angle), np.zeros(centres)], 1)
         y = np.repeat(np.arange(centres), 200)
         x = c[y] + rng.normal(0, 0.5, (len(y), 3))
-        assert choose_n_clusters(x, seed=0, max_clusters=12)[0] == centres
+        assert choose_n_clusters(x, seed=0, max_clusters=12)[::2] == (centres, "silhouette")
         res = cluster(x, DiscoverConfig(clusterer="kmeans++", n_clusters=0, max_clusters=12), seed=0)
         assert res.n_clusters == centres and res.params["n_clusters_chosen_by"] == "silhouette"
         assert adjusted_rand_score(y, res.labels) > 0.99
     one_d = np.repeat(np.arange(5.0), 200)[:, None] + np.random.default_rng(0).normal(0, 0.05, (1000, 1))
-    assert choose_n_clusters(one_d, seed=0, max_clusters=20)[0] == 5  # a 1-D factor with five levels
+    assert choose_n_clusters(one_d, seed=0, max_clusters=20)[::2] == (5, "bic")  # a 1-D factor with five levels
+    # Six levels that overlap (spacing 1, spread 0.3 each): BIC still counts six, the silhouette takes fewer.
+    blurred = np.repeat(np.arange(6.0), 500)[:, None] + np.random.default_rng(1).normal(0, 0.3, (3000, 1))
+    assert choose_n_clusters(blurred, seed=0, max_clusters=20)[0] == 6
+    from detaux_ray.discover.clustering import _silhouette_n_clusters
+    assert _silhouette_n_clusters(blurred, seed=0, max_clusters=20)[0] < 6
     with pytest.raises(SingleClusterError, match="distinct point"):
         choose_n_clusters(np.zeros((100, 2)), seed=0, max_clusters=10)
