@@ -124,6 +124,17 @@ def choose_n_clusters(x: np.ndarray, seed: int, max_clusters: int) -> tuple[int,
     return (*_silhouette_n_clusters(x, seed, max_clusters), "silhouette")
 
 
+def _candidates(x: np.ndarray, seed: int, max_clusters: int, n_points: int) -> tuple[np.ndarray, range]:
+    """A seeded subsample of x (at most n_points, float64) and the cluster counts [2, max_clusters] it can hold."""
+    idx = _subsample(len(x), n_points, seed + 2)
+    pts = np.asarray(x if idx is None else x[idx], dtype=np.float64)
+    n_distinct = len(np.unique(pts.round(6), axis=0))
+    if n_distinct < 3:
+        raise SingleClusterError(f"the auxiliary subspace has {n_distinct} distinct point(s): no two clusters to choose "
+                                 "between; train the disentanglement longer")
+    return pts, range(2, min(max_clusters, n_distinct - 1) + 1)
+
+
 def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000,
                     patience: int = 4) -> tuple[int, dict[int, float]]:
     """The c in [2, max_clusters] whose Gaussian mixture has the smallest BIC (Schwarz 1978) on a seeded subsample
@@ -131,11 +142,9 @@ def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int =
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    idx = _subsample(len(x), n_points, seed + 2)
-    pts = np.asarray(x if idx is None else x[idx], dtype=np.float64)
-    n_distinct = len(np.unique(pts.round(6), axis=0))
+    pts, counts = _candidates(x, seed, max_clusters, n_points)
     scores: dict[int, float] = {}
-    for c in range(2, min(max_clusters, n_distinct - 1) + 1):
+    for c in counts:
         gm = GaussianMixture(c, init_params="k-means++", reg_covar=1e-6 * float(pts.var(0).mean()) + 1e-12,
                              random_state=seed)
         with warnings.catch_warnings():  # an unconverged fit still scores; its BIC is only a little high
@@ -144,9 +153,6 @@ def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int =
         scores[c] = float(gm.bic(pts))
         if c - min(scores, key=scores.get) >= patience:  # BIC has risen `patience` times in a row past its minimum
             break
-    if not scores:
-        raise SingleClusterError(f"the auxiliary subspace has {n_distinct} distinct point(s): no two clusters to choose "
-                                 "between; train the disentanglement longer")
     return min(scores, key=scores.get), scores
 
 
@@ -156,17 +162,15 @@ def _silhouette_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
-    idx = _subsample(len(x), n_points, seed + 2)
-    pts = x if idx is None else x[idx]
-    n_distinct = len(np.unique(pts.round(6), axis=0))
+    pts, counts = _candidates(x, seed, max_clusters, n_points)
     scores: dict[int, float] = {}
-    for c in range(2, min(max_clusters, n_distinct - 1) + 1):
+    for c in counts:
         lab = KMeans(c, n_init=3, random_state=seed).fit_predict(pts)
         if len(np.unique(lab)) > 1:
             scores[c] = float(silhouette_score(pts, lab))
     if not scores:
-        raise SingleClusterError(f"the auxiliary subspace has {n_distinct} distinct point(s): no two clusters to choose "
-                                 "between; train the disentanglement longer")
+        raise SingleClusterError("the auxiliary subspace has no two distinct clusters to choose between; train the "
+                                 "disentanglement longer")
     return max(scores, key=scores.get), scores
 
 
