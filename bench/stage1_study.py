@@ -201,27 +201,7 @@ def main() -> None:
     ap.add_argument("--rec-weight", default="", help="experiment: 'median' weights L_rec's pixels by their distance to "
                     "the training images' median image")
     ap.add_argument("--leaky-projectors", type=float, default=0.0, help="experiment: LeakyReLU slope in the projectors")
-    ap.add_argument("--spread-floor", type=float, default=0.0,
-                    help="experiment: every nuisance subspace's spread (std of s_i over the batch) kept above this "
-                         "multiple of alpha's (detached), a hinge weighted by --spread-weight * beta1, on from beta1")
-    ap.add_argument("--spread-weight", type=float, default=1.0)
     args = ap.parse_args()
-    if args.spread_floor > 0:
-        from detaux_ray.disentangle import losses
-
-        sparsity, rho = losses.sparsity_loss, args.spread_floor
-
-        def spread_floor(s):
-            """mean_{i != alpha} relu(rho * sg(spread_alpha) - spread_i)^2 / (rho * sg(spread_alpha))^2, where
-            spread_i = sqrt(sum_c Var_batch(s_i[c])): scale-free, zero once every nuisance subspace is that wide."""
-            spread = (s - s.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean(dim=0).add(1e-12).sqrt()  # (k,)
-            alpha = 0  # the quick preset's principal_subspace
-            target = rho * spread[alpha].detach()
-            others = torch.cat([spread[:alpha], spread[alpha + 1:]])
-            return (torch.relu(target - others) / target.clamp_min(1e-8)).pow(2).mean()
-
-        # Rides on L_spar's call (it sees s, after warm-up, under beta1 * w_spar): undo w_spar for the floor's weight.
-        losses.sparsity_loss = lambda s: sparsity(s) + args.spread_weight / 0.1 * spread_floor(s)
     if args.leaky_projectors > 0:
         from detaux_ray.disentangle import models
 
@@ -330,7 +310,7 @@ def main() -> None:
     final = curve[-1]
     row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "decoder_output": args.decoder_output or "sigmoid",
            "rec_loss": args.rec_loss or "mse", "leaky_projectors": args.leaky_projectors,
-           "rec_weight": args.rec_weight or "none", "spread_floor": [args.spread_floor, args.spread_weight], "steps": step,
+           "rec_weight": args.rec_weight or "none", "steps": step,
            "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "date": time.strftime("%Y-%m-%d"), "final": final, "curve": curve}
     for crit, r in final["discovery"].items():

@@ -77,6 +77,12 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
+    # The remedy for a nuisance latent that the confusion term collapses to a constant (docs/method.md; `digits`):
+    # the encoder confuses the adversary only after the warm-up, and L_floor keeps every other subspace at least
+    # spread_floor x alpha's width from then on (0 = off; losses.spread_floor_loss). Off by default: on shapes and
+    # colour_digits they cost the reconstruction and the labels (docs/studies/2026-12-05-nuisance-collapse.md).
+    confusion_after_warmup: bool = False
+    spread_floor: float = 0.0
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)
     cons_fraction: float = 1.0  # share of each batch's pairs swapped for L_cons (an unbiased sample; cheaper steps)
     log_images_every: int = 5  # epochs between reconstruction / traversal grids in TensorBoard
@@ -384,7 +390,7 @@ RANGES: dict[str, Range] = {
     "disentangle.margin": _NONNEG, "disentangle.warmup_frac": _UNIT, "disentangle.beta_rise": _POS,
     "disentangle.beta1_center": _UNIT, "disentangle.beta2_center": _UNIT, "disentangle.w_dist": _NONNEG,
     "disentangle.w_spar": _NONNEG, "disentangle.w_cons": _NONNEG, "disentangle.w_reg": _NONNEG,
-
+    "disentangle.spread_floor": _NONNEG,
     "disentangle.cons_swaps": _at_least(1), "disentangle.cons_fraction": Range(0, 1, open_lo=True),
     "disentangle.log_images_every": _at_least(1), "disentangle.scorecard_every": _NONNEG,
     "disentangle.scorecard_images": _at_least(64),

@@ -186,8 +186,9 @@ def nuisance_subspaces(variance, alpha: int, dead_frac: float) -> tuple[list[int
         ratios = ", ".join(f"{j}: {var[j] / var.max():.1e}" for j in range(len(var)) if j != alpha)
         raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is constant (variance {ratios} "
                                  "of the largest): stage 1 encoded nothing outside alpha, so there is nothing to "
-                                 "discover; rerun stage 1 with another seed, or with a lower disentangle.w_cons (it "
-                                 "shrinks every subspace the decoder can do without)")
+                                 "discover (the adversary's confusion term is lowest for a constant subspace); rerun "
+                                 "with --set disentangle.confusion_after_warmup=true --set disentangle.spread_floor=0.5 "
+                                 "(docs/method.md)")
     return rest, True
 
 

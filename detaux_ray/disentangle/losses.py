@@ -148,6 +148,19 @@ def confusion_loss(logits: Tensor) -> Tensor:
     return -F.log_softmax(logits, dim=-1).mean()
 
 
+def spread_floor_loss(s: Tensor, alpha: int, rho: float) -> Tensor:
+    """L_floor = mean over i != alpha of relu(rho sg(w_alpha) - w_i)^2 / (rho sg(w_alpha))^2, w_i = sqrt(sum_c Var_batch(s_i[c])).
+
+    Ours: zero once every other subspace is at least rho times as wide as alpha (alpha's width detached), and free
+    of the latent's scale. The confusion term is minimal for a constant subspace, and L_cons and L_spar are lowered
+    by shrinking one; without a floor a subspace the decoder can do without is shrunk to a constant
+    (docs/studies/2026-12-04-spread-floor.md, docs/studies/2026-12-05-nuisance-collapse.md). s: (B, k, d)."""
+    width = (s - s.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean(dim=0).add(1e-12).sqrt()  # (k,)
+    target = rho * width[alpha].detach()
+    others = torch.cat([width[:alpha], width[alpha + 1:]])
+    return (torch.relu(target - others) / target.clamp_min(1e-8)).pow(2).mean()
+
+
 def swap_subspace(s1: Tensor, s2: Tensor, i: Tensor) -> Tensor:
     """Latent sum of s_i^1 + sum_{j != i} s_j^2 for a per-row subspace index i (B,): (B, d)."""
     rows = torch.arange(s1.shape[0], device=s1.device)

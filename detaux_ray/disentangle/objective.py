@@ -1,8 +1,10 @@
 """Stage 1 core (no Ray): beta schedule, the full Detaux objective for one batch of pairs, latent traversals.
 
-    L = L_rec + w_prin L_prin + beta1 (w_dist L_dist + w_spar L_spar) + beta2 w_cons L_cons + beta3 w_reg L_reg
+    L = L_rec + w_prin L_prin + L_adv + w_adv L_conf + beta1 (w_dist L_dist + w_spar L_spar) + beta2 w_cons L_cons + beta3 w_reg L_reg
+        [+ L_floor after the warm-up when spread_floor > 0; L_conf only after it when confusion_after_warmup]
 
-(Eq. 2 of the paper, plus L_prin, the principal classifier on s_alpha, which variant=paper switches off.)
+(Eq. 2 of the paper, plus ours, which variant=paper switches off: L_prin, the principal classifier on s_alpha; the
+adversary L_adv / L_conf; L_floor, the floor on the other subspaces' width.)
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def detaux_loss(
         others = [i for i in range(core.k) if i != cfg.principal_subspace]
         s_other = s[:, others]
         terms["adv"] = losses.adversary_loss(core.adversary(s_other.detach()), y1, y2)  # the classifiers learn
-        terms["confusion"] = losses.confusion_loss(core.adversary(s_other, frozen=True))  # the subspaces unlearn
-        total = total + terms["adv"] + cfg.w_adversary * terms["confusion"]
+        total = total + terms["adv"]
+        if not (betas.warmup and cfg.confusion_after_warmup):
+            terms["confusion"] = losses.confusion_loss(core.adversary(s_other, frozen=True))  # the subspaces unlearn
+            total = total + cfg.w_adversary * terms["confusion"]
     if betas.warmup:
         return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 
@@ -94,6 +98,12 @@ def detaux_loss(
     terms["spar"] = losses.sparsity_loss(s)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = total + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]
+    if cfg.spread_floor > 0 and cfg.variant != "paper":
+        # At full weight from the end of the warm-up, not ramped with beta1: the terms that shrink a subspace act
+        # from there on (measured on `digits`: ramped, the floor came too late); not in the warm-up, where nothing
+        # anchors the latent's scale and the floor and alpha grew together (variance 1 -> 3,600 in three epochs).
+        terms["floor"] = losses.spread_floor_loss(s, cfg.principal_subspace, cfg.spread_floor)
+        total = total + terms["floor"]
     if with_cons:
         terms["cons"] = reencoded_consistency(core, x_swap, s1, rows, idx)
         total = total + betas.beta2 * cfg.w_cons * terms["cons"]

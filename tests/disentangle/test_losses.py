@@ -136,3 +136,23 @@ def test_adversary_classifiers_learn_on_detached_subspaces_and_confusion_moves_o
     # the confusion loss is smallest, log C, when the prediction is uniform
     assert losses.confusion_loss(torch.zeros(2, 8, 4)).item() == pytest.approx(math.log(4))
     assert losses.confusion_loss(torch.tensor([[[5.0, 0, 0, 0]]])).item() > math.log(4)
+
+
+def test_spread_floor_is_hand_computed_scale_free_and_leaves_alpha_alone():
+    """L_floor = mean over i != alpha of relu(rho w_alpha - w_i)^2 / (rho w_alpha)^2 with w_i the subspace's width.
+
+    Two images, alpha's width 2, the others 0.5, 1.5 and 0 (a constant subspace): with rho = 0.5 the target is 1,
+    so the terms are 0.25, 0 and 1, mean 5/12; scaling the latent changes nothing; no gradient reaches alpha."""
+    from detaux_ray.disentangle.losses import spread_floor_loss
+
+    s = torch.zeros(2, 4, 3)
+    s[:, 0, 0] = torch.tensor([2.0, -2.0])  # alpha: width 2
+    s[:, 1, 1] = torch.tensor([0.5, -0.5])
+    s[:, 2, 2] = torch.tensor([1.5, -1.5])
+    s[:, 3] = 3.0  # constant: width 0
+    assert spread_floor_loss(s, 0, 0.5).item() == pytest.approx(5 / 12, rel=1e-5)
+    assert spread_floor_loss(100 * s, 0, 0.5).item() == pytest.approx(5 / 12, rel=1e-5)
+    assert spread_floor_loss(s, 0, 0.2).item() == pytest.approx((0.4 - 0) ** 2 / 0.4 ** 2 / 3, rel=1e-5)  # only the constant one
+    s.requires_grad_(True)
+    spread_floor_loss(s, 0, 0.5).backward()
+    assert s.grad[:, 0].abs().sum() == 0 and s.grad[:, 1].abs().sum() > 0 and s.grad[:, 2].abs().sum() == 0

@@ -103,3 +103,21 @@ def test_swap_plan_samples_a_fraction_of_the_pairs():
     assert len(rows) == len(idx) == 16 and len(set(rows.tolist())) == 16 and int(idx.max()) < 5
     rows, idx = swap_plan(8, 3, 3, "cpu")  # every subspace of every pair
     assert rows.tolist() == [r for r in range(8) for _ in range(3)] and idx.tolist() == [0, 1, 2] * 8
+
+
+
+def test_the_warm_up_trains_the_adversary_but_not_the_confusion_and_the_floor_arrives_after_it():
+    """In the warm-up the principal classifiers on the other subspaces learn (L_adv), but the encoder is not yet
+    asked to confuse them, and no floor acts; after it both do (docs/method.md)."""
+    cfg = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_adversary=0.1, spread_floor=0.5, confusion_after_warmup=True)
+    model = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=3, n_adversary=True, adversary_hidden=8)
+    x1, x2 = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16)
+    y1, y2 = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 2, 2, 1, 1, 0])
+    _, warm, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(0.5, cfg), cfg, y1=y1, y2=y2)
+    assert "adv" in warm and "confusion" not in warm and "floor" not in warm
+    model.zero_grad()
+    loss, _, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(0.5, cfg), cfg, y1=y1, y2=y2)
+    loss.backward()
+    assert model.adversary.w.grad.abs().sum() > 0
+    _, late, _ = detaux_loss(model, x1, x2, y1 == y2, beta_schedule(3.5, cfg), cfg, y1=y1, y2=y2)
+    assert {"adv", "confusion", "floor"} <= set(late)
