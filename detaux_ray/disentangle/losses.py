@@ -155,7 +155,7 @@ def spread_floor_loss(s: Tensor, alpha: int, rho: float) -> Tensor:
     of the latent's scale. The confusion term is minimal for a constant subspace, and L_cons and L_spar are lowered
     by shrinking one; without a floor a subspace the decoder can do without is shrunk to a constant
     (docs/studies/2026-12-04-spread-floor.md, docs/studies/2026-12-05-nuisance-collapse.md). s: (B, k, d)."""
-    width = (s - s.mean(dim=0, keepdim=True)).pow(2).sum(dim=-1).mean(dim=0).add(1e-12).sqrt()  # (k,)
+    width = (mean_pairwise_sq_distance(s) / 2).add(1e-12).sqrt()  # (k,): mean_pair D = 2 sum_c Var(s_i[c])
     target = rho * width[alpha].detach()
     others = torch.cat([width[:alpha], width[alpha + 1:]])
     return (torch.relu(target - others) / target.clamp_min(1e-8)).pow(2).mean()
