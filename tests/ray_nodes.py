@@ -35,39 +35,56 @@ def _node_ports() -> list[str]:
             f"--min-worker-port={low}", f"--max-worker-port={low + 99}"]
 
 
+class _HeadExited(Exception):
+    """`ray start --head` ended before its head answered."""
+
+
 class LocalCluster:
     """`head_cpus` on the head; `add_node()` starts a worker node, `kill_node()` kills one as a lost machine would."""
 
     def __init__(self, head_cpus: int = 2):
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
         self.env.pop("RAY_ADDRESS", None)
-        self.temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: unix socket paths must fit in 107 bytes
-        self.gcs, dash = free_port(), free_port()
-        self.address = f"http://127.0.0.1:{dash}"
         self.nodes: list[subprocess.Popen] = []
-        self.head = self._start(["--head", f"--port={self.gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                                 "--include-dashboard=true", f"--temp-dir={self.temp_dir}",
-                                 f"--ray-client-server-port={free_port()}", f"--num-cpus={head_cpus}"])
-        try:
-            self._wait_for_head()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(3):
+            self.temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: unix socket paths must fit in 107 bytes
+            self.gcs, dash = free_port(), free_port()
+            self.address = f"http://127.0.0.1:{dash}"
+            err = Path(self.temp_dir) / "head.err"
+            with open(err, "w") as stderr:
+                self.head = self._start(["--head", f"--port={self.gcs}", f"--dashboard-port={dash}",
+                                         "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+                                         f"--temp-dir={self.temp_dir}", f"--ray-client-server-port={free_port()}",
+                                         f"--num-cpus={head_cpus}"], stderr=stderr)
+            try:
+                self._wait_for_head()
+                return
+            except _HeadExited:
+                # Seen once in a full CI run (the three tests then passed alone); why was not recorded, the likeliest
+                # being a port taken between free_port() and the bind. Fresh ports; a third failure says why (the
+                # head's stderr is kept for it).
+                why = err.read_text().strip().splitlines()[-3:]
+                self.stop()
+                if attempt == 2:
+                    raise RuntimeError(f"ray start --head exited early three times: {' | '.join(why)}") from None
+            except BaseException:
+                self.stop()
+                raise
 
     def _wait_for_head(self) -> None:
         deadline = time.time() + 120
         while subprocess.run([RAY, "job", "list", "--address", self.address], env=self.env,
                              capture_output=True).returncode != 0:
             if self.head.poll() is not None:
-                raise RuntimeError("ray start --head exited early")
+                raise _HeadExited()
             if time.time() > deadline:
                 raise RuntimeError("the Ray head did not come up in 120 s")
             time.sleep(2)
         self.wait_for_nodes(1)
 
-    def _start(self, args: list[str]) -> subprocess.Popen:
+    def _start(self, args: list[str], stderr=subprocess.DEVNULL) -> subprocess.Popen:
         return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *_node_ports(), *args], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
 
     def add_node(self, cpus: int, resources: dict | None = None) -> subprocess.Popen:
         args = [f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={cpus}"]
