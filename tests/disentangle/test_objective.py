@@ -105,7 +105,6 @@ def test_swap_plan_samples_a_fraction_of_the_pairs():
     assert rows.tolist() == [r for r in range(8) for _ in range(3)] and idx.tolist() == [0, 1, 2] * 8
 
 
-
 def test_the_warm_up_trains_the_adversary_but_not_the_confusion_and_the_floor_arrives_after_it():
     """In the warm-up the principal classifiers on the other subspaces learn (L_adv), but the encoder is not yet
     asked to confuse them, and no floor acts; after it both do (docs/method.md)."""
