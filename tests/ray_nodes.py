@@ -86,13 +86,37 @@ class LocalCluster:
         return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *_node_ports(), *args], env=self.env,
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
 
-    def add_node(self, cpus: int, resources: dict | None = None) -> subprocess.Popen:
-        args = [f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={cpus}"]
-        if resources:
-            args.append(f"--resources={json.dumps(resources)}")
-        node = self._start(args)
-        self.nodes.append(node)
-        return node
+    def add_node(self, cpus: int, resources: dict | None = None, timeout_s: float = 60) -> subprocess.Popen:
+        """Start a worker node and wait until the head lists it ALIVE. A `ray start` that exits or hangs before that
+        (a port taken between free_port() and its bind is the likeliest) is stopped and started again on fresh
+        ports, three tries; a third failure raises with the node's last stderr lines."""
+        self._n_added = getattr(self, "_n_added", 0) + 1
+        marker = f"rn_node_{self._n_added}"  # finds this node in the head's list, whatever else is alive or dying
+        args = [f"--address=127.0.0.1:{self.gcs}", f"--num-cpus={cpus}",
+                f"--resources={json.dumps({**(resources or {}), marker: 1})}"]
+        err = Path(self.temp_dir) / f"{marker}.err"
+        for attempt in range(3):
+            with open(err, "w") as stderr:
+                node = self._start(args, stderr=stderr)
+            deadline = time.time() + timeout_s
+            while node.poll() is None and time.time() < deadline:
+                if self._alive_with(marker):
+                    self.nodes.append(node)
+                    return node
+                time.sleep(1)
+            why = "exited" if node.poll() is not None else f"did not join in {timeout_s:.0f} s"
+            _kill_group(node, signal.SIGTERM)
+        raise RuntimeError(f"worker node {marker} {why}, three tries: "
+                           + " | ".join(err.read_text().strip().splitlines()[-3:]))
+
+    def _alive_with(self, resource: str) -> bool:
+        out = subprocess.run([RAY, "list", "nodes", "--address", self.address, "--format", "json", "--filter",
+                              "state=ALIVE"], env=self.env, capture_output=True, text=True)
+        try:
+            nodes = json.loads(out.stdout) if out.returncode == 0 else []
+        except json.JSONDecodeError:
+            return False
+        return any(resource in (n.get("resources_total") or {}) for n in nodes)
 
     def alive_nodes(self) -> int:
         out = subprocess.run([RAY, "list", "nodes", "--address", self.address, "--format", "json", "--filter",
