@@ -2,6 +2,7 @@
 
     python bench/step_profile.py --device cuda --out /tmp/profile.json          # the paper preset, batch 32
     python bench/step_profile.py --device cpu --set data.image_size=16 --steps 3  # seconds (tests/test_bench.py)
+    python bench/step_profile.py --device cpu --set resources.compile=default     # the compiled step
 
 The H200 run of `bench/gpu_check.py` measured ~20 ms per step at batch 32 *and* at batch 256 (8x the pairs): the
 step is bound by per-op overhead, not by arithmetic. This script says by which ops: the step's wall time, the
@@ -24,10 +25,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_check import _model, _step, _sync  # noqa: E402
+from gpu_check import _model, _sync  # noqa: E402
 
 from detaux_ray.config import load_config  # noqa: E402
-from detaux_ray.disentangle.objective import beta_schedule, optimizer  # noqa: E402
+from detaux_ray.disentangle.objective import beta_schedule, compiled_step, optimizer, optimizer_step  # noqa: E402
+from detaux_ray.tensors import autocast  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -46,8 +48,15 @@ def main(argv: list[str] | None = None) -> dict:
     d, size, n_cls = cfg.disentangle, cfg.data.image_size, 8
     rng = np.random.default_rng(0)
     model = _model(cfg, n_cls, device, 0)
-    opt = optimizer(model, d)
+    opt = optimizer(model, d, fused=cfg.resources.compile == "none")
+    loss_fn, update = compiled_step(opt, cfg.resources.compile)  # the product's step (train_disentangle)
     betas = beta_schedule(0.95 * d.epochs, d)  # every term on
+
+    def _step(model, opt, batch, betas, cfg, device, amp):
+        x1, x2, same, y1, y2 = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True) for a in batch)
+        with autocast(device, amp):
+            loss, _, _ = loss_fn(model, x1, x2, same, betas, d, y1=y1, y2=y2)
+        optimizer_step(opt, loss, update)
 
     def batch():
         x = rng.integers(0, 256, (2, d.batch_size, size, size, 3), dtype=np.uint8)
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "preset": args.preset, "overrides": args.overrides, "amp": args.amp,
+        "compile": cfg.resources.compile,
         "image_size": size, "batch_size": d.batch_size, "k": d.k, "steps": n,
         "step_wall_ms": round(wall_ms, 3),
         "aten_calls_per_step": round(sum(e.count for e in ops) / n, 1),

@@ -175,6 +175,11 @@ class ResourcesConfig:
     # GPUs / num_workers, else CPUs / (num_workers * cpus_per_worker + data_cpus). Inside a tuning trial: 1.
     concurrent_fits: int = 0
     amp: str = "none"  # "bf16": bfloat16 autocast in both training stages and the embedding (GPU)
+    # torch.compile of stage 1's step (its loss and optimiser update), in torch's modes: "default", or
+    # "reduce-overhead" (CUDA graphs too). For a GPU, where an eager step is bound by per-op launches; the first
+    # steps pay the compilation (~1 min on 2 CPU cores); on a CPU the step is bound by its convolutions and gains
+    # nothing measurable (bench/README.md).
+    compile: str = "none"
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
     storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints
     max_failures: int = 2  # worker-group restarts from the last checkpoint before a training stage fails
@@ -432,6 +437,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mtl.lr_schedule": ("constant", "cosine"),
     "mtl.optimizer": ("adamw", "sgd"),
     "resources.amp": ("none", "bf16"),
+    "resources.compile": ("none", "default", "reduce-overhead"),
     "resources.placement": ("pack", "spread"),
     "debug.nan_node": ("any", "other"),
 }

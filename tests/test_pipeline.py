@@ -388,3 +388,15 @@ def test_few_labels_every_stage_uses_what_it_can(few_labels):
     assert f"training STL for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in few_labels.out
     assert f"training HPS seed 1 for 1 epochs (seed 1) on {n_train} images, {n_lab} with their principal label" in few_labels.out
     assert f"**{n_lab} of the {n_train} training images have their principal label.**" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_stage_1_compiled_on_two_ddp_workers(ray_session, tmp_path, capsys):
+    """resources.compile=default through Ray Train (2 DDP workers): stage 1 trains every step of its two epochs
+    (the warm-up and the full objective) with a finite loss and a handful of graphs, not one per step or per break."""
+    code = run(tmp_path / "run", "resources.compile=default", "discover.clusterer=kmeans", "discover.n_clusters=1")
+    assert code == 4, capsys.readouterr().err[-3000:]  # stops at one cluster, right after stage 1
+    m = json.loads((tmp_path / "run" / "disentangle" / "manifest.json").read_text())
+    assert m["steps"] == 2 * (256 // 2 // 32)
+    assert 0 < m["metrics"]["loss/total"] < float("inf") and "loss/cons" in m["metrics"]
+    assert 2 <= m["metrics"]["compiled_graphs"] <= 8, m["metrics"]

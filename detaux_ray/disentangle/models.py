@@ -286,6 +286,11 @@ class DisentangleAE(nn.Module):
         z = self.encoder(x)
         if self.alpha_encoder is not None:
             mine = i == self.alpha
+            if torch.compiler.is_compiling():
+                # Static shapes for a compiled step (no host sync, no data-dependent row count): every row goes
+                # through f_alpha and the select keeps the swapped alpha rows' (extra rows are cheap where a step
+                # is launch-bound, which is where compiling pays).
+                return self.projectors.project_one(torch.where(mine[:, None], self.alpha_encoder(x), z), i)
             if bool(mine.any()):
                 z = z.clone()
                 z[mine] = self.alpha_encoder(x[mine])

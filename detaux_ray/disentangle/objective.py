@@ -10,6 +10,7 @@ adversary L_adv / L_conf; L_floor, the floor on the other subspaces' width.)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from . import losses
 from ..config import DisentangleConfig
+from ..tensors import to_float_images
 from .models import DisentangleAE
 
 
@@ -51,7 +53,8 @@ def detaux_loss(
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Total loss for a batch of pairs, its terms (detached) and the oracle weights lam (B, k).
 
-    x1, x2: float images (B, 3, S, S); same: bool (B,), True when the pair shares its principal label.
+    x1, x2: float images (B, 3, S, S), or uint8 (B, S, S, 3) as stored (converted here, so that a compiled step
+    fuses the conversion); same: bool (B,), True when the pair shares its principal label.
     y1, y2: the pair's principal labels (B,), needed when the principal head is on (w_principal > 0); L_prin
     is on from the first step (the warm-up trains L_rec and L_prin).
     swaps: optional (rows, subspaces) for L_cons instead of drawing them (benchmarks compare steps on it).
@@ -59,6 +62,8 @@ def detaux_loss(
     """
     core: DisentangleAE = getattr(model, "module", model)
     x = torch.cat([x1, x2], dim=0)
+    if x.dtype == torch.uint8:
+        x = to_float_images(x)
     s = model(x, decode=False)
     b = x1.shape[0]
     s1, s2 = s[:b], s[b:]
@@ -120,7 +125,7 @@ def build_model(cfg: DisentangleConfig, image_size: int, n_principal: int) -> Di
                          alpha_encoder="shared" if cfg.variant == "paper" else cfg.alpha_encoder, alpha=cfg.principal_subspace)
 
 
-def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW:
+def optimizer(model: DisentangleAE, cfg: DisentangleConfig, fused: bool = True) -> torch.optim.AdamW:
     """AdamW over the autoencoder (and its principal head) at cfg.lr; the adversary, when there is one, in a group of
     its own at cfg.lr * cfg.adversary_lr_scale (with scale 1, the same steps as one group).
 
@@ -128,22 +133,43 @@ def optimizer(model: DisentangleAE, cfg: DisentangleConfig) -> torch.optim.AdamW
     trained at the encoder's rate stayed near chance (cross-entropy 2.04 against log 8 = 2.08) while a classifier
     fitted afterwards on the same subspaces reached 1.5 (linear) and 0.5 (one hidden layer).
 
-    Fused: one kernel per group updates every parameter; the per-parameter loop was a third of a step's operator
-    calls (bench/step_profile.py).
+    fused: one kernel per group updates every parameter; the per-parameter loop was a third of a step's operator
+    calls (bench/step_profile.py). fused=False gives the multi-tensor (foreach) form, which torch.compile can trace
+    into one generated kernel (the fused kernel is opaque to it): see `compiled_step`.
     """
     adversary = list(model.adversary.parameters()) if model.adversary is not None else []
     ids = {id(p) for p in adversary}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids]}]
     if adversary:
         groups.append({"params": adversary, "lr": cfg.lr * cfg.adversary_lr_scale})
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
-    """One update: backward, step."""
+def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, step: Callable[[], object] | None = None) -> None:
+    """One update: backward, then `step` (default opt.step; a compiled one from `compiled_step`)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    opt.step()
+    (step or opt.step)()
+
+
+def compiled_step(opt: torch.optim.Optimizer, mode: str) -> tuple[Callable[..., tuple], Callable[[], object]]:
+    """(loss function, optimiser update) of stage 1's step under resources.compile=mode: `detaux_loss` and
+    `opt.step` as they are for "none", else both through torch.compile (build `opt` with fused=False).
+
+    The loss's graph covers the whole forward pass and every loss term (its backward is compiled with it); the
+    update becomes one generated kernel over every parameter. Measured on the paper preset: the eager step's
+    ~3,000 operator calls fall to ~620 (bench/step_profile.py --set resources.compile=default)."""
+    if mode == "none":
+        return detaux_loss, opt.step
+    return torch.compile(detaux_loss, mode=mode), torch.compile(opt.step, mode=mode)
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process: the warm-up's and the full objective's loss, the update
+    (and their backward); a graph break or a recompilation adds more, each paid again at its first step."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def swap_plan(b: int, k: int, n_swaps: int, device, fraction: float = 1.0) -> tuple[Tensor, Tensor]:

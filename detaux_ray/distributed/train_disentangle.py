@@ -13,8 +13,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from ..config import Config
-from ..disentangle.objective import (beta_schedule, build_model, detaux_loss, latent_traversal, optimizer,
-                                     optimizer_step)
+from ..disentangle.objective import (beta_schedule, build_model, compiled_graphs, compiled_step, latent_traversal,
+                                     optimizer, optimizer_step)
 from ..disentangle.models import DisentangleAE
 from ..tensors import autocast, to_device, to_float_images
 from ..disentangle.scorecard import heatmap, scorecard
@@ -35,10 +35,11 @@ def _train(config: dict) -> None:
     cfg, rank, world, device = w.cfg, w.rank, w.world, w.device
     d, res, rows = cfg.disentangle, cfg.resources, config["train_rows"]
     model = build_model(d, cfg.data.image_size, config["n_principal"]).to(device, memory_format=torch.channels_last)
-    opt = optimizer(model, d)
+    opt = optimizer(model, d, fused=res.compile == "none")
     state = resume(config["run_path"], model, opt)
     start_epoch, global_step = state.get("epoch", -1) + 1, state.get("step", 0)
     ddp_model = ray.train.torch.prepare_model(model)  # Ray: DDP across the workers
+    loss_fn, update = compiled_step(opt, res.compile)
     board = _Board(config, cfg, device) if rank == 0 else None  # TensorBoard (rank 0)
     if board and start_epoch:
         send(config["status"], resumed_after=start_epoch)
@@ -56,11 +57,11 @@ def _train(config: dict) -> None:
             betas = beta_schedule(epoch + step / steps, d)
             x1, x2, same, y1, y2 = _pair_tensors(batch, device)
             with autocast(device, res.amp):
-                loss, terms, lam = detaux_loss(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
+                loss, terms, lam = loss_fn(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status"])
             if epoch == cfg.debug.nan_epoch and (cfg.debug.nan_node == "any" or not w.on_driver_node):  # test hook
                 loss = loss * float("nan")
-            optimizer_step(opt, loss)
+            optimizer_step(opt, loss, update)
             global_step += 1
             for name, v in {"total": loss.detach(), **terms}.items():  # on device: one host sync per epoch
                 sums[name] = sums.get(name, 0.0) + v
@@ -72,6 +73,8 @@ def _train(config: dict) -> None:
             return
         metrics = {"epoch": epoch, "epoch_time_s": time.time() - t0, "pairs": steps * d.batch_size * world,
                    **{f"loss/{k}": v for k, v in means.items()}}
+        if res.compile != "none":
+            metrics["compiled_graphs"] = compiled_graphs()
         if board:
             metrics |= board.epoch(model, epoch, means, betas, (picks / picks.sum().clamp_min(1e-12)).cpu().numpy())
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": global_step},
@@ -81,9 +84,9 @@ def _train(config: dict) -> None:
 
 
 def _pair_tensors(batch: dict, device: torch.device) -> tuple:
-    """(x1, x2, same, y1, y2) on the device from a pair batch; the label columns arrive as read-only Arrow views:
-    copied (a few bytes) rather than aliased."""
-    x1, x2 = (to_float_images(to_device(torch.from_numpy(batch[k]), device)) for k in ("x1", "x2"))
+    """(x1, x2, same, y1, y2) on the device from a pair batch, the images as stored (uint8; the loss converts them);
+    the label columns arrive as read-only Arrow views: copied (a few bytes) rather than aliased."""
+    x1, x2 = (to_device(torch.from_numpy(batch[k]), device) for k in ("x1", "x2"))
     same = to_device(torch.from_numpy(np.array(batch["same"])), device)
     y1, y2 = (to_device(torch.from_numpy(np.array(batch[y], dtype=np.int64)), device) for y in ("y1", "y2"))
     return x1, x2, same, y1, y2
