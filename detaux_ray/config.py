@@ -195,6 +195,9 @@ class DebugConfig:
     nan_epoch: int = -1  # stage 1 loss becomes NaN in this epoch
     nan_node: str = "any"  # on the ranks of any node, or only on those of "other" nodes than the driver's
     kill_at: str = ""  # "stage:epoch:step" (stage = disentangle | stl | hps): rank 0 dies there, once per run dir
+    # Stage 1 ends with every subspace but alpha constant: "first" unless it runs CONSTANT_LATENT_REMEDY (the
+    # pipeline's fallback), "always" in any case
+    constant_latent: str = ""
 
 
 @dataclass
@@ -228,6 +231,11 @@ class Config:
 # Keys that change what a stage logs or how it holds its images, never its result: changing one reuses the stage.
 NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentangle.scorecard_every",
                          "disentangle.scorecard_images", "mtl.test_every"})
+
+# Stage 1's formulation for a latent whose nuisance subspaces all came out constant (the pipeline retrains stage 1
+# with it once; docs/studies/2026-12-05-nuisance-collapse.md: on `digits` no run stops with it, at a cost on the
+# kinds where the default works, so it is not the default).
+CONSTANT_LATENT_REMEDY = ("disentangle.confusion_after_warmup=true", "disentangle.spread_floor=0.5")
 
 
 # Options measured worse than the defaults and not the paper's, removed: the value that meant "off" is still
@@ -342,6 +350,25 @@ def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = 
     values = read_yaml(preset_path(preset), "preset") or {}
     items = [(k.split("."), v, f"{k}={v!r}") for k, v in (fixed or {}).items()]
     items += [(*parse_override(item), item) for item in overrides]
+    _assign(values, items)
+    cfg = _from_dict(Config, values, "")
+    validate(cfg)
+    return cfg
+
+
+def uses_constant_latent_remedy(cfg: Config) -> bool:
+    """Whether stage 1 already runs CONSTANT_LATENT_REMEDY's formulation."""
+    return apply_overrides(cfg, list(CONSTANT_LATENT_REMEDY)) == cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """`cfg` with `section.key=value` override strings applied, validated (a new Config)."""
+    values = cfg.to_dict()
+    _assign(values, [(*parse_override(item), item) for item in overrides])
+    return config_from_dict(values)
+
+
+def _assign(values: dict, items: list[tuple[list[str], Any, str]]) -> None:
     for keys, value, item in items:
         node = values
         for k in keys[:-1]:
@@ -349,9 +376,6 @@ def load_config(preset: str = "quick", overrides: list[str] | tuple[str, ...] = 
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{item}': '{k}' is not a config section")
         node[keys[-1]] = value
-    cfg = _from_dict(Config, values, "")
-    validate(cfg)
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -440,6 +464,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resources.compile": ("none", "default", "reduce-overhead"),
     "resources.placement": ("pack", "spread"),
     "debug.nan_node": ("any", "other"),
+    "debug.constant_latent": ("", "first", "always"),
 }
 
 

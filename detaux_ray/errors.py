@@ -9,6 +9,8 @@ class ConfigError(DetauxError): exit_code = 2  # noqa: E701  unknown preset or k
 class DataError(DetauxError): exit_code = 3  # noqa: E701  unknown dataset, missing factor, too few classes, bad images
 # Discovery found one cluster: the auxiliary task would carry no information (the run is unsuccessful).
 class SingleClusterError(DetauxError): exit_code = 4  # noqa: E701
+# Every subspace but alpha is constant: stage 1 encoded nothing outside alpha (the pipeline's fallback retrains it).
+class ConstantLatentError(SingleClusterError): pass  # noqa: E701
 class NonFiniteLossError(DetauxError): exit_code = 5  # noqa: E701  a NaN/inf loss; the last good checkpoint is kept
 # The run directory cannot be used (a file, not writable, busy) or holds an artifact this project cannot read.
 class RunDirError(DetauxError): exit_code = 6  # noqa: E701

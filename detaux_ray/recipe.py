@@ -19,6 +19,7 @@ from pathlib import Path
 from .artifacts import write_json
 from .cli import run_cli
 from .config import load_config
+from .errors import ConstantLatentError
 from .report import summary_line
 from .results import MTLResult, Report, control_keys  # what each stage returns
 from .statistics import seed_statistics
@@ -29,7 +30,12 @@ def detaux(p) -> Report:
     cfg, m = p.cfg, p.cfg.mtl
     p.start()  # run dir checked, Ray started or joined
     s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
-    s2 = p.stage("discover", p.discover)  # 2. choose a subspace, cluster it -> labels.parquet
+    try:
+        s2 = p.stage("discover", p.discover)  # 2. choose a subspace, cluster it -> labels.parquet
+    except ConstantLatentError as exc:  # stage 1 left nothing outside alpha: once more with the remedy formulation
+        p.fall_back(exc)
+        s1 = p.stage("disentangle", p.disentangle)
+        s2 = p.stage("discover", p.discover)
 
     def multitask(out: Path) -> MTLResult:  # 3. STL vs multi-task models on (image, principal, auxiliary)
         train, n_classes = p.labels()

@@ -19,6 +19,16 @@ def _label_use(ds) -> list[str]:
             f"images, repeated in each epoch to as many steps as the models on every image."]
 
 
+def _fallback(r: Report) -> list[str]:
+    """Stage 1 trained a second time with the remedy formulation (Pipeline.fall_back): why, and with what."""
+    if not r.fallback:
+        return []
+    sets = " ".join(f"`{o}`" for o in r.fallback["overrides"])
+    return ["", f"**Stage 1 ran twice.** After the first, discovery stopped: {r.fallback['reason']}. "
+            f"Stage 1 was trained again with {sets}; every result below is from that second run (its stages are in "
+            f"`fallback/`, the first stage 1 in `{r.fallback['first_stage_1']}/`)."]
+
+
 def _placement(r: Report) -> list[str]:
     """Where the training stages ran, when on more than one node or after a restart (a lost worker or node)."""
     workers = r.config.get("resources", {}).get("num_workers", 1)
@@ -41,6 +51,7 @@ def render_markdown(r: Report) -> str:
         f"{ds.n_train} training / {ds.n_val} validation / {ds.n_test} held-out test images.",
         *_label_use(ds),
         *_placement(r),
+        *_fallback(r),
         "",
         "## Principal-task accuracy on the held-out split (Table 1 style)",
         "",

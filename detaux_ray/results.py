@@ -259,6 +259,9 @@ class Report(_Result):
     config: dict
     scorecard_png: str = "discover/scorecard.png"
     traversal_png: str | None = None  # the latent-traversal grid beside report.md, rows labelled by subspace
+    # Stage 1 trained again with the remedy formulation after discovery found a constant latent (Pipeline.fall_back):
+    # {"reason", "overrides", "first_stage_1"}; None when the first stage 1 was used.
+    fallback: dict | None = None
 
     @property
     def stl(self) -> FitResult | None:
@@ -306,4 +309,5 @@ class Report(_Result):
             "config": self.config,
             "scorecard_png": self.scorecard_png,
             "traversal_png": self.traversal_png,
+            "fallback": self.fallback,
         }

@@ -400,3 +400,37 @@ def test_stage_1_compiled_on_two_ddp_workers(ray_session, tmp_path, capsys):
     assert m["steps"] == 2 * (256 // 2 // 32)
     assert 0 < m["metrics"]["loss/total"] < float("inf") and "loss/cons" in m["metrics"]
     assert 2 <= m["metrics"]["compiled_graphs"] <= 8, m["metrics"]
+
+
+@pytest.mark.slow
+def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reuses_both(ray_session, tmp_path, capsys):
+    """Stage 1 leaves every subspace but alpha constant (debug.constant_latent, as on `digits`): discovery stops,
+    stage 1 is trained again with config.CONSTANT_LATENT_REMEDY in run_dir/fallback/, and the run finishes there,
+    its report saying so. The rerun reuses both stage 1s (nothing trained). Where the config already is the remedy,
+    the run stops with exit 4 saying nothing is left to try."""
+    from detaux_ray.config import CONSTANT_LATENT_REMEDY
+
+    run_dir = tmp_path / "run"
+    extra = ["debug.constant_latent=first", "resources.num_workers=1", "mtl.baseline=false"]
+    assert run(run_dir, *extra) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    assert "every subspace other than the principal one (0) is constant" in out and "Falling back" in out
+    first, second = (json.loads((d / "disentangle" / "manifest.json").read_text()) for d in (run_dir, run_dir / "fallback"))
+    assert first["config_hash"] != second["config_hash"] and (run_dir / "fallback" / "mtl" / "results.json").is_file()
+    assert not (run_dir / "discover").exists()  # the first stage 1's discovery stopped: nothing half-written
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["fallback"]["overrides"] == list(CONSTANT_LATENT_REMEDY) and report["n_aux_classes"] == 4
+    assert report["config"]["disentangle"]["spread_floor"] == 0.5 and report["config"]["disentangle"]["confusion_after_warmup"]
+    assert "**Stage 1 ran twice.**" in (run_dir / "report.md").read_text()
+    assert list((run_dir / "tensorboard" / "fallback" / "disentangle").glob("events.out.tfevents.*"))
+
+    assert run(run_dir, *extra) == 0
+    out = capsys.readouterr().out
+    assert out.count("stage 'disentangle' already complete") == 2 and "Falling back" in out
+    assert "[disentangle] epoch" not in out  # neither stage 1 trained again
+
+    stuck = tmp_path / "stuck"
+    remedy = ["debug.constant_latent=always", "resources.num_workers=1", *CONSTANT_LATENT_REMEDY]
+    assert run(stuck, *remedy) == 4
+    assert "this run already used that formulation: nothing else to try" in capsys.readouterr().err
+    assert not (stuck / "fallback").exists()

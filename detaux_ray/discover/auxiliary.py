@@ -17,10 +17,10 @@ from scipy.stats import chi2_contingency
 from sklearn import metrics
 
 from ..artifacts import write_json, write_with
-from ..config import Config, DiscoverConfig
+from ..config import CONSTANT_LATENT_REMEDY, Config, DiscoverConfig
 from ..disentangle.pairs import sample_pairs
 from ..disentangle.scorecard import heatmap, is_identifier, scorecard
-from ..errors import SingleClusterError
+from ..errors import ConstantLatentError, SingleClusterError
 from ..results import AuxiliaryTask, Diagnostics, DiscoverResult
 from .clustering import ClusterResult, choose_n_clusters, cluster
 
@@ -150,7 +150,9 @@ def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_c
 
 
 def _variance(s: np.ndarray) -> np.ndarray:
-    """Total variance of each subspace of s (N, k, d): (k,)."""
+    """Total variance of each subspace of s (N, k, d): (k,). In float64: in float32 the mean of a constant column is
+    off by rounding, which gave a constant subspace up to 1e-8 of a barely trained alpha's variance."""
+    s = np.asarray(s, dtype=np.float64)
     return ((s - s.mean(0, keepdims=True)) ** 2).sum(-1).mean(0)
 
 
@@ -184,11 +186,11 @@ def nuisance_subspaces(variance, alpha: int, dead_frac: float) -> tuple[list[int
     rest = [j for j in range(len(var)) if j != alpha and var[j] > CONSTANT * var.max()]
     if not rest:
         ratios = ", ".join(f"{j}: {var[j] / var.max():.1e}" for j in range(len(var)) if j != alpha)
-        raise SingleClusterError(f"every subspace other than the principal one ({alpha}) is constant (variance {ratios} "
-                                 "of the largest): stage 1 encoded nothing outside alpha, so there is nothing to "
-                                 "discover (the adversary's confusion term is lowest for a constant subspace); rerun "
-                                 "with --set disentangle.confusion_after_warmup=true --set disentangle.spread_floor=0.5 "
-                                 "(docs/method.md)")
+        remedy = " ".join(f"--set {o}" for o in CONSTANT_LATENT_REMEDY)
+        raise ConstantLatentError(f"every subspace other than the principal one ({alpha}) is constant (variance {ratios} "
+                                  "of the largest): stage 1 encoded nothing outside alpha, so there is nothing to "
+                                  f"discover (the adversary's confusion term is lowest for a constant subspace); rerun "
+                                  f"with {remedy} (docs/method.md)")
     return rest, True
 
 

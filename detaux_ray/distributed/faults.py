@@ -22,3 +22,18 @@ def maybe_kill(kill_at: str, stage: str, epoch: int, step: int, rank: int, board
         return
     print(f"[debug] killing rank 0 of '{stage}' at epoch {epoch} step {step}", flush=True)
     os._exit(1)
+
+
+def maybe_constant_latent(mode: str, model, remedy: bool) -> None:
+    """Make every subspace but alpha constant, as the adversary's confusion term leaves them on `digits` after a
+    long warm-up (docs/studies/2026-12-05-nuisance-collapse.md): each projector's first layer zeroed, so that
+    s_j = b2_j for every image. mode "first": unless stage 1 runs the remedy formulation (`remedy`); "always"."""
+    if not mode or (mode == "first" and remedy):
+        return
+    import torch
+
+    with torch.no_grad():
+        for j in range(model.k):
+            if j != model.alpha:
+                model.projectors.w1[j].zero_()
+                model.projectors.b1[j].zero_()

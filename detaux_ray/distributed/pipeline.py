@@ -24,11 +24,11 @@ import yaml
 from ..artifacts import (RunLock, check_writable_dir, check_writable_storage, clean_stale_temporaries, copy_file,
                          load_torch, manifest, read_manifest, save_torch, staging_dir, verify_stage, write_json,
                          write_text, write_with)
-from ..config import Config
+from ..config import CONSTANT_LATENT_REMEDY, Config, apply_overrides, uses_constant_latent_remedy
 from ..data import ImageSource, build_source
 from ..discover.auxiliary import auxiliary_tasks, cluster_and_diagnose, discover
 from ..disentangle.objective import latent_traversal, traversal_figure
-from ..errors import ConfigError, DataError, RunDirError
+from ..errors import ConfigError, ConstantLatentError, DataError, RunDirError
 from ..disentangle.models import DisentangleAE
 from ..tensors import to_float_images
 from ..mtl.models import UNLABELLED
@@ -136,6 +136,8 @@ class Pipeline:
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
         self.fingerprint = self.source.fingerprint  # of the dataset's files: a changed dataset reruns every stage
         self._lock = RunLock(self.run_dir)
+        self.stage_root, self.tensorboard = self.run_dir, self.run_dir / "tensorboard"
+        self.fallback: dict | None = None  # set by fall_back(): why stage 1 ran again, and with what
 
     @property
     def cache(self) -> ImageCache | SourceImages:
@@ -183,7 +185,22 @@ class Pipeline:
     def stage_dir(self, name: str) -> Path:
         if self.stage_store is not None:
             return self.stage_store / name / self.hash(name)
-        return self.run_dir / name
+        return self.stage_root / name
+
+    def fall_back(self, exc: ConstantLatentError) -> None:
+        """Discovery found every nuisance subspace constant: from here on the run uses stage 1's remedy formulation
+        (config.CONSTANT_LATENT_REMEDY), its stages in run_dir/fallback/ and TensorBoard's tensorboard/fallback/,
+        so the first stage 1 stays reusable and a rerun retraces the same path without training either again.
+        Raises `exc` when the config already is the remedy: nothing is left to try."""
+        if uses_constant_latent_remedy(self.cfg):
+            raise ConstantLatentError(f"{exc} -- this run already used that formulation: nothing else to try; "
+                                      "raise disentangle.epochs or lower disentangle.w_adversary") from None
+        _say(f"stage 'discover': {exc}. Falling back: stage 1 again with {', '.join(CONSTANT_LATENT_REMEDY)}")
+        first = self.stage_dir("disentangle")
+        self.fallback = {"reason": str(exc).split("; rerun with")[0], "overrides": list(CONSTANT_LATENT_REMEDY),
+                         "first_stage_1": str(first.relative_to(self.run_dir) if first.is_relative_to(self.run_dir) else first)}
+        self.cfg = apply_overrides(self.cfg, list(CONSTANT_LATENT_REMEDY))
+        self.stage_root, self.tensorboard = self.run_dir / "fallback", self.run_dir / "tensorboard" / "fallback"
 
     def stage(self, name: str, body):
         """Run `body(folder)` as stage `name`, unless its artifacts are complete for this config already; the
@@ -222,7 +239,7 @@ class Pipeline:
         src = self.source
         dataset = DatasetInfo(src.name, src.principal_name, src.n_principal_classes, len(src.train_rows()),
                               len(src.val_rows()), len(src.test_rows()), src.image_size, len(src.labelled_train_rows()))
-        report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict())
+        report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict(), fallback=self.fallback)
         png = self.stage_dir("discover") / "scorecard.png"
         if png.is_file():  # beside report.md, which shows it
             copy_file(png, self.run_dir / "scorecard.png")
@@ -245,7 +262,7 @@ class Pipeline:
         the labelled training rows (the oracle needs both images' principal labels)."""
         rows = self.source.labelled_train_rows()
         res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
-                                    self.run_dir / "tensorboard" / "disentangle", self.storage,
+                                    self.tensorboard / "disentangle", self.storage,
                                     probe=self._probe(), data_fingerprint=self.fingerprint)
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
@@ -353,7 +370,7 @@ class Pipeline:
         _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images"
              + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label")
              + (f", repeated to {train.num_rows} per epoch" if n_images < train.num_rows else ""))
-        res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.run_dir / "tensorboard" / "mtl" / tb, self.storage,
+        res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.tensorboard / "mtl" / tb, self.storage,
                             val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
         _say(f"{name}: principal test accuracy {res.test_principal_accuracy:.4f}")
@@ -385,7 +402,7 @@ class Pipeline:
         ae_cfg = dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, warmup_frac=1.0, w_principal=0.0))
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
         res = train_disentangle.run(ae_cfg, src.labelled_train_rows(), src.principal, self.cache,
-                                    self.run_dir / "tensorboard" / "entangled_ae", self.storage,
+                                    self.tensorboard / "entangled_ae", self.storage,
                                     data_fingerprint=self.fingerprint)
         z = self._embed(res["model"]).sum(axis=1)
         rows, known = src.train_rows(), src.is_labelled()[src.train_rows()]
