@@ -69,10 +69,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="alternating (plain, Ray) measurements")
     ap.add_argument("--pairs", type=int, default=0, help="pairs per epoch (default 0: the quick preset's)")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", help="config overrides (section.key=value)")
     args = ap.parse_args()
     overrides = [f"data.n_images={args.n_images}", f"data.image_size={args.image_size}", "disentangle.epochs=2",
                  "disentangle.warmup_frac=0", f"disentangle.batch_size={args.batch}", "disentangle.k=5",
-                 "disentangle.log_images_every=1000"] + ([f"disentangle.pairs_per_epoch={args.pairs}"] if args.pairs else [])
+                 "disentangle.log_images_every=1000"] + ([f"disentangle.pairs_per_epoch={args.pairs}"] if args.pairs else []) + args.overrides
     cfg = load_config("quick", overrides)
     source = build_source(cfg.data, cfg.seed)
 
