@@ -195,9 +195,8 @@ class DebugConfig:
     nan_epoch: int = -1  # stage 1 loss becomes NaN in this epoch
     nan_node: str = "any"  # on the ranks of any node, or only on those of "other" nodes than the driver's
     kill_at: str = ""  # "stage:epoch:step" (stage = disentangle | stl | hps): rank 0 dies there, once per run dir
-    # Stage 1 ends with every subspace but alpha constant: "first" unless it runs CONSTANT_LATENT_REMEDY (the
-    # pipeline's fallback), "always" in any case
-    constant_latent: str = ""
+    # Stage 1 ends with every subspace but alpha constant, unless it runs CONSTANT_LATENT_REMEDY (the fallback)
+    constant_latent: bool = False
 
 
 @dataclass
@@ -464,7 +463,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "resources.compile": ("none", "default", "reduce-overhead"),
     "resources.placement": ("pack", "spread"),
     "debug.nan_node": ("any", "other"),
-    "debug.constant_latent": ("", "first", "always"),
 }
 
 

@@ -407,11 +407,11 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
     """Stage 1 leaves every subspace but alpha constant (debug.constant_latent, as on `digits`): discovery stops,
     stage 1 is trained again with config.CONSTANT_LATENT_REMEDY in run_dir/fallback/, and the run finishes there,
     its report saying so. The rerun reuses both stage 1s (nothing trained). Where the config already is the remedy,
-    the run stops with exit 4 saying nothing is left to try."""
+    there is no fallback: the error (exit 4) says nothing is left to try."""
     from detaux_ray.config import CONSTANT_LATENT_REMEDY
 
     run_dir = tmp_path / "run"
-    extra = ["debug.constant_latent=first", "resources.num_workers=1", "mtl.baseline=false"]
+    extra = ["debug.constant_latent=true", "resources.num_workers=1", "mtl.baseline=false"]
     assert run(run_dir, *extra) == 0, capsys.readouterr().err[-3000:]
     out = capsys.readouterr().out
     assert "every subspace other than the principal one (0) is constant" in out and "Falling back" in out
@@ -429,8 +429,13 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
     assert out.count("stage 'disentangle' already complete") == 2 and "Falling back" in out
     assert "[disentangle] epoch" not in out  # neither stage 1 trained again
 
-    stuck = tmp_path / "stuck"
-    remedy = ["debug.constant_latent=always", "resources.num_workers=1", *CONSTANT_LATENT_REMEDY]
-    assert run(stuck, *remedy) == 4
-    assert "this run already used that formulation: nothing else to try" in capsys.readouterr().err
-    assert not (stuck / "fallback").exists()
+    from detaux_ray.config import load_config
+    from detaux_ray.distributed.pipeline import Pipeline
+    from detaux_ray.errors import ConstantLatentError
+
+    remedy = Pipeline(load_config("quick", TINY + list(CONSTANT_LATENT_REMEDY)), tmp_path / "stuck")
+    with pytest.raises(ConstantLatentError, match=r"^every subspace .* is constant; this run already used the remedy "
+                       r"formulation \(disentangle.confusion_after_warmup=true, disentangle.spread_floor=0.5\): nothing "
+                       r"else to try; lower disentangle.w_adversary"):
+        remedy.fall_back(ConstantLatentError("every subspace other than the principal one (0) is constant; rerun with X"))
+    assert remedy.fallback is None and remedy.stage_dir("disentangle") == tmp_path.resolve() / "stuck" / "disentangle"

@@ -24,11 +24,11 @@ def maybe_kill(kill_at: str, stage: str, epoch: int, step: int, rank: int, board
     os._exit(1)
 
 
-def maybe_constant_latent(mode: str, model, remedy: bool) -> None:
+def maybe_constant_latent(on: bool, model, remedy: bool) -> None:
     """Make every subspace but alpha constant, as the adversary's confusion term leaves them on `digits` after a
     long warm-up (docs/studies/2026-12-05-nuisance-collapse.md): each projector's first layer zeroed, so that
-    s_j = b2_j for every image. mode "first": unless stage 1 runs the remedy formulation (`remedy`); "always"."""
-    if not mode or (mode == "first" and remedy):
+    s_j = b2_j for every image; not when stage 1 runs the remedy formulation (`remedy`: the pipeline's fallback)."""
+    if not on or remedy:
         return
     import torch
 

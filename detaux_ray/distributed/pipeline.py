@@ -192,12 +192,15 @@ class Pipeline:
         (config.CONSTANT_LATENT_REMEDY), its stages in run_dir/fallback/ and TensorBoard's tensorboard/fallback/,
         so the first stage 1 stays reusable and a rerun retraces the same path without training either again.
         Raises `exc` when the config already is the remedy: nothing is left to try."""
+        measured = str(exc).split("; rerun with")[0]
         if uses_constant_latent_remedy(self.cfg):
-            raise ConstantLatentError(f"{exc} -- this run already used that formulation: nothing else to try; "
-                                      "raise disentangle.epochs or lower disentangle.w_adversary") from None
+            raise ConstantLatentError(f"{measured}; this run already used the remedy formulation "
+                                      f"({', '.join(CONSTANT_LATENT_REMEDY)}): nothing else to try; lower "
+                                      "disentangle.w_adversary (at 0 the nuisance subspaces of `digits` lived, holding "
+                                      "the principal: docs/studies/2026-12-05-nuisance-collapse.md)") from None
         _say(f"stage 'discover': {exc}. Falling back: stage 1 again with {', '.join(CONSTANT_LATENT_REMEDY)}")
         first = self.stage_dir("disentangle")
-        self.fallback = {"reason": str(exc).split("; rerun with")[0], "overrides": list(CONSTANT_LATENT_REMEDY),
+        self.fallback = {"reason": measured, "overrides": list(CONSTANT_LATENT_REMEDY),
                          "first_stage_1": str(first.relative_to(self.run_dir) if first.is_relative_to(self.run_dir) else first)}
         self.cfg = apply_overrides(self.cfg, list(CONSTANT_LATENT_REMEDY))
         self.stage_root, self.tensorboard = self.run_dir / "fallback", self.run_dir / "tensorboard" / "fallback"
