@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     loss_fn, update = compiled_step(opt, cfg.resources.compile)  # the product's step (train_disentangle)
     betas = beta_schedule(0.95 * d.epochs, d)  # every term on
 
-    def _step(model, opt, batch, betas, cfg, device, amp):
+    def step(batch) -> None:
         x1, x2, same, y1, y2 = (torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True) for a in batch)
-        with autocast(device, amp):
+        with autocast(device, args.amp):
             loss, _, _ = loss_fn(model, x1, x2, same, betas, d, y1=y1, y2=y2)
         optimizer_step(opt, loss, update)
 
@@ -65,18 +65,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     batches = [batch() for _ in range(args.warmup + args.steps)]
     for b in batches[:args.warmup]:
-        _step(model, opt, b, betas, cfg, device, args.amp)
+        step(b)
     _sync(device)
     t0 = time.perf_counter()
     for b in batches[args.warmup:]:
-        _step(model, opt, b, betas, cfg, device, args.amp)
+        step(b)
     _sync(device)
     wall_ms = 1000 * (time.perf_counter() - t0) / args.steps
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for b in batches[args.warmup:]:
-            _step(model, opt, b, betas, cfg, device, args.amp)
+            step(b)
         _sync(device)
     events = prof.key_averages()
     n = args.steps

@@ -24,12 +24,10 @@ def maybe_kill(kill_at: str, stage: str, epoch: int, step: int, rank: int, board
     os._exit(1)
 
 
-def maybe_constant_latent(on: bool, model, remedy: bool) -> None:
+def make_latent_constant(model) -> None:
     """Make every subspace but alpha constant, as the adversary's confusion term leaves them on `digits` after a
     long warm-up (docs/studies/2026-12-05-nuisance-collapse.md): each projector's first layer zeroed, so that
-    s_j = b2_j for every image; not when stage 1 runs the remedy formulation (`remedy`: the pipeline's fallback)."""
-    if not on or remedy:
-        return
+    s_j = b2_j for every image (debug.constant_latent)."""
     import torch
 
     with torch.no_grad():

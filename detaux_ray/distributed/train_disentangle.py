@@ -19,7 +19,7 @@ from ..disentangle.models import DisentangleAE
 from ..tensors import autocast, to_device, to_float_images
 from ..disentangle.scorecard import heatmap, scorecard
 from .checkpoints import load_resume_state, resume, run_path
-from .faults import maybe_constant_latent, maybe_kill
+from .faults import make_latent_constant, maybe_kill
 from .progress import Progress, send
 from .status import StatusBoard
 from .trainer import diverged, end_epoch, fit_on_board, run_guarded, start_worker, torch_trainer
@@ -66,8 +66,8 @@ def _train(config: dict) -> None:
             for name, v in {"total": loss.detach(), **terms}.items():  # on device: one host sync per epoch
                 sums[name] = sums.get(name, 0.0) + v
             picks += lam.sum(0)
-        if epoch == d.epochs - 1:  # test hook
-            maybe_constant_latent(cfg.debug.constant_latent, model, uses_constant_latent_remedy(cfg))
+        if epoch == d.epochs - 1 and cfg.debug.constant_latent and not uses_constant_latent_remedy(cfg):  # test hook
+            make_latent_constant(model)
         means = {name: float(v) / steps for name, v in sums.items()}
         if diverged(means.values(), rank, config["status"], f"stage 1 loss became non-finite in epoch {epoch} "
                     f"({means}); training stopped, the last good checkpoint (epoch {epoch - 1}) is kept. Lower "
