@@ -37,7 +37,7 @@ from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, c
 from detaux_ray.errors import SingleClusterError  # noqa: E402
 from detaux_ray.disentangle.objective import (beta_schedule, build_model, detaux_loss, optimizer,  # noqa: E402
                                               optimizer_step)
-from detaux_ray.disentangle.models import DisentangleAE  # noqa: E402
+from detaux_ray.disentangle.models import DisentangleAE, paired_encoder_state  # noqa: E402
 from detaux_ray.tensors import to_float_images  # noqa: E402
 from detaux_ray.disentangle.pairs import sample_pairs  # noqa: E402
 from detaux_ray.disentangle.scorecard import scorecard  # noqa: E402
@@ -131,14 +131,17 @@ def param_names(model: DisentangleAE, d) -> list[str]:
 
 
 def remap_optimizer(saved: dict, old_names: list[str], new_names: list[str], fresh: dict) -> dict:
-    """`saved` (an optimiser state over old_names) renumbered for new_names; a parameter alpha_encoder.X takes
-    encoder.X's moments when it is new."""
-    where = {n: i for i, n in enumerate(old_names)}
-    state = {}
-    for i, n in enumerate(new_names):
-        src = n if n in where else "encoder." + n[len("alpha_encoder."):]
-        if where[src] in saved["state"]:
-            state[i] = {k: v.clone() for k, v in saved["state"][where[src]].items()}
+    """`saved` (AdamW's state over a shared-encoder model's old_names) renumbered for a private-alpha model's
+    new_names: f_alpha takes the shared encoder's moments (the second half of each paired encoder tensor)."""
+    old = {n: saved["state"][i] for i, n in enumerate(old_names) if i in saved["state"]}
+    step = next(iter(old.values()))["step"]
+    moments = {}
+    for kind in ("exp_avg", "exp_avg_sq"):
+        t = {n: st[kind] for n, st in old.items()}
+        t.update({"alpha_encoder." + n[len("encoder."):]: v for n, v in t.items() if n.startswith("encoder.")})
+        moments[kind] = paired_encoder_state(t)
+    state = {i: {"step": step.clone(), **{kind: m[n].clone() for kind, m in moments.items()}}
+             for i, n in enumerate(new_names) if n in moments["exp_avg"]}
     groups = [{**g_saved, "params": g_fresh["params"]} for g_saved, g_fresh in zip(saved["param_groups"], fresh["param_groups"])]
     return {"state": state, "param_groups": groups}
 
@@ -259,13 +262,13 @@ def main() -> None:
     curve, step, first = [], 0, 0
     if state:
         saved = dict(state["model"])
-        if model.alpha_encoder is not None and not any(n.startswith("alpha_encoder.") for n in saved):
+        if model.private_alpha and "alpha_index" not in saved:
             # A shared-encoder state continued with a private alpha encoder: f_alpha starts as a copy of the shared
             # encoder, weights and AdamW moments both, so at the first step nothing but the gradients' routing changed.
             old_names = param_names(build_model(with_heads(replace(d, alpha_encoder="shared"), heads), cfg.data.image_size,
                                                 src.n_principal_classes), d)
             saved.update({"alpha_encoder." + n[len("encoder."):]: v.clone() for n, v in state["model"].items() if n.startswith("encoder.")})
-            saved["alpha_index"], saved["alpha_width"] = model.alpha_index, model.alpha_width
+            saved["alpha_index"] = model.alpha_index
             model.load_state_dict(saved)
             opt.load_state_dict(remap_optimizer(state["opt"], old_names, param_names(model, d), opt.state_dict()))
         else:

@@ -92,9 +92,9 @@ def test_the_paper_steps_operator_count_does_not_grow_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_compiled_paper_step_stays_near_600_operator_calls(tmp_path):
-    """resources.compile=default at the paper preset (batch 4 to be quick): ~605 aten calls per step against the
-    eager step's ~2,900 (bench/README.md). The bound has room above today's count and far below eager, so a graph
+def test_the_compiled_paper_step_stays_under_600_operator_calls(tmp_path):
+    """resources.compile=default at the paper preset (batch 4 to be quick): 383 aten calls per step against the
+    eager step's ~2,400 (bench/README.md; the issue's target is 600). The bound has room above today's count and far below eager, so a graph
     break (the loss split into pieces with eager code between) or an optimiser left out of the compiled update fails."""
     out_path = tmp_path / "profile.json"
     proc = subprocess.run([sys.executable, "bench/step_profile.py", "--set", "disentangle.batch_size=4", "--set",
@@ -103,7 +103,7 @@ def test_the_compiled_paper_step_stays_near_600_operator_calls(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     r = json.loads(out_path.read_text())
     assert r["preset"] == "paper" and r["k"] == 10 and r["compile"] == "default"
-    assert 100 < r["aten_calls_per_step"] <= 700
+    assert 100 < r["aten_calls_per_step"] <= 450
 
 
 def test_torch_kmeans_and_knn_labels_agree_with_the_cpu_path():

@@ -26,13 +26,11 @@ def _conv_channels(image_size: int) -> tuple[int, ...]:
 
 
 class ConvEncoder(nn.Module):
-    """x (B, 3, S, S) in [0, 1] -> z (B, d). width scales every layer's channels and the hidden units (a private
-    alpha encoder needs less than the shared one)."""
+    """x (B, 3, S, S) in [0, 1] -> z (B, d)."""
 
-    def __init__(self, image_size: int, latent_dim: int, hidden: int = 256, width: float = 1.0):
+    def __init__(self, image_size: int, latent_dim: int, hidden: int = 256):
         super().__init__()
-        chans = tuple(max(1, round(c * width)) for c in _conv_channels(image_size))
-        hidden = max(1, round(hidden * width))
+        chans = _conv_channels(image_size)
         layers: list[nn.Module] = []
         c_in = 3
         for c in chans:
@@ -43,6 +41,57 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mlp(self.conv(x))
+
+
+class PairedConvEncoder(nn.Module):
+    """The shared encoder f and the private alpha encoder f_alpha (two ConvEncoders of one shape) run as one grouped
+    network: x (B, 3, S, S) -> (B, 2, d) = (f(x), f_alpha(x)).
+
+    The first conv reads x once for both (their filters side by side), the later convs have groups=2 and each MLP
+    layer is one batched matrix product, so a step launches every layer once instead of twice (bench/step_profile.py).
+    Built from the two encoders, it starts from their weights: the same function, fewer operator calls.
+    """
+
+    def __init__(self, f: ConvEncoder, f_alpha: ConvEncoder):
+        super().__init__()
+        pairs = [(a, b) for a, b in zip(f.conv, f_alpha.conv) if isinstance(a, nn.Conv2d)]
+        layers: list[nn.Module] = []
+        for j, (a, b) in enumerate(pairs):
+            if (a.in_channels, a.out_channels) != (b.in_channels, b.out_channels):
+                raise ValueError("the paired encoders must have the same shape")
+            conv = nn.Conv2d(a.in_channels * (1 if j == 0 else 2), 2 * a.out_channels, 4, stride=2, padding=1, groups=1 if j == 0 else 2)
+            with torch.no_grad():
+                conv.weight.copy_(torch.cat([a.weight, b.weight]))
+                conv.bias.copy_(torch.cat([a.bias, b.bias]))
+            layers += [conv, nn.ReLU(inplace=True)]
+        self.conv = nn.Sequential(*layers)
+        (l1, l2), (m1, m2) = (f.mlp[1], f.mlp[3]), (f_alpha.mlp[1], f_alpha.mlp[3])
+        # (2, in, out) weights, (2, 1, out) biases: baddbmm over the pair dimension.
+        self.w1 = nn.Parameter(torch.stack([l1.weight.T, m1.weight.T]).detach().clone())
+        self.b1 = nn.Parameter(torch.stack([l1.bias, m1.bias])[:, None].detach().clone())
+        self.w2 = nn.Parameter(torch.stack([l2.weight.T, m2.weight.T]).detach().clone())
+        self.b2 = nn.Parameter(torch.stack([l2.bias, m2.bias])[:, None].detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Group g's channels are contiguous, so the flattened map splits into the two encoders' inputs.
+        h = self.conv(x).reshape(x.shape[0], 2, -1).transpose(0, 1)
+        h = torch.relu(torch.baddbmm(self.b1, h, self.w1))
+        return torch.baddbmm(self.b2, h, self.w2).transpose(0, 1)
+
+
+def paired_encoder_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with separate `encoder.*` and `alpha_encoder.*` conv encoders (the layout before PairedConvEncoder)
+    in the paired layout; any dict of parameter-shaped tensors (weights, AdamW moments) converts the same way."""
+    out = {n: v for n, v in state.items() if not n.startswith(("encoder.", "alpha_encoder."))}
+    j = 0
+    while f"encoder.conv.{j}.weight" in state:
+        for kind in ("weight", "bias"):
+            out[f"encoder.conv.{j}.{kind}"] = torch.cat([state[f"encoder.conv.{j}.{kind}"], state[f"alpha_encoder.conv.{j}.{kind}"]])
+        j += 2
+    for i, layer in ((1, 1), (2, 3)):
+        out[f"encoder.w{i}"] = torch.stack([state[f"encoder.mlp.{layer}.weight"].T, state[f"alpha_encoder.mlp.{layer}.weight"].T]).contiguous()
+        out[f"encoder.b{i}"] = torch.stack([state[f"encoder.mlp.{layer}.bias"], state[f"alpha_encoder.mlp.{layer}.bias"]])[:, None]
+    return out
 
 
 class ConvDecoder(nn.Module):
@@ -214,8 +263,7 @@ class DisentangleAE(nn.Module):
     """
 
     def __init__(self, image_size: int, k: int, latent_dim: int, arch: str = "conv", n_principal: int = 0,
-                 n_adversary: bool = False, adversary_hidden: int = 0, alpha_encoder: str = "shared", alpha: int = 0,
-                 alpha_width: float = 1.0):
+                 n_adversary: bool = False, adversary_hidden: int = 0, alpha_encoder: str = "shared", alpha: int = 0):
         super().__init__()
         if k < 2:
             raise ValueError(f"k (number of subspaces) must be >= 2, got {k}")
@@ -226,16 +274,14 @@ class DisentangleAE(nn.Module):
         self.k, self.image_size, self.arch, self.alpha = k, image_size, arch, alpha
         if arch == "conv":
             self.latent_dim = latent_dim
-            make_encoder = lambda width=1.0: ConvEncoder(image_size, latent_dim, width=width)  # noqa: E731
+            make_encoder = lambda: ConvEncoder(image_size, latent_dim)  # noqa: E731
             self.encoder = make_encoder()
             self.projectors = Projectors(k, latent_dim)
             self.decoder = ConvDecoder(image_size, latent_dim)
         elif arch == "resnet18":
             side = map_side(image_size)
             self.latent_dim = latent_dim * side * side
-            if alpha_width != 1.0:
-                raise ValueError("alpha_width must be 1 with arch=resnet18")
-            make_encoder = lambda width=1.0: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
+            make_encoder = lambda: ResNetMapEncoder(image_size, latent_dim)  # noqa: E731
             self.encoder = make_encoder()
             self.projectors = MapProjectors(k, latent_dim, side * side)
             self.decoder = ResNetMapDecoder(image_size, latent_dim)
@@ -250,15 +296,31 @@ class DisentangleAE(nn.Module):
         # Principal classifiers on the other subspaces, against which the encoder plays (w_adversary > 0).
         self.adversary = (SubspaceClassifiers(k - 1, self.latent_dim, n_principal, adversary_hidden)
                           if n_adversary and n_principal > 0 else None)
-        # Created last, so a shared-encoder model draws the same initial weights as before the option existed.
         # alpha_encoder="private": s_alpha = p_alpha(f_alpha(x)) with an encoder of its own, so the principal terms
         # (head, same-label pulls in alpha) train f_alpha and never the shared f that the nuisance subspaces read
         # (measured: the principal then separates completely, and with discover.space=ica the labels improve;
-        # docs/studies/2026-11-28-stage1-study.md, 2026-11-30 at c33e7fc).
-        self.alpha_encoder = make_encoder(alpha_width) if alpha_encoder == "private" else None
-        if self.alpha_encoder is not None:  # saved with the weights, so a checkpoint rebuilds the same model
-            self.register_buffer("alpha_index", torch.tensor(alpha))
-            self.register_buffer("alpha_width", torch.tensor(alpha_width, dtype=torch.float64))
+        # docs/studies/2026-11-28-stage1-study.md, 2026-11-30 at c33e7fc). f_alpha is drawn last, so the other
+        # modules start from the same weights as a shared-encoder model's; with arch=conv, f and f_alpha then run as
+        # one grouped network (self.encoder: x -> (B, 2, d)) and self.alpha_encoder stays None.
+        self.private_alpha = alpha_encoder == "private"
+        self.alpha_encoder: nn.Module | None = None
+        if self.private_alpha:
+            f_alpha = make_encoder()
+            if arch == "conv":
+                self.encoder = PairedConvEncoder(self.encoder, f_alpha)
+            else:
+                self.alpha_encoder = f_alpha
+            self.register_buffer("alpha_index", torch.tensor(alpha))  # saved with the weights: from_state rebuilds it
+            # Which of the two encodings each subspace reads: f_alpha's for alpha, f's for the others.
+            self.register_buffer("_reads", (torch.arange(k) == alpha).long(), persistent=False)
+        self._register_load_state_dict_pre_hook(self._from_older_layout)
+
+    def _from_older_layout(self, state: dict, prefix: str, *args) -> None:
+        """Loads a state saved before the conv encoders were paired (separate alpha_encoder.*; an alpha_width buffer)."""
+        state.pop(prefix + "alpha_width", None)
+        if isinstance(self.encoder, PairedConvEncoder) and prefix + "alpha_encoder.conv.0.weight" in state:
+            mine = {n[len(prefix):]: state.pop(n) for n in list(state) if n.startswith((prefix + "encoder.", prefix + "alpha_encoder."))}
+            state.update({prefix + n: v for n, v in paired_encoder_state(mine).items()})
 
     @classmethod
     def from_state(cls, state: dict, image_size: int, k: int, latent_dim: int, arch: str = "conv") -> "DisentangleAE":
@@ -266,35 +328,38 @@ class DisentangleAE(nn.Module):
         head, hidden = state.get("principal_head.1.weight"), state.get("adversary.w_hidden")
         model = cls(image_size, k, latent_dim, arch, n_principal=0 if head is None else int(head.shape[0]),
                     n_adversary="adversary.w" in state, adversary_hidden=0 if hidden is None else int(hidden.shape[2]),
-                    alpha_encoder="private" if any(n.startswith("alpha_encoder.") for n in state) else "shared",
-                    alpha=int(state["alpha_index"]) if "alpha_index" in state else 0,
-                    alpha_width=float(state["alpha_width"]) if "alpha_width" in state else 1.0)
-        model.load_state_dict({"alpha_width": model.alpha_width, **state} if model.alpha_encoder is not None else state)
+                    alpha_encoder="private" if "alpha_index" in state else "shared",
+                    alpha=int(state["alpha_index"]) if "alpha_index" in state else 0)
+        model.load_state_dict(dict(state))
         return model
+
+    def encodings(self, x: Tensor) -> Tensor:
+        """(B, 2, d) = (f(x), f_alpha(x)) of a model with a private alpha encoder."""
+        if self.alpha_encoder is None:
+            return self.encoder(x)
+        return torch.stack([self.encoder(x), self.alpha_encoder(x)], 1)
 
     def subspaces(self, x: Tensor) -> Tensor:
         """s = {p_i(f(x))}: (B, k, d); s_alpha = p_alpha(f_alpha(x)) with a private alpha encoder."""
-        z = self.encoder(x)
-        if self.alpha_encoder is None:
-            return self.projectors(z)
-        z = z.unsqueeze(1).repeat(1, self.k, 1)
-        z[:, self.alpha] = self.alpha_encoder(x)
-        return self.projectors(z)
+        if not self.private_alpha:
+            return self.projectors(self.encoder(x))
+        return self.projectors(self.encodings(x).index_select(1, self._reads))
 
     def subspace(self, x: Tensor, i: Tensor) -> Tensor:
         """s_{i_n}(x_n) for a per-row subspace index i (B,): (B, d) (L_cons re-encodes only the swapped subspace)."""
-        z = self.encoder(x)
-        if self.alpha_encoder is not None:
-            mine = i == self.alpha
-            if torch.compiler.is_compiling():
-                # Static shapes for a compiled step (no host sync, no data-dependent row count): every row goes
-                # through f_alpha and the select keeps the swapped alpha rows' (extra rows are cheap where a step
-                # is launch-bound, which is where compiling pays).
-                return self.projectors.project_one(torch.where(mine[:, None], self.alpha_encoder(x), z), i)
+        if not self.private_alpha:
+            return self.projectors.project_one(self.encoder(x), i)
+        mine = i == self.alpha
+        if self.alpha_encoder is not None and not torch.compiler.is_compiling():
+            # Two separate encoders (arch=resnet18): f_alpha on the swapped alpha rows only. (Compiled, every row goes
+            # through both and the select below keeps the right one: static shapes, no host sync.)
+            z = self.encoder(x)
             if bool(mine.any()):
                 z = z.clone()
                 z[mine] = self.alpha_encoder(x[mine])
-        return self.projectors.project_one(z, i)
+            return self.projectors.project_one(z, i)
+        zz = self.encodings(x)
+        return self.projectors.project_one(torch.where(mine[:, None], zz[:, 1], zz[:, 0]), i)
 
     def decode(self, s: Tensor) -> Tensor:
         """g(sum_i s_i)."""

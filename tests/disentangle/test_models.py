@@ -77,35 +77,62 @@ def test_private_alpha_encoder_routes_the_principal_terms_away_from_the_shared_e
     shared = DisentangleAE(16, 3, 4, n_principal=5)
     torch.manual_seed(0)
     private = DisentangleAE(16, 3, 4, n_principal=5, alpha_encoder="private", alpha=1)
-    # Created last: the shared modules draw the same initial weights as without the option.
-    assert torch.equal(shared.encoder.mlp[1].weight, private.encoder.mlp[1].weight)
+    # f_alpha is drawn last: the other modules start from the same weights as without the option, and f is the
+    # paired network's first half.
+    assert torch.equal(shared.projectors.w1, private.projectors.w1)
     x = torch.rand(6, 3, 16, 16)
+    z = private.encodings(x)
+    assert torch.allclose(z[:, 0], shared.encoder(x), atol=1e-6)
     s = private.subspaces(x)
-    assert torch.allclose(s[:, 1], private.projectors(private.alpha_encoder(x))[:, 1])
-    assert torch.allclose(s[:, 0], private.projectors(private.encoder(x))[:, 0])
+    assert torch.allclose(s[:, 1], private.projectors(z[:, 1])[:, 1])
+    assert torch.allclose(s[:, 0], private.projectors(z[:, 0])[:, 0])
     idx = torch.tensor([0, 1, 2, 1, 0, 2])
     assert torch.allclose(private.subspace(x, idx), s[torch.arange(6), idx], atol=1e-6)
-    # The head on s_alpha trains f_alpha; the shared encoder gets no gradient from it, and s_0's loss none to f_alpha.
-    private.principal_head(s[:, 1]).logsumexp(1).sum().backward(retain_graph=True)
-    def moved(p):
-        return p.grad is not None and bool(p.grad.abs().sum() > 0)
+    # The head on s_alpha trains f_alpha (the paired weights' second half) and never f (the first half); s_0's loss
+    # trains f and never f_alpha. The first conv holds both encoders' filters side by side.
+    w_first, w_last = private.encoder.conv[0].weight, private.encoder.w2
+    half = w_first.shape[0] // 2
 
-    assert not moved(private.encoder.mlp[3].weight) and moved(private.alpha_encoder.mlp[3].weight)
+    def moved(g):
+        return bool(g.abs().sum() > 0)
+
+    private.principal_head(s[:, 1]).logsumexp(1).sum().backward(retain_graph=True)
+    assert not moved(w_last.grad[0]) and not moved(w_first.grad[:half]) and moved(w_last.grad[1]) and moved(w_first.grad[half:])
     private.zero_grad(set_to_none=True)
     s[:, 0].sum().backward()
-    assert not moved(private.alpha_encoder.mlp[3].weight) and moved(private.encoder.mlp[3].weight)
+    assert moved(w_last.grad[0]) and moved(w_first.grad[:half]) and not moved(w_last.grad[1]) and not moved(w_first.grad[half:])
     again = DisentangleAE.from_state(private.state_dict(), 16, 3, 4)
-    assert again.alpha_encoder is not None and again.alpha == 1 and torch.equal(again.subspaces(x), private.subspaces(x))
-    narrow = DisentangleAE(16, 3, 4, alpha_encoder="private", alpha_width=0.3)  # 32 * 0.3 rounds: only the width rebuilds it
-    assert DisentangleAE.from_state(narrow.state_dict(), 16, 3, 4).alpha_encoder.mlp[1].out_features == round(256 * 0.3)
-    narrow = DisentangleAE(16, 3, 4, alpha_encoder="private", alpha_width=0.5)
-    assert narrow.alpha_encoder.conv[0].out_channels * 2 == narrow.encoder.conv[0].out_channels
-    assert narrow.alpha_encoder.mlp[1].out_features * 2 == narrow.encoder.mlp[1].out_features
-    rebuilt = DisentangleAE.from_state(narrow.state_dict(), 16, 3, 4)
-    assert torch.equal(rebuilt.subspaces(x), narrow.subspaces(x))
+    assert again.private_alpha and again.alpha == 1 and torch.equal(again.subspaces(x), private.subspaces(x))
+
+
+def test_a_state_saved_with_two_separate_conv_encoders_loads_into_the_paired_one():
+    from detaux_ray.disentangle.models import ConvEncoder
+
+    torch.manual_seed(1)
+    model = DisentangleAE(16, 3, 4, alpha_encoder="private", alpha=2)
+    f, f_alpha = ConvEncoder(16, 4), ConvEncoder(16, 4)
+    old = {n: v for n, v in model.state_dict().items() if not n.startswith("encoder.")}
+    old.update({"encoder." + n: v for n, v in f.state_dict().items()})
+    old.update({"alpha_encoder." + n: v for n, v in f_alpha.state_dict().items()})
+    old["alpha_width"] = torch.tensor(1.0, dtype=torch.float64)
+    again = DisentangleAE.from_state(old, 16, 3, 4)
+    x = torch.rand(5, 3, 16, 16)
+    z = again.encodings(x)
+    assert torch.allclose(z[:, 0], f(x), atol=1e-6) and torch.allclose(z[:, 1], f_alpha(x), atol=1e-6)
+
+
+def test_a_resnet_private_alpha_encoder_gives_every_row_its_own_encoding():
+    torch.manual_seed(0)
+    model = DisentangleAE(64, 3, 4, arch="resnet18", alpha_encoder="private", alpha=1).eval()
+    x = torch.rand(4, 3, 64, 64)
+    s = model.subspaces(x)
+    idx = torch.tensor([1, 0, 2, 1])
+    assert torch.allclose(model.subspace(x, idx), s[torch.arange(4), idx], atol=1e-5)
+    assert torch.allclose(s[:, 1], model.projectors(model.alpha_encoder(x))[:, 1], atol=1e-5)
+
+
+def test_bad_subspace_settings_are_refused():
     with pytest.raises(ValueError, match="alpha=3"):
         DisentangleAE(16, 3, 4, alpha_encoder="private", alpha=3)
     with pytest.raises(ValueError, match="one of: shared, private"):
         DisentangleAE(16, 3, 4, alpha_encoder="own")
-    with pytest.raises(ValueError, match="alpha_width must be 1 with arch=resnet18"):
-        DisentangleAE(64, 3, 4, arch="resnet18", alpha_encoder="private", alpha_width=0.5)
