@@ -6,6 +6,7 @@ gathers from those chunks zero-copy, so no process holds a private copy of the d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,23 @@ def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int
     """(x1, x2, same, y1, y2) batches gathered from the cache by Ray Data tasks."""
     return table_dataset(table).map_batches(
         _gather_pairs, fn_kwargs={"cache": cache}, batch_size=batch_size, batch_format="numpy", num_cpus=cpus)
+
+
+def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float, batch_size: int) -> Iterator[dict]:
+    """The epoch's (x1, x2, same, y1, y2) batches in table order, whole batches only.
+
+    From an ImageCache each batch is gathered in this process from the object-store chunks (a copy per image,
+    already local after the first epoch): a Ray Dataset per epoch would add its planning and its tasks to every
+    epoch for the same copies (measured: most of Ray's per-epoch overhead on 2 cores, bench/README.md). From
+    SourceImages (data.cache=stream) the images must be read, so Ray Data's tasks read them ahead of the step.
+    """
+    if isinstance(cache, SourceImages):
+        yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
+            batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
+        return
+    cols = {name: table[name].to_numpy() for name in ("i1", "i2", "same", "y1", "y2")}
+    for start in range(0, table.num_rows - batch_size + 1, batch_size):
+        yield _gather_pairs({name: col[start:start + batch_size] for name, col in cols.items()}, cache)
 
 
 def row_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int = 256) -> ray.data.Dataset:

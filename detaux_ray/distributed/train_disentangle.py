@@ -1,4 +1,4 @@
-"""Stage 1 on Ray Train: DDP over the per-epoch pair stream, checkpoint every epoch, resume, TensorBoard on rank 0."""
+"""Stage 1 on Ray Train: DDP over the per-epoch pairs, checkpoint every epoch, resume, TensorBoard on rank 0."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .faults import make_latent_constant, maybe_kill
 from .progress import Progress, send
 from .status import StatusBoard
 from .trainer import diverged, end_epoch, fit_on_board, run_guarded, start_worker, torch_trainer
-from .streams import gather, pair_stream, pair_table
+from .streams import gather, pair_batches, pair_table
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -43,8 +43,9 @@ def _train(config: dict) -> None:
     board = _Board(config, cfg, device) if rank == 0 else None  # TensorBoard (rank 0)
     if board and start_epoch:
         send(config["status"], resumed_after=start_epoch)
-    # Deterministic resume: batches arrive in table order and each epoch reseeds the swap sampling, so a run
-    # resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
+    # Deterministic resume: batches arrive in table order (Ray Data told to keep it when it streams them) and each
+    # epoch reseeds the swap sampling, so a run resumed from epoch e's checkpoint retraces an uninterrupted run
+    # exactly (same auxiliary labels).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     for epoch in range(start_epoch, d.epochs):
         t0, sums, picks = time.time(), {}, torch.zeros(d.k, device=device)
@@ -52,8 +53,7 @@ def _train(config: dict) -> None:
         table = pair_table(rows, config["principal"], d.pairs_per_epoch or len(rows), d.oracle_prob, cfg.seed, epoch,
                            rank, world, d.batch_size, d.pair_mode)  # this rank's share of the epoch's pairs
         steps = max(1, table.num_rows // d.batch_size)
-        for step, batch in enumerate(pair_stream(table, config["cache"], res.data_cpus, d.batch_size).iter_batches(
-                batch_size=d.batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)):  # Ray Data
+        for step, batch in enumerate(pair_batches(table, config["cache"], res.data_cpus, d.batch_size)):
             betas = beta_schedule(epoch + step / steps, d)
             x1, x2, same, y1, y2 = _pair_tensors(batch, device)
             with autocast(device, res.amp):

@@ -25,6 +25,22 @@ def test_pair_stream_delivers_the_sampled_pairs(ray_session):
     assert np.array_equal(src.principal[i1] == src.principal[i2], table.column("same").to_numpy())
 
 
+def test_pair_batches_gathered_in_the_worker_match_the_streamed_ones_in_table_order(ray_session):
+    from detaux_ray.distributed.streams import ImageCache, SourceImages, pair_batches, pair_table
+
+    src = build_source(DataConfig(n_images=600, image_size=16), seed=0)
+    table = pair_table(src.train_rows(), src.principal, n_pairs=200, p_differ=0.5, seed=0, epoch=2, batch_size=16)
+    cached = list(pair_batches(table, ImageCache.build(src), 0.25, 16))  # the in-process gather
+    streamed = list(pair_batches(table, SourceImages(src), 0.25, 16))  # Ray Data reads the source
+    assert len(cached) == len(streamed) == table.num_rows // 16
+    i1, i2 = table.column("i1").to_numpy(), table.column("i2").to_numpy()
+    for n, (a, b) in enumerate(zip(cached, streamed)):
+        rows = slice(16 * n, 16 * (n + 1))
+        assert np.array_equal(a["x1"], src.images(i1[rows])) and np.array_equal(a["x2"], src.images(i2[rows]))
+        for key in ("x1", "x2", "same", "y1", "y2"):
+            assert np.array_equal(a[key], b[key]), key
+
+
 def test_pair_table_splits_evenly_across_ranks():
     from detaux_ray.distributed.streams import pair_table
 
