@@ -203,6 +203,8 @@ def main() -> None:
     ap.add_argument("--rec-loss", default="", help="experiment: 'bce' makes L_rec the Bernoulli cross-entropy")
     ap.add_argument("--rec-weight", default="", help="experiment: 'median' weights L_rec's pixels by their distance to "
                     "the training images' median image")
+    ap.add_argument("--no-unlabelled", action="store_true", help="with data.labelled_frac < 1: train on the labelled "
+                    "images alone (the ablation of reconstructing the unlabelled ones)")
     ap.add_argument("--leaky-projectors", type=float, default=0.0, help="experiment: LeakyReLU slope in the projectors")
     args = ap.parse_args()
     if args.leaky_projectors > 0:
@@ -258,7 +260,12 @@ def main() -> None:
     heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
     model = build_model(with_heads(d, heads), cfg.data.image_size, src.n_principal_classes).to(memory_format=torch.channels_last)
     opt = optimizer(model, d)
-    n_pairs = d.pairs_per_epoch or len(rows)
+    # data.labelled_frac < 1: pairs from the labelled rows, one unlabelled image reconstructed beside each pair as in
+    # the product (train_disentangle), unless --no-unlabelled (the ablation: the labelled images alone).
+    known = src.is_labelled()[rows]
+    lab = np.flatnonzero(known)
+    unl = np.array([], np.int64) if args.no_unlabelled else np.flatnonzero(~known)
+    n_pairs = d.pairs_per_epoch or len(lab)
     curve, step, first = [], 0, 0
     if state:
         saved = dict(state["model"])
@@ -280,7 +287,9 @@ def main() -> None:
         curve.append({"epoch": first, "step": step, "time_s": 0.0, **evaluate(cfg, model, images, src, rows, full=False)})
     t_train = time.time()
     for epoch in range(first, d.epochs):
-        p1, p2, same = sample_pairs(src.principal[rows], n_pairs, d.oracle_prob, cfg.seed, epoch, d.pair_mode)
+        p1, p2, same = sample_pairs(src.principal[rows[lab]], n_pairs, d.oracle_prob, cfg.seed, epoch, d.pair_mode)
+        p1, p2 = lab[p1], lab[p2]
+        pu = unl[np.random.default_rng([cfg.seed, epoch, 3]).permutation(len(unl))[np.arange(n_pairs) % len(unl)]] if len(unl) else None
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009)
         steps = n_pairs // d.batch_size
         sums: dict[str, float] = {}
@@ -289,8 +298,9 @@ def main() -> None:
             x1 = to_float_images(torch.from_numpy(images[p1[sl]]))
             x2 = to_float_images(torch.from_numpy(images[p2[sl]]))
             betas = beta_schedule(epoch + b / steps, d)
+            xu = to_float_images(torch.from_numpy(images[pu[sl]])) if pu is not None else None
             loss, terms, _ = detaux_loss(model, x1, x2, torch.from_numpy(same[sl]), betas, d,
-                                         y1=labels[p1[sl]], y2=labels[p2[sl]])
+                                         y1=labels[p1[sl]], y2=labels[p2[sl]], xu=xu)
             optimizer_step(opt, loss)
             step += 1
             for k, v in terms.items():
@@ -314,6 +324,7 @@ def main() -> None:
     row = {"name": args.name, "preset": args.preset, "overrides": args.overrides, "decoder_output": args.decoder_output or "sigmoid",
            "rec_loss": args.rec_loss or "mse", "leaky_projectors": args.leaky_projectors,
            "rec_weight": args.rec_weight or "none", "steps": step,
+           "labelled": int(len(lab)), "unlabelled_reconstructed": int(len(unl)),
            "train_time_s": round(time.time() - t_train, 1), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
            "date": time.strftime("%Y-%m-%d"), "final": final, "curve": curve}
     for crit, r in final["discovery"].items():

@@ -13,7 +13,7 @@ def _label_use(ds) -> list[str]:
     if ds.n_labelled is None or ds.n_labelled == ds.n_train:
         return []
     return ["", f"**{ds.n_labelled} of the {ds.n_train} training images have their principal label.** Stage 1 drew its "
-            f"pairs from those {ds.n_labelled}; discovery embedded and labelled all {ds.n_train}; the multi-task models "
+            f"pairs from those {ds.n_labelled} and reconstructed the other {ds.n_train - ds.n_labelled} too; discovery embedded and labelled all {ds.n_train}; the multi-task models "
             f"trained the auxiliary task on all {ds.n_train} images and the principal task on the {ds.n_labelled} "
             f"labels; STL, MAXL, AuxiLearn and the principal-only controls trained on the {ds.n_labelled} labelled "
             f"images, repeated in each epoch to as many steps as the models on every image."]

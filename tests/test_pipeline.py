@@ -388,6 +388,11 @@ def test_few_labels_every_stage_uses_what_it_can(few_labels):
     assert f"training STL for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in few_labels.out
     assert f"training HPS seed 1 for 1 epochs (seed 1) on {n_train} images, {n_lab} with their principal label" in few_labels.out
     assert f"**{n_lab} of the {n_train} training images have their principal label.**" in (run_dir / "report.md").read_text()
+    # stage 1 reconstructed unlabelled images beside the labelled pairs, one per pair
+    stage1 = few_labels.folder / "stages" / "disentangle" / report["stages"]["disentangle"]["hash"]
+    m = json.loads((stage1 / "manifest.json").read_text())
+    assert m["metrics"]["unlabelled_images"] == m["metrics"]["pairs"] > 0
+    assert f"reconstructed the other {n_train - n_lab} too" in (run_dir / "report.md").read_text()
 
 
 @pytest.mark.slow

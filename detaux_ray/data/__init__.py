@@ -86,6 +86,10 @@ class ImageSource:
         """Training rows with their principal label: stage 1's pairs and the principal-only models train on them."""
         return np.flatnonzero(~self.is_test & ~self.is_val & self.is_labelled())
 
+    def unlabelled_train_rows(self) -> np.ndarray:
+        """Training rows without a principal label (data.labelled_frac < 1): stage 1 reconstructs them."""
+        return np.flatnonzero(~self.is_test & ~self.is_val & ~self.is_labelled())
+
     def val_rows(self) -> np.ndarray:
         return np.flatnonzero(self.is_val)
 

@@ -50,6 +50,7 @@ def beta_schedule(epoch: float, cfg: DisentangleConfig) -> Betas:
 def detaux_loss(
     model: DisentangleAE, x1: Tensor, x2: Tensor, same: Tensor, betas: Betas, cfg: DisentangleConfig,
     swaps: tuple[Tensor, Tensor] | None = None, y1: Tensor | None = None, y2: Tensor | None = None,
+    xu: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Total loss for a batch of pairs, its terms (detached) and the oracle weights lam (B, k).
 
@@ -58,23 +59,26 @@ def detaux_loss(
     y1, y2: the pair's principal labels (B,), needed when the principal head is on (w_principal > 0); L_prin
     is on from the first step (the warm-up trains L_rec and L_prin).
     swaps: optional (rows, subspaces) for L_cons instead of drawing them (benchmarks compare steps on it).
+    xu: images without a principal label (U, ...), same dtype as x1 (data.labelled_frac < 1): they enter the
+    label-free terms, L_rec (the mean over all 2B + U images) and L_spar, and no other.
     `model` may be wrapped in DDP; the decoder and the re-encoding are reached through `.module`.
     """
     core: DisentangleAE = getattr(model, "module", model)
-    x = torch.cat([x1, x2], dim=0)
+    x = torch.cat([x1, x2] if xu is None else [x1, x2, xu], dim=0)
     if x.dtype == torch.uint8:
         x = to_float_images(x)
-    s = model(x, decode=False)
+    s_all = model(x, decode=False)
     b = x1.shape[0]
+    s = s_all[: 2 * b]  # the pairs' latents: every term that reads a label or a pair
     s1, s2 = s[:b], s[b:]
     with_cons = not betas.warmup and betas.beta2 > 0 and cfg.w_cons > 0
     if with_cons:
         # One decoder call for the reconstructions and the swapped latents of L_cons (fewer, larger kernels).
         rows, idx = swaps if swaps is not None else swap_plan(b, core.k, cfg.cons_swaps, s.device, cfg.cons_fraction)
-        decoded = core.decoder(torch.cat([s.sum(dim=1), losses.swap_subspace(s1[rows], s2[rows], idx)]))
-        x_rec, x_swap = decoded[: 2 * b], decoded[2 * b:]
+        decoded = core.decoder(torch.cat([s_all.sum(dim=1), losses.swap_subspace(s1[rows], s2[rows], idx)]))
+        x_rec, x_swap = decoded[: len(x)], decoded[len(x):]
     else:
-        x_rec = core.decode(s)
+        x_rec = core.decode(s_all)
     rec = losses.reconstruction_loss(x, x_rec)
     lam = losses.oracle_weights(s1, s2, same, cfg.principal_subspace, cfg.oracle_temperature)
     w_principal, pulls, relative = cfg.formulation()
@@ -100,7 +104,7 @@ def detaux_loss(
 
     pull = losses.pull_weights(lam.detach(), same, cfg.principal_subspace, pulls)
     terms["dist"] = losses.distance_loss(s1, s2, lam, cfg.margin, pull, relative)
-    terms["spar"] = losses.sparsity_loss(s)
+    terms["spar"] = losses.sparsity_loss(s_all)
     terms["reg"] = losses.oracle_balance_loss(lam)
     total = total + betas.beta1 * (cfg.w_dist * terms["dist"] + cfg.w_spar * terms["spar"]) + betas.beta3 * cfg.w_reg * terms["reg"]
     if cfg.spread_floor > 0 and cfg.variant != "paper":

@@ -262,11 +262,12 @@ class Pipeline:
     # Stage 1 ----------------------------------------------------------------------------------------------
     def disentangle(self, out: Path) -> DisentangleResult:
         """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt. Its pairs come from
-        the labelled training rows (the oracle needs both images' principal labels)."""
-        rows = self.source.labelled_train_rows()
-        res = train_disentangle.run(self.cfg, rows, self.source.principal, self.cache,
-                                    self.tensorboard / "disentangle", self.storage,
-                                    probe=self._probe(), data_fingerprint=self.fingerprint)
+        the labelled training rows (the oracle needs both images' principal labels); the unlabelled ones are
+        reconstructed beside them, so the autoencoder learns from every training image."""
+        src = self.source
+        res = train_disentangle.run(self.cfg, src.labelled_train_rows(), src.principal, self.cache,
+                                    self.tensorboard / "disentangle", self.storage, probe=self._probe(),
+                                    data_fingerprint=self.fingerprint, unlabelled_rows=src.unlabelled_train_rows())
         save_torch(out / "model.pt", res["model"])
         d = self.cfg.disentangle
         self._traversals(res["model"], out / "traversals.png")
@@ -406,7 +407,7 @@ class Pipeline:
         _say("entangled ablation: training a plain autoencoder (L_rec only)")
         res = train_disentangle.run(ae_cfg, src.labelled_train_rows(), src.principal, self.cache,
                                     self.tensorboard / "entangled_ae", self.storage,
-                                    data_fingerprint=self.fingerprint)
+                                    data_fingerprint=self.fingerprint, unlabelled_rows=src.unlabelled_train_rows())
         z = self._embed(res["model"]).sum(axis=1)
         rows, known = src.train_rows(), src.is_labelled()[src.train_rows()]
         result, diag = cluster_and_diagnose(z, cfg.discover, cfg.seed, src.principal[rows], self._factors(rows),

@@ -94,8 +94,11 @@ def gather(cache: ImageCache | SourceImages, rows: np.ndarray) -> np.ndarray:
 
 
 def _gather_pairs(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
-    return {"x1": gather(cache, batch["i1"]), "x2": gather(cache, batch["i2"]), "same": batch["same"],
-            "y1": batch["y1"], "y2": batch["y2"]}
+    out = {"x1": gather(cache, batch["i1"]), "x2": gather(cache, batch["i2"]), "same": batch["same"],
+           "y1": batch["y1"], "y2": batch["y2"]}
+    if "u" in batch:
+        out["xu"] = gather(cache, batch["u"])
+    return out
 
 
 def _gather_rows(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, np.ndarray]:
@@ -105,17 +108,24 @@ def _gather_rows(batch: dict[str, np.ndarray], cache: ImageCache) -> dict[str, n
 
 
 def pair_table(train_rows: np.ndarray, principal: np.ndarray, n_pairs: int, p_differ: float, seed: int, epoch: int,
-               rank: int = 0, world_size: int = 1, batch_size: int = 1, mode: str = "oracle_prob") -> pa.Table:
+               rank: int = 0, world_size: int = 1, batch_size: int = 1, mode: str = "oracle_prob",
+               unlabelled_rows: np.ndarray | None = None) -> pa.Table:
     """This rank's share of epoch `epoch`'s pairs (i1, i2 are dataset rows; y1, y2 their principal labels), the
     same for every rank count split.
 
+    unlabelled_rows (training rows without a principal label): each pair also carries one of them, `u`, for the
+    reconstruction alone; an epoch walks through them in a seeded order (cycled when there are fewer than pairs).
     Every rank gets the same number of whole batches, so DDP ranks take the same number of steps.
     """
     p1, p2, same = sample_pairs(principal[train_rows], n_pairs, p_differ, seed, epoch, mode)
     per_rank = (n_pairs // world_size) // batch_size * batch_size
     sl = slice(rank, rank + per_rank * world_size, world_size)
     i1, i2 = train_rows[p1[sl]], train_rows[p2[sl]]
-    return pa.table({"i1": i1, "i2": i2, "same": same[sl], "y1": principal[i1], "y2": principal[i2]})
+    columns = {"i1": i1, "i2": i2, "same": same[sl], "y1": principal[i1], "y2": principal[i2]}
+    if unlabelled_rows is not None and len(unlabelled_rows):
+        order = np.random.default_rng([seed, epoch, 3]).permutation(len(unlabelled_rows))
+        columns["u"] = unlabelled_rows[order[np.arange(len(p1)) % len(order)]][sl]
+    return pa.table(columns)
 
 
 def table_dataset(table: pa.Table) -> ray.data.Dataset:
@@ -132,7 +142,7 @@ def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int
 
 
 def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float, batch_size: int) -> Iterator[dict]:
-    """The epoch's (x1, x2, same, y1, y2) batches in table order, whole batches only.
+    """The epoch's (x1, x2, same, y1, y2[, xu]) batches in table order, whole batches only.
 
     From an ImageCache each batch is gathered in this process from the object-store chunks (a copy per image,
     already local after the first epoch): a Ray Dataset per epoch would add its planning and its tasks to every
@@ -143,7 +153,7 @@ def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float,
         yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
             batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
         return
-    cols = {name: table[name].to_numpy() for name in ("i1", "i2", "same", "y1", "y2")}
+    cols = {name: table[name].to_numpy() for name in table.column_names}
     for start in range(0, table.num_rows - batch_size + 1, batch_size):
         yield _gather_pairs({name: col[start:start + batch_size] for name, col in cols.items()}, cache)
 

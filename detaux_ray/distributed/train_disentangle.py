@@ -51,13 +51,13 @@ def _train(config: dict) -> None:
         t0, sums, picks = time.time(), {}, torch.zeros(d.k, device=device)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
         table = pair_table(rows, config["principal"], d.pairs_per_epoch or len(rows), d.oracle_prob, cfg.seed, epoch,
-                           rank, world, d.batch_size, d.pair_mode)  # this rank's share of the epoch's pairs
+                           rank, world, d.batch_size, d.pair_mode, config.get("unlabelled_rows"))  # this rank's share
         steps = max(1, table.num_rows // d.batch_size)
         for step, batch in enumerate(pair_batches(table, config["cache"], res.data_cpus, d.batch_size)):
             betas = beta_schedule(epoch + step / steps, d)
-            x1, x2, same, y1, y2 = _pair_tensors(batch, device)
+            x1, x2, same, y1, y2, xu = _pair_tensors(batch, device)
             with autocast(device, res.amp):
-                loss, terms, lam = loss_fn(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2)
+                loss, terms, lam = loss_fn(ddp_model, x1, x2, same, betas, d, y1=y1, y2=y2, xu=xu)
             maybe_kill(cfg.debug.kill_at, "disentangle", epoch, step, rank, config["status"])
             if epoch == cfg.debug.nan_epoch and (cfg.debug.nan_node == "any" or not w.on_driver_node):  # test hook
                 loss = loss * float("nan")
@@ -74,6 +74,8 @@ def _train(config: dict) -> None:
                     "disentangle.lr or check the data."):
             return
         metrics = {"epoch": epoch, "epoch_time_s": time.time() - t0, "pairs": steps * d.batch_size * world,
+                   # unlabelled images reconstructed beside the pairs this epoch (one per pair; data.labelled_frac < 1)
+                   "unlabelled_images": steps * d.batch_size * world if "u" in table.column_names else 0,
                    **{f"loss/{k}": v for k, v in means.items()}}
         if res.compile != "none":
             metrics["compiled_graphs"] = compiled_graphs()
@@ -86,12 +88,14 @@ def _train(config: dict) -> None:
 
 
 def _pair_tensors(batch: dict, device: torch.device) -> tuple:
-    """(x1, x2, same, y1, y2) on the device from a pair batch, the images as stored (uint8; the loss converts them);
-    the label columns arrive as read-only Arrow views: copied (a few bytes) rather than aliased."""
+    """(x1, x2, same, y1, y2, xu) on the device from a pair batch, the images as stored (uint8; the loss converts
+    them), xu the unlabelled images to reconstruct (None when every training image is labelled); the label columns
+    arrive as read-only Arrow views: copied (a few bytes) rather than aliased."""
     x1, x2 = (to_device(torch.from_numpy(batch[k]), device) for k in ("x1", "x2"))
     same = to_device(torch.from_numpy(np.array(batch["same"])), device)
     y1, y2 = (to_device(torch.from_numpy(np.array(batch[y], dtype=np.int64)), device) for y in ("y1", "y2"))
-    return x1, x2, same, y1, y2
+    xu = to_device(torch.from_numpy(batch["xu"]), device) if "xu" in batch else None
+    return x1, x2, same, y1, y2, xu
 
 
 class _Board:
@@ -157,9 +161,12 @@ def _log_scorecard(writer: SummaryWriter, model: DisentangleAE, probe: dict, ima
 
 
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        probe: dict | None = None, data_fingerprint: str = "") -> dict:
+        probe: dict | None = None, data_fingerprint: str = "", unlabelled_rows: np.ndarray | None = None) -> dict:
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state, its metrics and
     where it trained (`placement`: workers, nodes, restarts).
+
+    train_rows: the labelled training rows the pairs come from; unlabelled_rows: training rows without a principal
+    label, one reconstructed beside each pair (None or empty: none).
 
     probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
     name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
@@ -167,7 +174,7 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     progress = Progress("disentangle", cfg.disentangle.epochs, "pairs", board)
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
-        "status": board.handle, "driver_node": board.driver_node, "probe": probe,
+        "status": board.handle, "driver_node": board.driver_node, "probe": probe, "unlabelled_rows": unlabelled_rows,
         "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)}, cfg, name, storage)
     result, placement = fit_on_board(trainer, progress, board)
     state = load_resume_state(result.checkpoint, run_path(storage, name))

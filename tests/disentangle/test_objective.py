@@ -122,6 +122,29 @@ def test_the_warm_up_trains_the_adversary_but_not_the_confusion_and_the_floor_ar
     assert {"adv", "confusion", "floor"} <= set(late)
 
 
+def test_unlabelled_images_enter_the_reconstruction_and_the_sparsity_and_no_other_term():
+    """data.labelled_frac < 1: stage 1 reconstructs the unlabelled images xu beside the pairs. L_rec and L_spar are
+    means over all 2B + U images; the oracle, L_dist, L_prin, the adversary and L_cons read the pairs alone."""
+    cfg = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_adversary=0.1)
+    torch.manual_seed(0)
+    model = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=3, n_adversary=True, adversary_hidden=8,
+                          alpha_encoder="private")
+    x1, x2, xu = torch.rand(6, 3, 16, 16), torch.rand(6, 3, 16, 16), torch.rand(5, 3, 16, 16)
+    y1, y2 = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 2, 2, 1, 1, 0])
+    swaps = (torch.arange(6), torch.tensor([0, 1, 2, 0, 1, 2]))
+    late = beta_schedule(3.5, cfg)
+    _, pairs_only, lam = detaux_loss(model, x1, x2, y1 == y2, late, cfg, swaps=swaps, y1=y1, y2=y2)
+    _, with_u, lam_u = detaux_loss(model, x1, x2, y1 == y2, late, cfg, swaps=swaps, y1=y1, y2=y2, xu=xu)
+    assert torch.allclose(lam, lam_u)
+    for name in ("prin", "adv", "confusion", "dist", "reg", "cons"):
+        assert torch.allclose(pairs_only[name], with_u[name], rtol=1e-5, atol=1e-7), name
+    x = torch.cat([x1, x2, xu])
+    s, rec = model(x)
+    assert torch.allclose(with_u["rec"], losses.reconstruction_loss(x, rec), rtol=1e-5)
+    assert torch.allclose(with_u["spar"], losses.sparsity_loss(s), rtol=1e-5)
+    assert not torch.allclose(with_u["rec"], pairs_only["rec"])
+
+
 @pytest.mark.slow
 def test_the_compiled_step_is_one_graph_and_computes_the_eager_steps_update():
     """resources.compile: the whole loss (every term, the private alpha encoder's re-encoding of L_cons included) is

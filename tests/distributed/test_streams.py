@@ -67,3 +67,21 @@ def test_stage3_training_table_is_shuffled_once_per_fit_seed():
     window = [len(np.unique(out.column("principal").to_numpy()[i:i + 256])) for i in range(0, len(rows) - 256, 256)]
     assert min(window) == 10  # every class in every window of 256 once shuffled
     assert shuffled(table, seed=0).equals(out) and not shuffled(table, seed=1).equals(out)
+
+
+def test_each_pair_carries_an_unlabelled_image_and_an_epoch_walks_through_them():
+    from detaux_ray.distributed.streams import pair_table
+
+    principal = np.arange(1000) % 4
+    labelled, unlabelled = np.arange(0, 200), np.arange(200, 600)
+    t = pair_table(labelled, principal, 800, 0.5, 0, 3, batch_size=8, unlabelled_rows=unlabelled)
+    u = t.column("u").to_numpy()
+    assert set(np.unique(u)) == set(unlabelled)  # 800 pairs: every unlabelled row, each twice
+    assert np.bincount(u - 200).tolist() == [2] * 400
+    assert not np.isin(t.column("i1").to_numpy(), unlabelled).any()  # the pairs stay on labelled rows
+    other_epoch = pair_table(labelled, principal, 800, 0.5, 0, 4, batch_size=8, unlabelled_rows=unlabelled)
+    assert not np.array_equal(other_epoch.column("u").to_numpy(), u)
+    ranks = [pair_table(labelled, principal, 800, 0.5, 0, 3, rank=r, world_size=2, batch_size=8, unlabelled_rows=unlabelled)
+             for r in range(2)]
+    assert np.array_equal(np.sort(np.concatenate([r.column("u").to_numpy() for r in ranks])), np.sort(u))
+    assert "u" not in pair_table(labelled, principal, 80, 0.5, 0, 3, unlabelled_rows=np.array([], int)).column_names
