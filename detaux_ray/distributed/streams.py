@@ -150,6 +150,7 @@ def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float,
     SourceImages (data.cache=stream) the images must be read, so Ray Data's tasks read them ahead of the step.
     """
     if isinstance(cache, SourceImages):
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # this process's datasets
         yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
             batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
         return

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray.data
 import ray.train.torch
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -43,10 +42,8 @@ def _train(config: dict) -> None:
     board = _Board(config, cfg, device) if rank == 0 else None  # TensorBoard (rank 0)
     if board and start_epoch:
         send(config["status"], resumed_after=start_epoch)
-    # Deterministic resume: batches arrive in table order (Ray Data told to keep it when it streams them) and each
-    # epoch reseeds the swap sampling, so a run resumed from epoch e's checkpoint retraces an uninterrupted run
-    # exactly (same auxiliary labels).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    # Deterministic resume: batches arrive in table order (pair_batches) and each epoch reseeds the swap sampling,
+    # so a run resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
     for epoch in range(start_epoch, d.epochs):
         t0, sums, picks = time.time(), {}, torch.zeros(d.k, device=device)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
