@@ -60,7 +60,8 @@ def detaux_loss(
     is on from the first step (the warm-up trains L_rec and L_prin).
     swaps: optional (rows, subspaces) for L_cons instead of drawing them (benchmarks compare steps on it).
     xu: images without a principal label (U, ...), same dtype as x1 (data.labelled_frac < 1): they enter the
-    label-free terms, L_rec (the mean over all 2B + U images) and L_spar, and no other.
+    label-free terms, L_rec (the mean over all 2B + U images) and L_spar, and no other, and their s_alpha is
+    detached (alpha learns from the labelled images only).
     `model` may be wrapped in DDP; the decoder and the re-encoding are reached through `.module`.
     """
     core: DisentangleAE = getattr(model, "module", model)
@@ -70,6 +71,13 @@ def detaux_loss(
     s_all = model(x, decode=False)
     b = x1.shape[0]
     s = s_all[: 2 * b]  # the pairs' latents: every term that reads a label or a pair
+    if xu is not None:
+        # The unlabelled images reach the decoder through every subspace but train alpha's encoder through none:
+        # s_alpha learns from labels alone. Measured at 1% labels on shapes: with their gradient, f_alpha carried the
+        # whole reconstruction (wall hue 0.63 in alpha) and every other subspace died.
+        a = cfg.principal_subspace
+        su = s_all[2 * b:]
+        s_all = torch.cat([s, torch.cat([su[:, :a], su[:, a:a + 1].detach(), su[:, a + 1:]], dim=1)])
     s1, s2 = s[:b], s[b:]
     with_cons = not betas.warmup and betas.beta2 > 0 and cfg.w_cons > 0
     if with_cons:

@@ -143,6 +143,20 @@ def test_unlabelled_images_enter_the_reconstruction_and_the_sparsity_and_no_othe
     assert torch.allclose(with_u["rec"], losses.reconstruction_loss(x, rec), rtol=1e-5)
     assert torch.allclose(with_u["spar"], losses.sparsity_loss(s), rtol=1e-5)
     assert not torch.allclose(with_u["rec"], pairs_only["rec"])
+    # alpha learns from labels alone: in the warm-up with no principal terms the loss is L_rec, and f_alpha's gradient
+    # is the pairs' part of it (scaled by 2B / (2B + U) for the mean), f's gradient takes the unlabelled images too.
+    rec_only = DisentangleConfig(k=3, latent_dim=4, epochs=4, w_principal=0.0, w_adversary=0.0)
+    warm = beta_schedule(0.5, rec_only)
+
+    def grads(xu_or_none):
+        model.zero_grad(set_to_none=True)
+        detaux_loss(model, x1, x2, y1 == y2, warm, rec_only, xu=xu_or_none)[0].backward()
+        w = model.encoder.w2.grad  # (2, hidden, d): [0] is f, [1] is f_alpha
+        return w[0].clone(), w[1].clone()
+
+    (f_pairs, fa_pairs), (f_all, fa_all) = grads(None), grads(xu)
+    assert torch.allclose(fa_all, fa_pairs * 12 / 17, rtol=1e-4, atol=1e-9)
+    assert not torch.allclose(f_all, f_pairs * 12 / 17, rtol=1e-3)
 
 
 @pytest.mark.slow
