@@ -178,7 +178,7 @@ def test_the_compiled_step_is_one_graph_and_computes_the_eager_steps_update():
     for mode in ("none", "default"):
         torch.manual_seed(0)
         model = build_model(cfg, 16, 3)
-        assert model.alpha_encoder is not None and model.adversary is not None
+        assert model.private_alpha and model.adversary is not None
         opt = optimizer(model, cfg, fused=mode == "none")
         loss_fn, update = compiled_step(opt, mode)
         if mode != "none":
