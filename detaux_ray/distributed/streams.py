@@ -142,21 +142,16 @@ def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int
 
 
 def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float, batch_size: int) -> Iterator[dict]:
-    """The epoch's (x1, x2, same, y1, y2[, xu]) batches in table order, whole batches only.
+    """The epoch's (x1, x2, same, y1, y2[, xu]) batches in table order, whole batches only, gathered by Ray Data
+    tasks ahead of the step.
 
-    From an ImageCache each batch is gathered in this process from the object-store chunks (a copy per image,
-    already local after the first epoch): a Ray Dataset per epoch would add its planning and its tasks to every
-    epoch for the same copies (measured: most of Ray's per-epoch overhead on 2 cores, bench/README.md). From
-    SourceImages (data.cache=stream) the images must be read, so Ray Data's tasks read them ahead of the step.
+    (Gathering them in the worker from the object-store chunks measured 1.15x against 1.21x in bench/ray_overhead.py,
+    but on a multi-node test cluster whose nodes share one temp dir, a replacement node then removed the job's
+    unpacked working_dir under the head's workers: not in the product until that is understood.)
     """
-    if isinstance(cache, SourceImages):
-        ray.data.DataContext.get_current().execution_options.preserve_order = True  # this process's datasets
-        yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
-            batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
-        return
-    cols = {name: table[name].to_numpy() for name in table.column_names}
-    for start in range(0, table.num_rows - batch_size + 1, batch_size):
-        yield _gather_pairs({name: col[start:start + batch_size] for name, col in cols.items()}, cache)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # this process's datasets
+    yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
+        batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
 
 
 def row_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int = 256) -> ray.data.Dataset:
