@@ -39,7 +39,7 @@ from detaux_ray.disentangle.objective import (beta_schedule, build_model, detaux
                                               optimizer_step)
 from detaux_ray.disentangle.models import DisentangleAE, paired_encoder_state  # noqa: E402
 from detaux_ray.tensors import to_float_images  # noqa: E402
-from detaux_ray.disentangle.pairs import sample_pairs  # noqa: E402
+from detaux_ray.disentangle.pairs import sample_pairs, unlabelled_walk  # noqa: E402
 from detaux_ray.disentangle.scorecard import scorecard  # noqa: E402
 
 
@@ -289,7 +289,7 @@ def main() -> None:
     for epoch in range(first, d.epochs):
         p1, p2, same = sample_pairs(src.principal[rows[lab]], n_pairs, d.oracle_prob, cfg.seed, epoch, d.pair_mode)
         p1, p2 = lab[p1], lab[p2]
-        pu = unl[np.random.default_rng([cfg.seed, epoch, 3]).permutation(len(unl))[np.arange(n_pairs) % len(unl)]] if len(unl) else None
+        pu = unlabelled_walk(unl, n_pairs, cfg.seed, epoch) if len(unl) else None  # as the Ray stage's pair_table
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009)
         steps = n_pairs // d.batch_size
         sums: dict[str, float] = {}

@@ -42,3 +42,10 @@ def sample_pairs(labels: np.ndarray, n_pairs: int, p_differ: float, seed: int, e
     if mode == "random":
         i2 = rng.integers(0, n, size=n_pairs)
     return i1.astype(np.int64), i2.astype(np.int64), labels[i1] == labels[i2]
+
+
+def unlabelled_walk(unlabelled: np.ndarray, n_pairs: int, seed: int, epoch: int) -> np.ndarray:
+    """The unlabelled image reconstructed beside each of an epoch's n_pairs pairs: `unlabelled` in a seeded order
+    for (seed, epoch), cycled when there are fewer of them than pairs."""
+    order = np.random.default_rng([seed, epoch, 3]).permutation(len(unlabelled))
+    return unlabelled[order[np.arange(n_pairs) % len(order)]]

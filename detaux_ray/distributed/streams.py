@@ -15,7 +15,7 @@ import ray
 
 from ..data import ImageSource
 from ..errors import DataError, find_data_error
-from ..disentangle.pairs import sample_pairs
+from ..disentangle.pairs import sample_pairs, unlabelled_walk
 
 CHUNK = 2048  # rows per object-store chunk
 
@@ -123,8 +123,7 @@ def pair_table(train_rows: np.ndarray, principal: np.ndarray, n_pairs: int, p_di
     i1, i2 = train_rows[p1[sl]], train_rows[p2[sl]]
     columns = {"i1": i1, "i2": i2, "same": same[sl], "y1": principal[i1], "y2": principal[i2]}
     if unlabelled_rows is not None and len(unlabelled_rows):
-        order = np.random.default_rng([seed, epoch, 3]).permutation(len(unlabelled_rows))
-        columns["u"] = unlabelled_rows[order[np.arange(len(p1)) % len(order)]][sl]
+        columns["u"] = unlabelled_walk(unlabelled_rows, n_pairs, seed, epoch)[sl]
     return pa.table(columns)
 
 
@@ -143,12 +142,7 @@ def pair_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int
 
 def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float, batch_size: int) -> Iterator[dict]:
     """The epoch's (x1, x2, same, y1, y2[, xu]) batches in table order, whole batches only, gathered by Ray Data
-    tasks ahead of the step.
-
-    (Gathering them in the worker from the object-store chunks measured 1.15x against 1.21x in bench/ray_overhead.py,
-    but on a multi-node test cluster whose nodes share one temp dir, a replacement node then removed the job's
-    unpacked working_dir under the head's workers: not in the product until that is understood.)
-    """
+    tasks ahead of the step."""
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # this process's datasets
     yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
         batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
