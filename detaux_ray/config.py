@@ -195,6 +195,9 @@ class DebugConfig:
     nan_epoch: int = -1  # stage 1 loss becomes NaN in this epoch
     nan_node: str = "any"  # on the ranks of any node, or only on those of "other" nodes than the driver's
     kill_at: str = ""  # "stage:epoch:step" (stage = disentangle | stl | hps): rank 0 dies there, once per run dir
+    # Stage 1's workers wait this long after each epoch: a test that acts on the cluster when it reads an epoch's
+    # line (delivered by `ray job submit` in chunks seconds apart) still finds the stage training
+    epoch_pause_s: float = 0.0
     # Stage 1 ends with every subspace but alpha constant, unless it runs CONSTANT_LATENT_REMEDY (the fallback)
     constant_latent: bool = False
 
@@ -435,7 +438,7 @@ RANGES: dict[str, Range] = {
     "mtl.aux_split": Range(0, 0.5, True, True), "mtl.momentum": Range(0, 1, False, True),
     "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
     "resources.torch_threads": _NONNEG, "resources.concurrent_fits": _NONNEG, "resources.max_failures": _NONNEG,
-    "debug.nan_epoch": _at_least(-1),
+    "debug.nan_epoch": _at_least(-1), "debug.epoch_pause_s": _NONNEG,
 }
 
 # The allowed values of every key that names a choice (for list keys: of each item), written once.

@@ -80,6 +80,7 @@ def _train(config: dict) -> None:
             metrics |= board.epoch(model, epoch, means, betas, (picks / picks.sum().clamp_min(1e-12)).cpu().numpy())
         end_epoch(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": global_step},
                   rank, config["status"], metrics["pairs"], means)
+        time.sleep(cfg.debug.epoch_pause_s)  # test hook
     if board:
         board.writer.close()
 

@@ -69,8 +69,9 @@ def test_losing_the_worker_node_mid_training_restarts_from_the_checkpoint_when_a
             # a replacement joins while the head still waits for the lost node's heartbeats
             threading.Thread(target=lambda: setattr(cluster, "worker", cluster.add_node(cpus=1)), daemon=True).start()
 
-    code, out = cluster.submit_watching(pipeline(run_dir, "disentangle.epochs=6", "disentangle.pairs_per_epoch=512"),
-                                        ROOT, on_line)
+    # Epochs of ~1.5 s reach this test in chunks ~3 s apart: the pause keeps stage 1 training when the line arrives
+    code, out = cluster.submit_watching(pipeline(run_dir, "disentangle.epochs=6", "disentangle.pairs_per_epoch=512",
+                                                 "debug.epoch_pause_s=3"), ROOT, on_line)
     assert events == ["killed"], out[-3000:]
     assert code == 0 and "succeeded" in out.lower(), out[-3000:]
     stage1 = json.loads((run_dir / "disentangle" / "manifest.json").read_text())
