@@ -171,6 +171,8 @@ def table(paths: list[str]) -> str:
         sep = card["principal_separation"]
         best = []
         for i, row in enumerate(card["scores"][:-1]):
+            if len(row) < 2:  # a dataset without known factors (digits)
+                continue
             j = int(np.argmax(row[1:])) + 1  # the best non-principal factor
             best.append(f"{i}: {card['factors'][j]} {row[j]:.2f}")
         disc = []

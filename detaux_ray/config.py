@@ -58,6 +58,9 @@ class DisentangleConfig:
     # The adversary must be able to read what it is to remove: one hidden layer, 10x the encoder's rate. Measured
     # over 6 seeds (docs/studies/2026-11-28-stage1-study.md): the principal separated (>= 0.8 in alpha, >= 3x elsewhere) at 6, against
     # 3 with a linear adversary at the encoder's rate (adversary_hidden=0, adversary_lr_scale=1).
+    # L_dep (ours, off by default: the constant-latent remedy): the unbiased kernel dependence of the other subspaces
+    # on the principal label, which a confused adversary leaves (losses.label_dependence)
+    w_dependence: float = 0.0
     adversary_hidden: int = 32  # hidden units of each adversary classifier (0 = linear)
     adversary_lr_scale: float = 10.0  # the adversary's learning rate over disentangle.lr (disentangle.optimizer)
     # private (ours: s_alpha from an encoder of its own, so the principal terms never move the features the nuisance
@@ -235,9 +238,9 @@ NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentan
                          "disentangle.scorecard_images", "mtl.test_every"})
 
 # Stage 1's formulation for a latent whose nuisance subspaces all came out constant (the pipeline retrains stage 1
-# with it once; docs/studies/2026-12-05-nuisance-collapse.md: on `digits` no run stops with it, at a cost on the
-# kinds where the default works, so it is not the default).
-CONSTANT_LATENT_REMEDY = ("disentangle.confusion_after_warmup=true", "disentangle.spread_floor=0.5")
+# with it once; docs/studies/2026-12-06-label-dependence.md: on `digits` no run stops with it and the labels hold
+# least of the digit; on the kinds where the default works it costs the labels, so it is not the default).
+CONSTANT_LATENT_REMEDY = ("disentangle.w_dependence=10",)
 
 
 # Options measured worse than the defaults and not the paper's, removed: the value that meant "off" is still
@@ -438,7 +441,7 @@ RANGES: dict[str, Range] = {
     "mtl.aux_split": Range(0, 0.5, True, True), "mtl.momentum": Range(0, 1, False, True),
     "resources.num_workers": _at_least(1), "resources.cpus_per_worker": _POS, "resources.data_cpus": _POS,
     "resources.torch_threads": _NONNEG, "resources.concurrent_fits": _NONNEG, "resources.max_failures": _NONNEG,
-    "debug.nan_epoch": _at_least(-1), "debug.epoch_pause_s": _NONNEG,
+    "disentangle.w_dependence": _NONNEG, "debug.nan_epoch": _at_least(-1), "debug.epoch_pause_s": _NONNEG,
 }
 
 # The allowed values of every key that names a choice (for list keys: of each item), written once.

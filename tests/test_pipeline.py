@@ -425,7 +425,7 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
     assert not (run_dir / "discover").exists()  # the first stage 1's discovery stopped: nothing half-written
     report = json.loads((run_dir / "report.json").read_text())
     assert report["fallback"]["overrides"] == list(CONSTANT_LATENT_REMEDY) and report["n_aux_classes"] == 4
-    assert report["config"]["disentangle"]["spread_floor"] == 0.5 and report["config"]["disentangle"]["confusion_after_warmup"]
+    assert report["config"]["disentangle"]["w_dependence"] == 10
     assert "**Stage 1 ran twice.**" in (run_dir / "report.md").read_text()
     assert list((run_dir / "tensorboard" / "fallback" / "disentangle").glob("events.out.tfevents.*"))
 
@@ -440,7 +440,7 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
 
     remedy = Pipeline(load_config("quick", TINY + list(CONSTANT_LATENT_REMEDY)), tmp_path / "stuck")
     with pytest.raises(ConstantLatentError, match=r"^every subspace .* is constant; this run already used the remedy "
-                       r"formulation \(disentangle.confusion_after_warmup=true, disentangle.spread_floor=0.5\): nothing "
+                       r"formulation \(disentangle.w_dependence=10\): nothing "
                        r"else to try; lower disentangle.w_adversary"):
         remedy.fall_back(ConstantLatentError("every subspace other than the principal one (0) is constant; rerun with X"))
     assert remedy.fallback is None and remedy.stage_dir("disentangle") == tmp_path.resolve() / "stuck" / "disentangle"

@@ -148,6 +148,43 @@ def confusion_loss(logits: Tensor) -> Tensor:
     return -F.log_softmax(logits, dim=-1).mean()
 
 
+def label_dependence(s: Tensor, y: Tensor, n_classes: int, bandwidths: tuple[float, ...] = (1.0, 0.1, 0.01)) -> Tensor:
+    """L_dep = mean over the subspaces j of relu(HSIC_u(K_j, L)) / sqrt(HSIC_u(L, L)): the kernel dependence
+    (Gretton et al. 2005) between s_j and the principal label y, 0 in expectation when they are independent.
+
+        K_j[a, b] = mean_f exp(-||s_j^a - s_j^b||^2 / (f * m_j)),  m_j = mean_{a', b'} ||s_j^a' - s_j^b'||^2,
+        L[a, b] = [y_a = y_b],  f in `bandwidths`,  HSIC_u the unbiased estimator (Song et al. 2012, `hsic_unbiased`)
+
+    Ours, beside the adversary: a trained adversary can be confused while a fresh kNN probe still reads the label
+    from s_j (measured on the two-factor toy of tests/disentangle/test_scorecard.py); a characteristic kernel asks
+    every classifier at once. Several bandwidths, so that a label written as small offsets inside wide clusters of
+    another factor counts too. The bandwidths follow the subspace's own spread m_j (not detached): K_j, and the term,
+    do not change when s_j is scaled. Unbiased, because the usual (biased) estimator is positive for independent
+    variables and only a constant subspace brings it to 0: minimised, it collapsed every nuisance subspace of
+    `shapes`, `sprites` and `colour_digits` (docs/studies/2026-12-06-label-dependence.md). s: (n, m, d) for m
+    subspaces, y: (n,), n >= 4."""
+    d2 = (s.unsqueeze(1) - s.unsqueeze(0)).pow(2).sum(-1).permute(2, 0, 1)  # (m, n, n)
+    m = d2.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    k = torch.stack([torch.exp(-d2 / (f * m)) for f in bandwidths]).mean(0)
+    onehot = F.one_hot(y, n_classes).to(s.dtype)
+    lab = onehot @ onehot.T
+    return (torch.relu(hsic_unbiased(k, lab)) / hsic_unbiased(lab, lab).clamp_min(1e-12).sqrt()).mean()
+
+
+def hsic_unbiased(k: Tensor, l: Tensor) -> Tensor:
+    """The unbiased HSIC estimator (Song et al. 2012) of kernels k, l (..., n, n), n >= 4, with K~, L~ their
+    diagonals set to 0:
+
+        HSIC_u = [tr(K~ L~) + 1'K~1 1'L~1 / ((n - 1)(n - 2)) - 2 / (n - 2) 1'K~ L~1] / (n (n - 3))"""
+    n = k.shape[-1]
+    off = 1 - torch.eye(n, dtype=k.dtype, device=k.device)
+    kt, lt = k * off, l * off
+    trace = (kt * lt).sum(dim=(-1, -2))
+    sums = kt.sum(dim=(-1, -2)) * lt.sum(dim=(-1, -2)) / ((n - 1) * (n - 2))
+    cross = 2.0 / (n - 2) * (kt.sum(-1) * lt.sum(-1)).sum(-1)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
 def spread_floor_loss(s: Tensor, alpha: int, rho: float) -> Tensor:
     """L_floor = mean over i != alpha of relu(rho sg(w_alpha) - w_i)^2 / (rho sg(w_alpha))^2, w_i = sqrt(sum_c Var_batch(s_i[c])).
 

@@ -1,10 +1,12 @@
 """Stage 1 core (no Ray): beta schedule, the full Detaux objective for one batch of pairs, latent traversals.
 
     L = L_rec + w_prin L_prin + L_adv + w_adv L_conf + beta1 (w_dist L_dist + w_spar L_spar) + beta2 w_cons L_cons + beta3 w_reg L_reg
-        [+ L_floor after the warm-up when spread_floor > 0; L_conf only after it when confusion_after_warmup]
+        [+ w_dep L_dep when w_dependence > 0; + L_floor after the warm-up when spread_floor > 0; L_conf only after
+        it when confusion_after_warmup]
 
 (Eq. 2 of the paper, plus ours, which variant=paper switches off: L_prin, the principal classifier on s_alpha; the
-adversary L_adv / L_conf; L_floor, the floor on the other subspaces' width.)
+adversary L_adv / L_conf; L_dep, the kernel dependence of the other subspaces on the principal label; L_floor, the
+floor on the other subspaces' width.)
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ def detaux_loss(
         if not (betas.warmup and cfg.confusion_after_warmup):
             terms["confusion"] = losses.confusion_loss(core.adversary(s_other, frozen=True))  # the subspaces unlearn
             total = total + cfg.w_adversary * terms["confusion"]
+    if cfg.w_dependence > 0 and w_principal > 0:
+        others = [i for i in range(core.k) if i != cfg.principal_subspace]
+        terms["dep"] = losses.label_dependence(s[:, others], torch.cat([y1, y2]), core.principal_head[-1].out_features)
+        total = total + cfg.w_dependence * terms["dep"]
     if betas.warmup:
         return total, {k: v.detach() for k, v in terms.items()}, lam.detach()
 

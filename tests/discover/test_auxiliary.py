@@ -225,10 +225,10 @@ def test_subspaces_at_float_noise_are_constant_and_the_error_says_what_was_measu
     s[:, 1:] = 0.5 + rng.normal(0, 5e-6, (2000, 3, 3))
     with pytest.raises(SingleClusterError, match=r"is constant \(variance 1: .*e-09") as err:
         nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), alpha=0, dead_frac=0.01)
-    # and it names the measured remedy, as keys a rerun can set (docs/studies/2026-12-05-nuisance-collapse.md)
+    # and it names the measured remedy, as keys a rerun can set (docs/studies/2026-12-06-label-dependence.md)
     from detaux_ray.config import load_config
 
     remedy = [w for w in str(err.value).split() if w.startswith("disentangle.")]
-    assert len(remedy) == 2 and load_config("quick", remedy).disentangle.spread_floor > 0
+    assert len(remedy) == 1 and load_config("quick", remedy).disentangle.w_dependence > 0
     s[:, 2] += rng.normal(0, 3e-4, (2000, 3))  # 4e-6 of alpha's: tiny, yet live (sprites measured 5e-6)
     assert nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), alpha=0, dead_frac=0.01) == ([2], True)

@@ -1,5 +1,6 @@
 """Every stage-1 loss term and the oracle (detaux_ray.disentangle.losses), on hand-computed cases."""
 
+import itertools
 import math
 
 import pytest
@@ -156,3 +157,30 @@ def test_spread_floor_is_hand_computed_scale_free_and_leaves_alpha_alone():
     s.requires_grad_(True)
     spread_floor_loss(s, 0, 0.5).backward()
     assert s.grad[:, 0].abs().sum() == 0 and s.grad[:, 1].abs().sum() > 0 and s.grad[:, 2].abs().sum() == 0
+
+
+def test_unbiased_hsic_is_the_u_statistic_over_distinct_quadruples():
+    # Song et al. 2012: HSIC_u = mean over ordered distinct (i, j, q, r) of h, h = the mean over the 24 orderings
+    # (t, u, v, w) of k_tu l_tu + k_tu l_vw - 2 k_tu l_tv; computed here by brute force on n = 6.
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(6, 6, generator=g, dtype=torch.float64), torch.rand(6, 6, generator=g, dtype=torch.float64)
+    k, l = a + a.T, b + b.T
+    total, count = 0.0, 0
+    for quad in itertools.permutations(range(6), 4):
+        h = sum(k[t, u] * l[t, u] + k[t, u] * l[v, w] - 2 * k[t, u] * l[t, v]
+                for t, u, v, w in itertools.permutations(quad))
+        total, count = total + float(h) / 24, count + 1
+    assert losses.hsic_unbiased(k, l).item() == pytest.approx(total / count, rel=1e-9)
+
+
+def test_label_dependence_is_scale_free_zero_for_a_constant_and_unbiased_without_a_label_signal():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (128,), generator=g)
+    free = torch.randn(128, 3, 6, generator=g)
+    tied = free.clone()
+    tied[:, :, 0] += y[:, None]  # the label on one coordinate of six, within the spread of the others
+    assert losses.label_dependence(tied, y, 4).item() == pytest.approx(losses.label_dependence(100 * tied, y, 4).item(), rel=1e-5)
+    assert losses.label_dependence(torch.ones(128, 3, 6), y, 4).item() == 0.0
+    # Independent draws: the estimate is 0 on average (relu keeps it >= 0), far below a label on one coordinate.
+    draws = [losses.label_dependence(torch.randn(128, 3, 6, generator=g), y, 4).item() for _ in range(20)]
+    assert sum(draws) / len(draws) < 0.1 * losses.label_dependence(tied, y, 4).item()

@@ -167,7 +167,7 @@ def test_the_compiled_step_is_one_graph_and_computes_the_eager_steps_update():
     next step's loss. The swaps are given: compiled code draws its own random numbers."""
     from detaux_ray.disentangle.objective import build_model, compiled_step, optimizer
 
-    cfg = DisentangleConfig(k=4, latent_dim=6, epochs=4, batch_size=8)
+    cfg = DisentangleConfig(k=4, latent_dim=6, epochs=4, batch_size=8, w_dependence=10.0)  # the remedy's L_dep too
     g = torch.Generator().manual_seed(0)
     x1, x2 = (torch.randint(0, 256, (8, 16, 16, 3), generator=g, dtype=torch.uint8) for _ in range(2))
     y1, y2 = torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -186,7 +186,7 @@ def test_the_compiled_step_is_one_graph_and_computes_the_eager_steps_update():
         runs.append((model, opt, update, lambda f=loss_fn, m=model: f(m, x1, x2, y1 == y2, betas, cfg, swaps=swaps, y1=y1, y2=y2)))
     (eager, e_opt, e_update, e_loss), (comp, c_opt, c_update, c_loss) = runs
     (le, te, _), (lc, tc, _) = e_loss(), c_loss()
-    assert set(te) == set(tc) >= {"rec", "prin", "adv", "confusion", "dist", "spar", "reg", "cons"}
+    assert set(te) == set(tc) >= {"rec", "prin", "adv", "confusion", "dep", "dist", "spar", "reg", "cons"}
     assert float(lc) == pytest.approx(float(le), rel=1e-5)
     assert all(float(tc[k]) == pytest.approx(float(v), rel=1e-4, abs=1e-7) for k, v in te.items()), (te, tc)
     le.backward()

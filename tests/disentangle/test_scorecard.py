@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from detaux_ray.config import DisentangleConfig
-from detaux_ray.disentangle.objective import beta_schedule, detaux_loss
-from detaux_ray.disentangle.models import DisentangleAE
+from detaux_ray.config import CONSTANT_LATENT_REMEDY, Config, apply_overrides
+from detaux_ray.disentangle.objective import beta_schedule, build_model, detaux_loss, optimizer
 from detaux_ray.tensors import to_float_images
 from detaux_ray.disentangle.pairs import sample_pairs
 from detaux_ray.disentangle.scorecard import factor_columns, heatmap, probe_scores, scorecard
@@ -62,43 +61,47 @@ def _two_factor_images(n: int, seed: int = 0):
     return x, size, hue
 
 
-@pytest.mark.parametrize("variant", ["detaux"])
-def test_stage1_moves_the_principal_factor_into_alpha(variant):
-    """Learning test: a few hundred steps of the stage-1 objective on a two-factor dataset.
+@pytest.mark.parametrize("formulation", ["default", pytest.param("remedy", marks=pytest.mark.slow)])
+def test_stage1_moves_the_principal_factor_into_alpha_and_only_there(formulation):
+    """Learning test: 225 steps of the product's stage-1 objective (its model and optimizer: the private alpha
+    encoder, the principal head, the adversary) on a two-factor toy, at three seeds; "remedy" adds L_dep as the
+    constant-latent fallback does (config.CONSTANT_LATENT_REMEDY).
 
-    Threshold: the principal probe in alpha >= 0.8 (the project's target on `shapes`) and at least 2x its score in
-    the other subspace. The untrained model scores ~0.05 in alpha here (random features barely separate sizes),
-    so passing needs the training to put the principal factor into alpha, and only there.
-
-    One torch thread, set here: the result depends on the float order of the reductions (measured in the 2026-11-29 at 4f90671 run:
-    at two threads the same seed leaks the size into subspace 1 at 0.54, failing the 2x check; over seeds 0-2 and
-    1-2 threads the leak was 0.0-0.89). It passed in the full suite (CI) and failed when run alone. Here the 2x
-    check held because subspace 1 collapsed; on other CPUs it does not, so that check is reported, not asserted
-    (below)."""
+    Thresholds, on the median over the seeds (one fragile seed neither passes nor fails it): the principal probe in
+    alpha >= 0.8 and at least 3x its score in the other subspace (issue 29's targets). The untrained model scores
+    ~0.05 in alpha, so passing needs training to put the size into alpha, and only there. Measured 2026-12-06 (Intel
+    Xeon, one thread, seeds 0-5; docs/studies/2026-12-06-label-dependence.md): alpha 1.00 at every seed either way;
+    the other subspace 0.77 / 0.58 / 0.65 / 0.75 / 0.03 / 0.63 by default (the adversary confused, near log 4, while
+    the probe reads the size), 0.08 / 0.26 / 0.14 / 0.13 / -0.02 / 0.05 with L_dep. The default's leak is issue 29's
+    open problem: reported as an expected failure with its numbers, the remedy's asserted. One torch thread, set
+    here: the float order of the reductions changes single runs."""
+    sets = list(CONSTANT_LATENT_REMEDY) if formulation == "remedy" else []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _learn_and_check(variant)
+        cards = [_learn(seed, sets) for seed in (0, 1, 2)]
     finally:
         torch.set_num_threads(threads)
+    in_alpha = float(np.median([c.score(0, "size") for c in cards]))
+    elsewhere = float(np.median([c.score(1, "size") for c in cards]))
+    assert in_alpha >= 0.8, [c.to_dict() for c in cards]
+    if formulation == "default" and in_alpha < 3 * max(elsewhere, 0.05):
+        pytest.xfail(f"the principal leaks into subspace 1 (issue 29): median {elsewhere:.2f} vs alpha {in_alpha:.2f}")
+    assert in_alpha >= 3 * max(elsewhere, 0.05), [c.to_dict() for c in cards]
 
 
-def _learn_and_check(variant: str) -> None:
-    torch.manual_seed(0)
-    x, size, hue = _two_factor_images(1200)
-    cfg = DisentangleConfig(k=2, latent_dim=6, epochs=6, batch_size=32, lr=2e-3, variant=variant)
-    model = DisentangleAE(16, cfg.k, cfg.latent_dim, n_principal=4)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+def _learn(seed: int, sets: list[str]):
+    """The toy's scorecard after 6 epochs of 1,200 pairs, `sets` applied to its config; latent_dim 10 as the presets (at 6, all six units of a
+    projector's hidden layer were off for every image at initialisation at seed 0: that subspace never trained)."""
+    torch.manual_seed(seed)
+    x, size, hue = _two_factor_images(1200, seed)
+    cfg = apply_overrides(Config(), [f"disentangle.{k}" for k in ("k=2", "latent_dim=10", "epochs=6", "batch_size=32",
+                                                                  "lr=2e-3")] + sets).disentangle
+    model = build_model(cfg, 16, n_principal=4)
+    opt = optimizer(model, cfg, fused=False)
     images, labels = torch.from_numpy(x), torch.from_numpy(size)
-
-    def probe() -> float:
-        with torch.no_grad():
-            s = model.subspaces(to_float_images(images)).numpy()
-        return scorecard(s, "size", size, {"hue": hue}, alpha=0, n_fit=600, n_eval=600)
-
-    before = probe().score(0, "size")
     for epoch in range(cfg.epochs):
-        i1, i2, same = sample_pairs(size, 1200, cfg.oracle_prob, 0, epoch)
+        i1, i2, same = sample_pairs(size, 1200, cfg.oracle_prob, seed, epoch)
         for b in range(0, 1200, cfg.batch_size):
             sl = slice(b, b + cfg.batch_size)
             loss, _, _ = detaux_loss(model, to_float_images(images[i1[sl]]), to_float_images(images[i2[sl]]),
@@ -107,16 +110,9 @@ def _learn_and_check(variant: str) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    card = probe()
-    assert before < 0.5
-    assert card.score(0, "size") >= 0.8, card.to_dict()
-    if card.score(0, "size") < 2 * max(card.score(1, "size"), 0.05):
-        # Known and open (issue 29): on this toy the size also reaches subspace 1. Measured 2026-12-02 on an Intel
-        # Xeon at one thread, seeds 0-2: alpha 1.00 / 1.00 / 0.89, subspace 1 0.58 / 0.98 / 0.83 (the quick
-        # preset's formulation: 0.58 / 0.08 / 0.58, alpha 0.00 at seed 0). It passed on an AMD EPYC only because
-        # subspace 1 collapsed there. Reported as an expected failure with its numbers, not asserted: whether it
-        # passes depends on the CPU's float order, which a test must not.
-        pytest.xfail(f"the principal leaks into subspace 1: {card.score(1, 'size'):.2f} vs alpha {card.score(0, 'size'):.2f}")
+    with torch.no_grad():
+        s = model.subspaces(to_float_images(images)).numpy()
+    return scorecard(s, "size", size, {"hue": hue}, alpha=0, n_fit=600, n_eval=600)
 
 
 def test_probe_scores_vote_like_a_knn_classifier():
