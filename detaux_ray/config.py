@@ -80,10 +80,11 @@ class DisentangleConfig:
     w_spar: float = 0.1
     w_cons: float = 100.0
     w_reg: float = 1e-2  # the authors' 1e-4 x their 1e2 inside L_reg
-    # The remedy for a nuisance latent that the confusion term collapses to a constant (docs/method.md; `digits`):
-    # the encoder confuses the adversary only after the warm-up, and L_floor keeps every other subspace at least
-    # spread_floor x alpha's width from then on (0 = off; losses.spread_floor_loss). Off by default: on shapes and
-    # colour_digits they cost the reconstruction and the labels (docs/studies/2026-12-05-nuisance-collapse.md).
+    # The earlier remedy for a nuisance latent that the confusion term collapses to a constant (`digits`; now
+    # w_dependence, docs/method.md): the encoder confuses the adversary only after the warm-up, and L_floor keeps
+    # every other subspace at least spread_floor x alpha's width from then on (0 = off; losses.spread_floor_loss).
+    # Off: on shapes and colour_digits they cost the reconstruction and the labels
+    # (docs/studies/2026-12-05-nuisance-collapse.md).
     confusion_after_warmup: bool = False
     spread_floor: float = 0.0
     cons_swaps: int = 1  # swapped subspaces per pair for L_cons (k = exact sum; fewer = unbiased sample)

@@ -441,6 +441,7 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
     remedy = Pipeline(load_config("quick", TINY + list(CONSTANT_LATENT_REMEDY)), tmp_path / "stuck")
     with pytest.raises(ConstantLatentError, match=r"^every subspace .* is constant; this run already used the remedy "
                        r"formulation \(disentangle.w_dependence=10\): nothing "
-                       r"else to try; lower disentangle.w_adversary"):
+                       r"else to try by itself; the earlier remedy \(--set disentangle.confusion_after_warmup=true "
+                       r"--set disentangle.spread_floor=0.5\) or a lower disentangle.w_adversary"):
         remedy.fall_back(ConstantLatentError("every subspace other than the principal one (0) is constant; rerun with X"))
     assert remedy.fallback is None and remedy.stage_dir("disentangle") == tmp_path.resolve() / "stuck" / "disentangle"

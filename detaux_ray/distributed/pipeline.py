@@ -195,9 +195,11 @@ class Pipeline:
         measured = str(exc).split("; rerun with")[0]
         if uses_constant_latent_remedy(self.cfg):
             raise ConstantLatentError(f"{measured}; this run already used the remedy formulation "
-                                      f"({', '.join(CONSTANT_LATENT_REMEDY)}): nothing else to try; lower "
-                                      "disentangle.w_adversary (at 0 the nuisance subspaces of `digits` lived, holding "
-                                      "the principal: docs/studies/2026-12-05-nuisance-collapse.md)") from None
+                                      f"({', '.join(CONSTANT_LATENT_REMEDY)}): nothing else to try by itself; the "
+                                      "earlier remedy (--set disentangle.confusion_after_warmup=true --set "
+                                      "disentangle.spread_floor=0.5) or a lower disentangle.w_adversary (at 0 the "
+                                      "nuisance subspaces of `digits` lived, holding the principal: "
+                                      "docs/studies/2026-12-05-nuisance-collapse.md)") from None
         _say(f"stage 'discover': {exc}. Falling back: stage 1 again with {', '.join(CONSTANT_LATENT_REMEDY)}")
         first = self.stage_dir("disentangle")
         self.fallback = {"reason": measured, "overrides": list(CONSTANT_LATENT_REMEDY),
