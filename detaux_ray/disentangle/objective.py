@@ -101,8 +101,8 @@ def detaux_loss(
         # other latent terms, the reconstruction jumps back to the mean image and the head stays at chance).
         terms["prin"] = losses.principal_loss(core.principal_head(s[:, cfg.principal_subspace]), y1, y2)
         total = total + w_principal * terms["prin"]
+    others = [i for i in range(core.k) if i != cfg.principal_subspace]
     if cfg.w_adversary > 0 and w_principal > 0 and core.adversary is not None:
-        others = [i for i in range(core.k) if i != cfg.principal_subspace]
         s_other = s[:, others]
         terms["adv"] = losses.adversary_loss(core.adversary(s_other.detach()), y1, y2)  # the classifiers learn
         total = total + terms["adv"]
@@ -110,7 +110,6 @@ def detaux_loss(
             terms["confusion"] = losses.confusion_loss(core.adversary(s_other, frozen=True))  # the subspaces unlearn
             total = total + cfg.w_adversary * terms["confusion"]
     if cfg.w_dependence > 0 and w_principal > 0:
-        others = [i for i in range(core.k) if i != cfg.principal_subspace]
         terms["dep"] = losses.label_dependence(s[:, others], torch.cat([y1, y2]), core.principal_head[-1].out_features)
         total = total + cfg.w_dependence * terms["dep"]
     if betas.warmup:
