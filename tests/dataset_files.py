@@ -96,9 +96,12 @@ def write_imagefolder(root, n_classes=3, per_class=30):
     return root
 
 
-def write_parquet(root, n=120):
+def write_parquet(root, n=120, unlabelled_every=0):
+    """`unlabelled_every` > 0: every such training row has no label (null), an unlabelled image."""
     images = [png_bytes(random_image()) for _ in range(n)]
-    t = pa.table({"img": images, "y": [f"k{i % 3}" for i in range(n)], "part": ["test" if i % 5 == 0 else "train" for i in range(n)]})
+    part = ["test" if i % 5 == 0 else "train" for i in range(n)]
+    y = [None if unlabelled_every and part[i] == "train" and i % unlabelled_every == 1 else f"k{i % 3}" for i in range(n)]
+    t = pa.table({"img": images, "y": pa.array(y, pa.string()), "part": part})
     pq.write_table(t, root / "data.parquet", row_group_size=32)
     return root / "data.parquet"
 

@@ -53,7 +53,8 @@ CASES = [
     ("malformed --set", lambda t: _sets("mtl.compare=[nddr"), 2, "override 'mtl.compare=[nddr': the value is not valid YAML"),
     ("malformed preset", lambda t: _preset(t, "data:\n  n_images: [1\n"), 2, "bad.yaml is not valid YAML"),
     ("preset not a mapping", lambda t: _preset(t, "- 1\n"), 2, "must be a mapping"),
-    ("label nulls", lambda t: _sets(*_parquet(t, ["a", None, "b", "a"] * 10)), 3, "10 of 40 value(s) missing (first at row 1)"),
+    # a missing label on some rows is an unlabelled image (data/test_formats.py); on every row there is nothing to learn
+    ("label nulls", lambda t: _sets(*_parquet(t, [None] * 40)), 3, "40 of 40 value(s) missing (first at row 0)"),
     ("empty table", lambda t: _sets(*_parquet(t, [])), 3, "has no rows"),
     ("not an image", lambda t: _sets(*_imagefolder_with(t, "7.png", b"<html>not an image</html>")), 3,
      "corrupt or unreadable image class_1/7.png"),

@@ -122,20 +122,21 @@ def build_source(cfg: DataConfig, seed: int) -> ImageSource:
     ids = np.arange(n_all)
     if cfg.n_images and cfg.n_images < n_all:  # a seeded subset
         ids = np.sort(np.random.default_rng([seed, 1]).choice(n_all, cfg.n_images, replace=False))
-    is_test, is_val = split(loaded.is_test[ids], loaded.fixed_split, cfg.test_frac, cfg.val_frac, seed)
+    known = principal[ids] >= 0  # a table's row without its label is an unlabelled training image
+    is_test, is_val = split(loaded.is_test[ids], loaded.fixed_split, cfg.test_frac, cfg.val_frac, seed, known)
     src = ImageSource(cfg.dataset, cfg.image_size, cfg.principal, principal[ids].astype(np.int64), is_test,
                       {k: v[ids] for k, v in loaded.factors.items()}, ids, is_val, loaded.reader, names,
-                      loaded.fingerprint)
-    n_cls = len(np.unique(src.principal[src.train_rows()]))
+                      loaded.fingerprint, labelled=None if known.all() else known)
+    train_labels = src.principal[src.labelled_train_rows()]
+    n_cls = len(np.unique(train_labels))
     if n_cls < 2:
         raise DataError(f"the training split of '{cfg.dataset}' has {n_cls} principal class(es) of '{cfg.principal}' "
-                        f"({len(src.train_rows())} training images): at least 2 are needed; raise data.n_images or "
-                        f"choose another data.principal")
-    n_train = len(src.train_rows())
-    if n_cls > MAX_PRINCIPAL_CLASSES or n_cls > n_train // 2:
-        raise DataError(f"'{cfg.principal}' has {n_cls} classes in {n_train} training images (at most "
-                        f"{MAX_PRINCIPAL_CLASSES}, and at least 2 images per class on average): is it an id column? "
-                        f"Choose another data.principal / data.label_column")
+                        f"({len(train_labels)} labelled training images): at least 2 are needed; raise data.n_images "
+                        f"or choose another data.principal")
+    if n_cls > MAX_PRINCIPAL_CLASSES or n_cls > len(train_labels) // 2:
+        raise DataError(f"'{cfg.principal}' has {n_cls} classes in {len(train_labels)} labelled training images (at "
+                        f"most {MAX_PRINCIPAL_CLASSES}, and at least 2 images per class on average): is it an id "
+                        f"column? Choose another data.principal / data.label_column")
     if cfg.labelled_frac < 1.0:
         src.labelled = keep_labels(src, cfg.labelled_frac, seed)
     if hasattr(loaded.reader, "scan"):  # files: every header now (format, size), so a bad file fails before Ray
@@ -145,11 +146,11 @@ def build_source(cfg: DataConfig, seed: int) -> ImageSource:
 
 
 def keep_labels(src: ImageSource, frac: float, seed: int) -> np.ndarray:
-    """A seeded `frac` of the training rows keeps its principal label (at least one row); test and validation rows
-    keep theirs. Fewer than 2 labelled classes is bad data."""
-    train = src.train_rows()
+    """A seeded `frac` of the labelled training rows keeps its principal label (at least one row); test and
+    validation rows keep theirs. Fewer than 2 labelled classes is bad data."""
+    train = src.labelled_train_rows()
     n_keep = max(1, int(round(frac * len(train))))
-    labelled = np.ones(len(src), bool)
+    labelled = src.is_labelled().copy()
     labelled[train] = False
     labelled[np.random.default_rng([seed, 4]).choice(train, n_keep, replace=False)] = True
     n_cls = len(np.unique(src.principal[train[labelled[train]]]))
@@ -159,15 +160,18 @@ def keep_labels(src: ImageSource, frac: float, seed: int) -> np.ndarray:
     return labelled
 
 
-def split(native_test: np.ndarray, fixed: bool, test_frac: float, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split(native_test: np.ndarray, fixed: bool, test_frac: float, val_frac: float, seed: int,
+          known: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(is_test, is_val) of the chosen rows: the dataset's own test split, else (a dataset without one, `fixed`
-    False) a seeded `test_frac` of the rows; the validation split a seeded `val_frac` of the training rows."""
+    False) a seeded `test_frac` of the rows; the validation split a seeded `val_frac` of the training rows. Rows
+    whose label is missing (`known` False) stay in training: they cannot be scored."""
+    known = np.ones(len(native_test), bool) if known is None else known
     is_test = native_test
     if not is_test.any() and not fixed:  # the format has no split of its own
-        is_test = np.random.default_rng([seed, 3]).random(len(is_test)) < test_frac
+        is_test = (np.random.default_rng([seed, 3]).random(len(is_test)) < test_frac) & known
     is_val = np.zeros(len(is_test), dtype=bool)
     if val_frac > 0:
-        train = np.flatnonzero(~is_test)
+        train = np.flatnonzero(~is_test & known)
         n_val = int(round(val_frac * len(train)))
         if n_val == 0:
             raise DataError(f"data.val_frac={val_frac} of {len(train)} training images is an empty validation split")

@@ -33,7 +33,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 class Loaded:
     """What a loader knows up front: labels, split, known factors; images come later through `reader.read(rows)`."""
 
-    principal: np.ndarray  # (N,) int64 in [0, C)
+    principal: np.ndarray  # (N,) int64 in [0, C); MISSING (-1) where a table's label is missing (an unlabelled image)
     class_names: list[str]
     is_test: np.ndarray  # (N,) bool
     reader: Any  # .read(rows) -> uint8 (B, S, S, 3); optional .native_ids(rows), .scan(rows), .renders
@@ -214,19 +214,28 @@ def _fit_batch(x: np.ndarray, size: int, resize: str, where: str) -> np.ndarray:
     return np.stack([fit_image(im, size, resize, where) for im in x])
 
 
-def _classes(values: list[Any] | np.ndarray, what: str = "labels") -> tuple[np.ndarray, list[str]]:
+MISSING = -1  # the class id of a row whose label is missing (data.dataset=parquet: an unlabelled image)
+
+
+def _classes(values: list[Any] | np.ndarray, what: str = "labels", missing_ok: bool = False) -> tuple[np.ndarray, list[str]]:
     """Class ids 0..C-1 (in sorted order of the values) and the class names. Missing values (None, NaN, empty
-    strings) are a DataError that says how many and where, not a TypeError from np.unique."""
+    strings) are a DataError that says how many and where, not a TypeError from np.unique; with `missing_ok` they
+    get the id MISSING instead (at least one value must be present)."""
     values = list(values)
     if not values:
         raise DataError(f"{what}: no rows")
     missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v) or v == ""]
-    if missing:
+    if missing and (not missing_ok or len(missing) == len(values)):
         raise DataError(f"{what}: {len(missing)} of {len(values)} value(s) missing (first at row {missing[0]}); "
                         f"drop or fill those rows")
-    names, inverse = np.unique(np.asarray([str(v) for v in values] if len({type(v) for v in values}) > 1 else values),
+    known = np.ones(len(values), bool)
+    known[missing] = False
+    present = [v for v, k in zip(values, known) if k]
+    names, inverse = np.unique(np.asarray([str(v) for v in present] if len({type(v) for v in present}) > 1 else present),
                                return_inverse=True)
-    return inverse.astype(np.int64), [str(n) for n in names]
+    ids = np.full(len(values), MISSING, np.int64)
+    ids[known] = inverse
+    return ids, [str(n) for n in names]
 
 
 # CIFAR-10 ------------------------------------------------------------------------------------------------
@@ -706,9 +715,14 @@ def load_parquet(path: str, size: int, resize: str, image_column: str, label_col
     t = pf.read(columns=cols)  # labels only: the image column stays on disk
     if t.num_rows == 0:
         raise DataError(f"parquet: {p} has no rows")
-    y, class_names = _classes(t.column(label_column).to_pylist(), f"parquet: label column '{label_column}' of {p}")
+    # A missing label marks an unlabelled training image (docs/method.md, "Few labels"); a test row needs its label.
+    y, class_names = _classes(t.column(label_column).to_pylist(), f"parquet: label column '{label_column}' of {p}",
+                              missing_ok=True)
     is_test = (np.asarray([str(v) == "test" for v in t.column(split_column).to_pylist()]) if split_column
                else np.zeros(len(y), bool))
+    if (bad := np.flatnonzero(is_test & (y == MISSING))).size:
+        raise DataError(f"parquet: {bad.size} test row(s) of {p} have no '{label_column}' (first at row {bad[0]}): "
+                        f"a test image needs its label; give it one or move it to the training split")
     offsets = list(np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])[:-1])
     return Loaded(y, class_names, is_test, ParquetReader(path, image_column, [int(o) for o in offsets], size, resize),
                   fingerprint=_files_fingerprint(fs, [p]))

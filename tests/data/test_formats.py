@@ -1,9 +1,11 @@
 """Real-dataset loaders: each format written by the test in its exact on-disk layout, read back through Ray Data
 (streaming, no object-store cache), a few stage-1 steps on the streamed pairs, and the bad inputs."""
 
+import dataclasses
 import pickle
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_parquet_runs_the_whole_pipeline_streamed(ray_session, tmp_path, capsys)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs"))
     import full_pipeline
 
-    path = write_parquet(tmp_path)
+    path = write_parquet(tmp_path, unlabelled_every=2)  # 48 of the 96 training rows without a label
     argv = ["--run-dir", str(tmp_path / "run")]
     for item in [f"data.path={path}", *FORMATS["parquet"][1], "data.dataset=parquet", "data.n_images=0", "data.cache=stream",
                  "disentangle.k=3", "disentangle.epochs=1", "disentangle.pairs_per_epoch=64", "disentangle.batch_size=16",
@@ -138,7 +140,11 @@ def test_parquet_runs_the_whole_pipeline_streamed(ray_session, tmp_path, capsys)
     assert "streaming 120 images" in capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["dataset"]["name"] == "parquet" and report["dataset"]["n_test"] == 24
+    assert report["dataset"]["n_train"] == 96 and report["dataset"]["n_labelled"] == 48
     assert report["n_aux_classes"] == 3 and 0.0 <= report["mtl_accuracy"] <= 1.0
+    labels = pq.read_table(tmp_path / "run" / "discover" / "labels.parquet").to_pydict()
+    assert len(labels["row"]) == 96 and min(labels["auxiliary"]) >= 0  # every training image has its auxiliary label
+    assert sorted(r for r, y in zip(labels["row"], labels["principal"]) if y == -1) == [i for i in range(120) if i % 5 and i % 2 == 1]
 
 
 @pytest.mark.parametrize("dataset", ["imagefolder", "faces", "cifar10", "svhn", "parquet", "shapes3d"])
@@ -201,6 +207,34 @@ def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4,096 > twice the limit: Pillow's bomb error
     with pytest.raises(DataError, match="image big.png is too large to decode safely"):
         decode_image(data, 64, "none", "big.png")
+
+
+def test_a_missing_parquet_label_is_an_unlabelled_training_image_never_a_test_one(tmp_path):
+    """data.dataset=parquet: a null label marks an unlabelled training image (the split keeps it in training and
+    data.labelled_frac draws from the rest); a test row without a label, or no label at all, is refused."""
+    import pyarrow as pa
+
+    n = 200
+    labels = [None if i % 4 == 3 else f"k{i % 2}" for i in range(n)]
+    images = [np.full((16, 16, 3), 10 * (i % 20), np.uint8) for i in range(n)]
+    cfg = _parquet_of(tmp_path, [im.tolist() for im in images], pa.array(labels, pa.string()))
+    src = build_source(cfg.data, 0)
+    missing = np.array([y is None for y in labels])
+    assert not src.is_test[missing].any() and not src.is_labelled()[missing].any()
+    assert (src.principal[missing] == -1).all() and set(src.principal[~missing]) == {0, 1}
+    assert src.is_labelled()[~missing].all() and len(src.unlabelled_train_rows()) == missing.sum()
+    assert src.is_test[~missing].mean() == pytest.approx(cfg.data.test_frac, abs=0.08)  # the split from the labelled rows
+    few = build_source(dataclasses.replace(cfg.data, labelled_frac=0.5), 0)
+    assert not few.is_labelled()[missing].any()  # the fraction is of the labelled training rows
+    assert len(few.labelled_train_rows()) == round(0.5 * len(src.labelled_train_rows()))
+    split = ["test" if i % 5 == 0 else "train" for i in range(n)]  # rows 15, 35, ... are test rows without a label
+    pq.write_table(pa.table({"img": [im.tolist() for im in images], "y": pa.array(labels, pa.string()), "part": split}),
+                   tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"10 test row\(s\) of .*t.parquet have no 'y' \(first at row 15\)"):
+        build_source(dataclasses.replace(cfg.data, split_column="part"), 0)
+    cfg = _parquet_of(tmp_path, [im.tolist() for im in images], pa.array([None] * n, pa.string()))
+    with pytest.raises(DataError, match="200 of 200 value.s. missing"):
+        build_source(cfg.data, 0)
 
 
 def _parquet_of(tmp_path, images, labels):
@@ -299,7 +333,7 @@ def test_a_matlab_v73_cars_annotation_is_refused_with_what_to_do(tmp_path):
 def test_a_principal_column_with_a_class_per_image_is_refused_as_an_id_column(tmp_path):
     n = 40
     cfg = _parquet_of(tmp_path, [np.zeros((16, 16, 3), np.uint8).tolist()] * n, [f"id{i}" for i in range(n)])
-    with pytest.raises(DataError, match="'label' has 3[0-9] classes in 3[0-9] training images .* is it an id column"):
+    with pytest.raises(DataError, match="'label' has 3[0-9] classes in 3[0-9] labelled training images .* is it an id column"):
         build_source(cfg.data, 0)
 
 
