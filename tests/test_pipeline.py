@@ -386,7 +386,9 @@ def test_few_labels_every_stage_uses_what_it_can(few_labels):
     assert sum(p >= 0 for p in labels["principal"]) == n_lab
     # as many steps as the model on every image: the labelled images repeated to n_train rows per epoch
     assert f"training STL for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in few_labels.out
-    assert f"training HPS seed 1 for 1 epochs (seed 1) on {n_train} images, {n_lab} with their principal label" in few_labels.out
+    # the multi-task model: STL's table beside every image (principal masked) at twice the batch (mtl/tables.py)
+    assert (f"training HPS seed 1 for 1 epochs (seed 1) on {n_train} images, {n_lab} with their principal label: each "
+            f"step 64 labelled images (repeated as STL's) beside 64 of all {n_train} for the auxiliary task") in few_labels.out
     assert f"**{n_lab} of the {n_train} training images have their principal label.**" in (run_dir / "report.md").read_text()
     # stage 1 reconstructed unlabelled images beside the labelled pairs, one per pair
     stage1 = few_labels.folder / "stages" / "disentangle" / report["stages"]["disentangle"]["hash"]

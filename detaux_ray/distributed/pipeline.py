@@ -8,7 +8,6 @@ import dataclasses
 import errno
 import functools
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..artifacts import (RunLock, check_writable_dir, check_writable_storage, cl
 from ..config import CONSTANT_LATENT_REMEDY, Config, apply_overrides, uses_constant_latent_remedy
 from ..data import ImageSource, build_source
 from ..discover.auxiliary import auxiliary_tasks, cluster_and_diagnose, discover
+from ..mtl import tables
 from ..disentangle.objective import latent_traversal, traversal_figure
 from ..errors import ConfigError, ConstantLatentError, DataError, RunDirError
 from ..disentangle.models import DisentangleAE
@@ -366,16 +366,21 @@ class Pipeline:
         more = f"{'/' + tag if tag else ''}{'' if seed is None else f' seed {seed}'}"  # tells apart the fits' lines
         label, name = kind + more, kind.upper() + more
         test, val = self._eval_tables([t for t in n_classes if t != "principal"])
+        # With unlabelled images, every model gets as many steps, and the principal head as many labelled images per
+        # step, as STL (mtl/tables.py): the multi-task model's extra is the auxiliary task on every image.
+        n_images, n_lab = train.num_rows, tables.n_labelled(train)
         if kind in LABELLED_ONLY or set(n_classes) == {"principal"}:  # as a user without Detaux would train it
-            every = train.num_rows
-            train = train.filter(pa.compute.not_equal(train.column("principal"), UNLABELLED))
-            if 0 < train.num_rows < every:  # as many steps as a model on every image: each epoch repeats the labels
-                train = pa.concat_tables([train] * math.ceil(every / train.num_rows)).slice(0, every)
-        n_labelled = int(np.sum(train.column("principal").to_numpy() != UNLABELLED))
-        n_images = len(np.unique(train.column("row").to_numpy()))
-        _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images"
-             + ("" if n_labelled == train.num_rows else f", {n_labelled} with their principal label")
-             + (f", repeated to {train.num_rows} per epoch" if n_images < train.num_rows else ""))
+            train = tables.labelled_only(train)
+            _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_lab} images"
+                 + (f", repeated to {train.num_rows} per epoch" if n_lab < train.num_rows else ""))
+        elif 0 < n_lab < n_images:
+            train = tables.labelled_beside_every_image(train)
+            cfg = dataclasses.replace(cfg, mtl=dataclasses.replace(cfg.mtl, batch_size=2 * cfg.mtl.batch_size))
+            _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images, {n_lab} with their "
+                 f"principal label: each step {cfg.mtl.batch_size // 2} labelled images (repeated as STL's) beside "
+                 f"{cfg.mtl.batch_size // 2} of all {n_images} for the auxiliary task")
+        else:
+            _say(f"training {name} for {cfg.mtl.epochs} epochs (seed {cfg.seed}) on {n_images} images")
         res = train_mtl.run(cfg, kind, train, test, n_classes, self.cache, self.tensorboard / "mtl" / tb, self.storage,
                             val_table=val, callbacks=self.mtl_callbacks if tune_reports else None, tag=tag,
                             fits_at_once=fits_at_once, label=label, data_fingerprint=self.fingerprint)
