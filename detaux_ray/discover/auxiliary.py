@@ -224,14 +224,18 @@ def auxiliary_tasks(n: int) -> list[str]:
     return ["auxiliary"] + [f"auxiliary_{i}" for i in range(1, n)]
 
 
-def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None) -> Diagnostics:
+def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.ndarray] | None = None,
+                labelled: np.ndarray | None = None) -> Diagnostics:
     """Table-3 style diagnostics of the auxiliary labels.
 
-    NMI / AMI against the principal labels (low = unrelated tasks), the chi-square test of independence on their
-    contingency table, and homogeneity / completeness against every known ground-truth factor.
+    NMI / AMI against the principal labels (low = unrelated tasks) and the chi-square test of independence on their
+    contingency table, on the `labelled` rows (all when None); the class sizes and homogeneity / completeness against
+    every known ground-truth factor on every row (the factors are known for each image, labelled or not).
     """
     ids, sizes = np.unique(aux, return_counts=True)
-    table = metrics.cluster.contingency_matrix(principal, aux)
+    lab = slice(None) if labelled is None else np.asarray(labelled, bool)
+    aux_l, principal = aux[lab], principal[lab]
+    table = metrics.cluster.contingency_matrix(principal, aux_l)
     chi2, p_value, dof, _ = chi2_contingency(table)
     scores = {}
     for name, values in (factors or {}).items():
@@ -242,8 +246,8 @@ def diagnostics(aux: np.ndarray, principal: np.ndarray, factors: dict[str, np.nd
     return Diagnostics(
         n_aux_classes=int(len(ids)),
         cluster_sizes={int(i): int(c) for i, c in zip(ids, sizes)},
-        nmi_principal_aux=float(metrics.normalized_mutual_info_score(principal, aux)),
-        ami_principal_aux=float(metrics.adjusted_mutual_info_score(principal, aux)),
+        nmi_principal_aux=float(metrics.normalized_mutual_info_score(principal, aux_l)),
+        ami_principal_aux=float(metrics.adjusted_mutual_info_score(principal, aux_l)),
         chi2=float(chi2), chi2_dof=int(dof), chi2_p_value=float(p_value),
         factor_scores=scores,
         best_factor=max(scores, key=lambda f: scores[f]["v_measure"]) if scores else None,
@@ -257,15 +261,14 @@ def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, princip
                          factors: dict[str, np.ndarray], what: str, say: Callable[[str], None] = print,
                          labelled: np.ndarray | None = None, clusterer: Clusterer = cluster) -> tuple[ClusterResult, Diagnostics]:
     """Cluster the points x (N, d) with discover.clusterer and diagnose the labels against the principal task and
-    the known factors, on the `labelled` rows (all when None). `clusterer` runs `clustering.cluster` here or
-    elsewhere (the pipeline: a Ray task where the GPU or the cores are)."""
+    the known factors (against the principal on the `labelled` rows only: `diagnostics`). `clusterer` runs
+    `clustering.cluster` here or elsewhere (the pipeline: a Ray task where the GPU or the cores are)."""
     say(f"{what}: clustering {len(x)} points with {disc.clusterer}")
     t0 = time.time()
     result = clusterer(x, disc, seed)
     say(f"{result.method} found {result.n_clusters} clusters{' + noise' if result.has_noise_label else ''} "
         f"in {time.time() - t0:.1f}s")
-    lab = slice(None) if labelled is None else np.asarray(labelled, bool)
-    return result, diagnostics(result.labels[lab], principal[lab], {f: v[lab] for f, v in factors.items()})
+    return result, diagnostics(result.labels, principal, factors, labelled)
 
 
 def subspaces_table(ids: np.ndarray, s: np.ndarray) -> pa.Table:
@@ -288,8 +291,8 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     (scorecard.png) and diagnostics.json into `out`. Returns what it found.
 
     `labelled` (N,) bool marks the rows whose principal label is known (data.labelled_frac): every row is clustered
-    and labelled; the scores, diagnostics and scorecard that need the principal read the labelled rows only, and
-    labels.parquet gives the others principal = -1. `clusterer`: see `cluster_and_diagnose`."""
+    and labelled; the scores, diagnostics and scorecard that need the principal read the labelled rows only (the
+    labels' match with the known factors reads every row), and labels.parquet gives the others principal = -1. `clusterer`: see `cluster_and_diagnose`."""
     d, disc = cfg.disentangle, cfg.discover
     lab = slice(None) if labelled is None else np.asarray(labelled, bool)  # a slice: no copies when all are labelled
     pl, fl = principal[lab], {f: v[lab] for f, v in factors.items()}

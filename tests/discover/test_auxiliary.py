@@ -23,6 +23,19 @@ def test_diagnostics_on_known_labels():
     assert dep.nmi_principal_aux == pytest.approx(1.0) and dep.chi2_p_value < 1e-10 and dep.best_factor is None
 
 
+def test_with_few_labels_the_principal_diagnostics_read_the_labelled_rows_and_the_factor_match_every_row():
+    rng = np.random.default_rng(0)
+    hue = rng.integers(0, 5, 2000)
+    principal = np.where(np.arange(2000) < 100, hue % 2, -1)  # 100 labelled rows, their principal read off the hue
+    aux = np.where(np.arange(2000) < 100, hue, 0)  # labels that match the hue on the labelled rows only
+    d = diagnostics(aux, principal, {"hue": hue}, labelled=principal >= 0)
+    assert d.nmi_principal_aux > 0.3  # computed on the 100 labelled rows (with -1 rows it would be diluted)
+    assert d.factor_scores["hue"]["homogeneity"] < 0.2  # every row: 1,900 of them, every hue, in one class
+    assert sum(d.cluster_sizes.values()) == 2000
+    labelled_only = diagnostics(aux[:100], principal[:100], {"hue": hue[:100]})
+    assert labelled_only.factor_scores["hue"]["homogeneity"] == pytest.approx(1.0)  # what 100 rows alone would claim
+
+
 def test_subspace_choice_skips_principal_and_dead_subspaces():
     rng = np.random.default_rng(0)
     n = 1000
