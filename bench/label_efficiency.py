@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"labelled_frac": f, "n_labelled": rep["dataset"]["n_labelled"], "n_train": rep["dataset"]["n_train"],
                "labels_best_factor": rep["best_factor"], "nmi_principal_aux": rep["nmi_principal_aux"],
                "labels_min_hc": min(rep["factor_scores"][rep["best_factor"]][m] for m in ("homogeneity", "completeness"))
-               if rep["best_factor"] else None}
+               if rep["best_factor"] else None,
+               "principal_in_alpha": rep["scorecard"]["principal_separation"]["in_alpha"],  # on labelled images
+               "principal_best_other": rep["scorecard"]["principal_separation"]["best_other"],
+               "stage1_ran_twice": bool(rep.get("fallback"))}
         for key in ("stl", "mtl"):
             m = seeds["models"][key]
             row[key] = {"mean": m["mean"], "std": m["std"], "accuracy": seeds["accuracy"][key]}
@@ -90,13 +93,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[labels] f={f:g}: STL {row['stl']['mean']:.4f} +/- {row['stl']['std']:.4f}, MTL "
               f"{row['mtl']['mean']:.4f} +/- {row['mtl']['std']:.4f}, p = {row['p_value']}", flush=True)
     dataset = next((s.split("=", 1)[1] for s in args.overrides if s.startswith("data.dataset=")), "shapes")
-    lines = ["| labelled fraction | labelled images | STL | MTL + Detaux | MTL - STL | Welch p | labels: best factor, min(H, C) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| labelled fraction | labelled images | STL | MTL + Detaux | MTL - STL | Welch p | principal in alpha / other | "
+             "labels: best factor, min(H, C) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lab = f"{r['labels_best_factor']} {r['labels_min_hc']:.2f}" if r["labels_best_factor"] else f"NMI {r['nmi_principal_aux']:.3f}"
+        twice = " (stage 1 ran twice)" if r["stage1_ran_twice"] else ""
         lines.append(f"| {r['labelled_frac']:g} | {r['n_labelled']} of {r['n_train']} | {r['stl']['mean']:.4f} +/- "
                      f"{r['stl']['std']:.4f} | {r['mtl']['mean']:.4f} +/- {r['mtl']['std']:.4f} | "
-                     f"{100 * r['mtl_minus_stl']:+.2f} points | {r['p_value']:.3g} | {lab} |")
+                     f"{100 * r['mtl_minus_stl']:+.2f} points | {r['p_value']:.3g} | {r['principal_in_alpha']:.2f} / "
+                     f"{r['principal_best_other']:.2f}{twice} | {lab} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "label_efficiency.png", f"{dataset}, {args.preset} preset, {args.seeds} seeds")
     result = {"bench": "label_efficiency", "dataset": dataset, "preset": args.preset, "seeds": args.seeds,
