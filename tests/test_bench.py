@@ -193,6 +193,7 @@ def test_label_efficiency_bench_small(few_labels):
     (low,) = out["rows"]
     assert low["labelled_frac"] == 0.3 and low["n_labelled"] == round(0.3 * low["n_train"])
     assert all(len(r[k]["accuracy"]) == 2 for r in out["rows"] for k in ("stl", "mtl"))
+    assert -1.0 <= low["principal_in_alpha"] <= 1.0 and isinstance(low["stage1_ran_twice"], bool)
     assert (folder / "label_efficiency.png").stat().st_size > 0 and "| 0.3 |" in (folder / "table.md").read_text()
     assert json.loads(few_labels.out.strip().splitlines()[-1]) == json.loads((folder / "label_efficiency.json").read_text())
 
