@@ -32,6 +32,10 @@ def commit() -> str:
         return ""
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -44,6 +48,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         mean = [r[key]["mean"] for r in rows]
         std = [r[key]["std"] for r in rows]
         ax.errorbar(fr, mean, yerr=std, marker="o", capsize=3, label=name)
+    for key in sorted({k for r in rows for k in r.get("others", {})}):
+        at = [r for r in rows if key in r["others"]]
+        ax.errorbar([r["labelled_frac"] for r in at], [r["others"][key]["mean"] for r in at],
+                    yerr=[r["others"][key]["std"] for r in at], marker="s", capsize=3, linestyle="--", label=f"{key} (labelled images only)")
     ax.set_xscale("log")
     ax.set_xlabel("fraction of training images with their principal label")
     ax.set_ylabel("principal accuracy (held-out test)")
@@ -87,21 +95,28 @@ def main(argv: list[str] | None = None) -> dict:
         for key in ("stl", "mtl"):
             m = seeds["models"][key]
             row[key] = {"mean": m["mean"], "std": m["std"], "accuracy": seeds["accuracy"][key]}
+        # mtl.compare's models (e.g. MAXL, AuxiLearn: labelled images only, their own auxiliary labels), against STL
+        row["others"] = {k: {"mean": m["mean"], "std": m["std"], "accuracy": seeds["accuracy"][k], "p_value": m.get("p_value")}
+                         for k, m in seeds["models"].items() if k not in ("stl", "mtl")}
         row["p_value"] = seeds["models"]["mtl"].get("p_value")
         row["mtl_minus_stl"] = row["mtl"]["mean"] - row["stl"]["mean"]
         rows.append(row)
         print(f"[labels] f={f:g}: STL {row['stl']['mean']:.4f} +/- {row['stl']['std']:.4f}, MTL "
               f"{row['mtl']['mean']:.4f} +/- {row['mtl']['std']:.4f}, p = {row['p_value']}", flush=True)
     dataset = next((s.split("=", 1)[1] for s in args.overrides if s.startswith("data.dataset=")), "shapes")
+    others = sorted({k for r in rows for k in r["others"]})
     lines = ["| labelled fraction | labelled images | STL | MTL + Detaux | MTL - STL | Welch p | principal in alpha / other | "
-             "labels: best factor, min(H, C) |", "|---|---|---|---|---|---|---|---|"]
+             "labels: best factor, min(H, C) |" + "".join(f" {k} (p vs STL) |" for k in others),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(others)]
     for r in rows:
         lab = f"{r['labels_best_factor']} {r['labels_min_hc']:.2f}" if r["labels_best_factor"] else f"NMI {r['nmi_principal_aux']:.3f}"
         twice = " (stage 1 ran twice)" if r["stage1_ran_twice"] else ""
         lines.append(f"| {r['labelled_frac']:g} | {r['n_labelled']} of {r['n_train']} | {r['stl']['mean']:.4f} +/- "
                      f"{r['stl']['std']:.4f} | {r['mtl']['mean']:.4f} +/- {r['mtl']['std']:.4f} | "
                      f"{100 * r['mtl_minus_stl']:+.2f} points | {r['p_value']:.3g} | {r['principal_in_alpha']:.2f} / "
-                     f"{r['principal_best_other']:.2f}{twice} | {lab} |")
+                     f"{r['principal_best_other']:.2f}{twice} | {lab} |"
+                     + "".join(f" {r['others'][k]['mean']:.4f} +/- {r['others'][k]['std']:.4f} ({_p(r['others'][k]['p_value'])}) |"
+                               if k in r["others"] else " - |" for k in others))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "label_efficiency.png", f"{dataset}, {args.preset} preset, {args.seeds} seeds")
     result = {"bench": "label_efficiency", "dataset": dataset, "preset": args.preset, "seeds": args.seeds,

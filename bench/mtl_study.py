@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.tensors import to_float_images  # noqa: E402
-from detaux_ray.mtl.models import build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
+from detaux_ray.mtl.models import UNLABELLED, build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
@@ -86,9 +86,11 @@ class TaskAdam:
 
 
 def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-          seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None, opt_name: str = "config") -> dict:
+          seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None, opt_name: str = "config",
+          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
-    accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given.
+    accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given; per-epoch
+    accuracy on `val` when given (what a setting is chosen on).
     `opt_name`: config (mtl.optimizer, the product's) | adamw | sgd | taskadam (`TaskAdam`, hps)."""
     m = cfg.mtl
     tasks = ["principal"] if kind == "stl" else list(targets)
@@ -104,7 +106,20 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     else:
         opt = make_optimizer(model, m.optimizer if opt_name == "config" else opt_name, m.lr, m.weight_decay, m.momentum)
     y = {t: torch.from_numpy(targets[t].astype(np.int64)) for t in tasks}
-    curve, t0 = [], time.time()
+    # Few labels (principal UNLABELLED on some rows): the product's tables (mtl/tables.py). STL and principal-only
+    # models train on the labelled rows repeated up to every image's count; a multi-task model on that beside every
+    # image with its principal masked, at twice the batch.
+    n, labelled = len(images), np.flatnonzero(targets["principal"] != UNLABELLED)
+    few = 0 < len(labelled) < n
+    if few:
+        repeated = np.resize(labelled, n)
+        if tasks == ["principal"]:
+            rows_per_epoch, masked, bs = repeated, np.zeros(n, bool), m.batch_size
+        else:
+            rows_per_epoch, masked, bs = np.concatenate([repeated, np.arange(n)]), np.arange(2 * n) >= n, 2 * m.batch_size
+    else:
+        rows_per_epoch, masked, bs = np.arange(n), np.zeros(n, bool), m.batch_size
+    curve, ce_curve, val_curve, t0 = [], [], [], time.time()
     for epoch in range(m.epochs):
         lr = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
         if isinstance(opt, TaskAdam):
@@ -112,19 +127,30 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         else:
             for group in opt.param_groups:
                 group["lr"] = lr
-        order = np.random.default_rng([seed, epoch]).permutation(len(images))
-        for b in range(len(order) // m.batch_size):
-            idx = order[b * m.batch_size:(b + 1) * m.batch_size]
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows_per_epoch))
+        ces = {t: 0.0 for t in tasks}
+        for b in range(len(order) // bs):
+            pos = order[b * bs:(b + 1) * bs]
+            idx = rows_per_epoch[pos]
             out = model(to_float_images(torch.from_numpy(images[idx])))
+            batch_y = {t: y[t][idx] for t in tasks}
+            batch_y["principal"] = torch.where(torch.from_numpy(masked[pos]), UNLABELLED, batch_y["principal"])
             if isinstance(opt, TaskAdam):
-                opt.step({t: torch.nn.functional.cross_entropy(out[t], y[t][idx]) for t in tasks})
+                opt.step({t: torch.nn.functional.cross_entropy(out[t], batch_y[t]) for t in tasks})
                 continue
-            loss, _ = multitask_loss(out, {t: y[t][idx] for t in tasks}, weights)
+            loss, per_task = multitask_loss(out, batch_y, weights)
+            for t in tasks:
+                ces[t] += float(per_task[t])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         curve.append(round(accuracy(model, *test), 4))
-    out = {"test_principal_accuracy": curve[-1], "curve": curve, "time_s": round(time.time() - t0, 1)}
+        ce_curve.append({t: round(v / max(len(order) // bs, 1), 4) for t, v in ces.items()})
+        if val is not None:
+            val_curve.append(round(accuracy(model, *val), 4))
+    out = {"test_principal_accuracy": curve[-1], "curve": curve, "train_ce": ce_curve, "time_s": round(time.time() - t0, 1)}
+    if val is not None:
+        out |= {"val_principal_accuracy": val_curve[-1], "val_curve": val_curve}
     if iid_test is not None:
         out["iid_principal_accuracy"] = round(accuracy(model, *iid_test), 4)
     return out
@@ -144,6 +170,9 @@ def main() -> None:
     ap.add_argument("--train-frac", type=float, default=1.0, metavar="FRAC",
                     help="train on this seeded fraction of the training split only (the same images for every variant "
                          "and seed; the rest unused): does the auxiliary task help when principal labels are scarce?")
+    ap.add_argument("--val-unlabelled", type=int, default=0, metavar="N",
+                    help="few labels: take N seeded unlabelled training images out of training, with their true principal "
+                         "labels, as a validation set (a setting is chosen on it, never on the test split)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -165,10 +194,22 @@ def main() -> None:
     if args.train_frac < 1.0:  # a seeded subset, drawn after the iid hold-out so both stay disjoint
         keep = np.sort(np.random.default_rng([base.seed, 1]).permutation(len(images))[:int(args.train_frac * len(images))])
         images, targets = images[keep], {t: v[keep] for t, v in targets.items()}
+    val = None
+    if args.val_unlabelled:  # seeded unlabelled rows out of training, scored with the labels the user did not give
+        unl = np.flatnonzero(targets["principal"] == UNLABELLED)
+        if len(unl) < args.val_unlabelled:
+            raise SystemExit(f"--val-unlabelled {args.val_unlabelled}: the run has {len(unl)} unlabelled training images")
+        held = np.zeros(len(images), bool)
+        held[np.random.default_rng([base.seed, 2]).permutation(unl)[:args.val_unlabelled]] = True
+        true_principal = src.principal[rows] if args.train_frac == 1.0 and not args.iid_test else None
+        if true_principal is None:
+            raise SystemExit("--val-unlabelled does not combine with --iid-test / --train-frac")
+        val = (images[held], true_principal[held])
+        images, targets = images[~held], {t: v[~held] for t, v in targets.items()}
     print(f"{len(images)} training / {len(test_rows)} test{f' / {len(iid[1])} iid test' if iid else ''} images in "
           f"{time.time() - t0:.1f}s", flush=True)
     seeds = [base.seed + i for i in range(args.seeds)]
-    acc, iid_acc, runs = {}, {}, {}
+    acc, iid_acc, val_acc, runs = {}, {}, {}, {}
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
@@ -177,17 +218,21 @@ def main() -> None:
         # tasks=principal: the model's architecture on the principal task alone (the control for its own size)
         fit_targets = {"principal": targets["principal"]} if harness.get("tasks") == "principal" else targets
         for seed in seeds:
-            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"))
+            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"), val)
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
             if iid:
                 iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])
             runs.setdefault(name, []).append(r)
-            extra = f", iid {r['iid_principal_accuracy']:.4f}" if iid else ""
+            extra = (f", iid {r['iid_principal_accuracy']:.4f}" if iid else "") + (
+                f", val {r['val_principal_accuracy']:.4f} (curve {r['val_curve']})" if val else "")
+            if val:
+                val_acc.setdefault(name, []).append(r["val_principal_accuracy"])
             print(f"[{name}] seed {seed}: {r['test_principal_accuracy']:.4f}{extra} (curve {r['curve']}, {r['time_s']}s)",
                   flush=True)
     stats = seed_statistics(seeds, acc, "")
     iid_stats = seed_statistics(seeds, iid_acc, "") if iid else None
-    for which, st in (("test", stats), ("iid test", iid_stats)):
+    val_stats = seed_statistics(seeds, val_acc, "") if val else None
+    for which, st in (("val", val_stats), ("test", stats), ("iid test", iid_stats)):
         for name, row in (st.models.items() if st else []):
             p = f", Welch p vs stl {row['p_value']:.3g}" if "p_value" in row else ""
             print(f"{which}: {name}: {row['mean']:.4f} +/- {row['std']:.4f}{p}")
@@ -195,6 +240,7 @@ def main() -> None:
         out = {"run_dir": str(run), "variants": args.variant, "seeds": seeds, "statistics": stats.to_dict(), "runs": runs,
                "iid_test_frac": args.iid_test, "train_frac": args.train_frac,
                "iid_statistics": iid_stats.to_dict() if iid_stats else None,
+               "val_unlabelled": args.val_unlabelled, "val_statistics": val_stats.to_dict() if val_stats else None,
                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "date": time.strftime("%Y-%m-%d")}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

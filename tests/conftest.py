@@ -35,7 +35,7 @@ def few_labels(ray_session, tmp_path_factory):
     sets = ["data.n_images=1200", "data.image_size=16", "disentangle.k=3", "disentangle.epochs=2",
             "disentangle.pairs_per_epoch=256", "disentangle.batch_size=32", "discover.clusterer=kmeans++",
             "discover.n_clusters=4", "mtl.epochs=1", "mtl.width=8", "resources.num_workers=1",
-            "resources.cpus_per_worker=0.25"]
+            "resources.cpus_per_worker=0.25", "mtl.compare=[auxilearn]"]  # a peer: labelled images only
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         result = label_efficiency.main(["--fractions", "0.3", "--seeds", "2", "--out", str(folder),

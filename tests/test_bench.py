@@ -194,7 +194,9 @@ def test_label_efficiency_bench_small(few_labels):
     assert low["labelled_frac"] == 0.3 and low["n_labelled"] == round(0.3 * low["n_train"])
     assert all(len(r[k]["accuracy"]) == 2 for r in out["rows"] for k in ("stl", "mtl"))
     assert -1.0 <= low["principal_in_alpha"] <= 1.0 and isinstance(low["stage1_ran_twice"], bool)
-    assert (folder / "label_efficiency.png").stat().st_size > 0 and "| 0.3 |" in (folder / "table.md").read_text()
+    assert set(low["others"]) == {"auxilearn"} and len(low["others"]["auxilearn"]["accuracy"]) == 2  # mtl.compare's rows
+    table = (folder / "table.md").read_text()
+    assert (folder / "label_efficiency.png").stat().st_size > 0 and "| 0.3 |" in table and "auxilearn (p vs STL)" in table
     assert json.loads(few_labels.out.strip().splitlines()[-1]) == json.loads((folder / "label_efficiency.json").read_text())
 
 

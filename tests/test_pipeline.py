@@ -124,6 +124,10 @@ def test_a_finished_run_has_its_report_scorecard_artifacts_and_tensorboard(runs)
             "scorecard/scale/subspace_0", "scorecard/wall_hue/subspace_2"} <= tags
     for model in ("stl", "hps"):  # one TensorBoard run per model, the same tags: the curves overlay
         assert "test_principal_accuracy" in scalars(run_dir / "tensorboard" / "mtl" / model, "")[1]
+    # each task's own training CE, per epoch, where there is more than one task: which task drives the trunk
+    steps, tags = scalars(run_dir / "tensorboard" / "mtl" / "hps", "train_ce/auxiliary")
+    assert {"train_ce/principal", "train_ce/auxiliary"} <= tags and len(steps) == report["config"]["mtl"]["epochs"]
+    assert not any(t.startswith("train_ce/") for t in scalars(run_dir / "tensorboard" / "mtl" / "stl", "")[1])
 
 
 @pytest.mark.slow
@@ -386,6 +390,8 @@ def test_few_labels_every_stage_uses_what_it_can(few_labels):
     assert sum(p >= 0 for p in labels["principal"]) == n_lab
     # as many steps as the model on every image: the labelled images repeated to n_train rows per epoch
     assert f"training STL for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in few_labels.out
+    # a peer that generates its auxiliary labels per principal class learns from the labelled images too, as STL
+    assert f"training AUXILEARN for 1 epochs (seed 0) on {n_lab} images, repeated to {n_train} per epoch" in few_labels.out
     # the multi-task model: STL's table beside every image (principal masked) at twice the batch (mtl/tables.py)
     assert (f"training HPS seed 1 for 1 epochs (seed 1) on {n_train} images, {n_lab} with their principal label: each "
             f"step 64 labelled images (repeated as STL's) beside 64 of all {n_train} for the auxiliary task") in few_labels.out

@@ -53,6 +53,7 @@ def _train(config: dict) -> None:
 
     for epoch in range(start_epoch, m.epochs):
         t0, total, n_batches, meta = time.time(), torch.zeros((), device=device), 0, {}
+        per_task = {t: torch.zeros((), device=device) for t in tasks}
         for group in opt.param_groups:
             group["lr"] = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
         ddp_model.train()
@@ -63,7 +64,9 @@ def _train(config: dict) -> None:
             x, targets = to_float_images(batch["image"]), {t: batch[t].long() for t in tasks}
             with autocast(device, res.amp):
                 if learner is None:
-                    loss, _ = multitask_loss(ddp_model(x), targets, weights)
+                    loss, ces = multitask_loss(ddp_model(x), targets, weights)
+                    for t in tasks:  # each task's own CE, unweighted: which task still drives the shared trunk
+                        per_task[t] += ces[t]
                 else:
                     loss = learner_loss(ddp_model(x), targets["principal"], learner.targets(x, targets["principal"]), m.auxiliary_weight)
             opt.zero_grad(set_to_none=True)
@@ -75,6 +78,8 @@ def _train(config: dict) -> None:
                     meta[k] = meta.get(k, []) + [v]
         metrics = {"epoch": epoch, "train_loss": float(total) / max(n_batches, 1), "epoch_time_s": time.time() - t0,
                    "lr": opt.param_groups[0]["lr"]}
+        if learner is None and len(tasks) > 1:
+            metrics |= {f"train_ce/{t}": float(v) / max(n_batches, 1) for t, v in per_task.items()}
         if diverged([metrics["train_loss"]], rank, config["status"], f"stage 3 ({kind}) loss became non-finite in "
                     f"epoch {epoch}; the last good checkpoint (epoch {epoch - 1}) is kept. Lower mtl.lr."):
             return
@@ -117,7 +122,7 @@ def _log_epoch(writer: SummaryWriter, model: torch.nn.Module, metrics: dict, lea
     accuracies; uncertainty weights; a learner's meta losses (the epoch's mean) and how its
     generated labels spread over the C * psi classes (on the epoch's last batch x, y)."""
     for name, value in metrics.items():
-        if name.endswith("accuracy") or name in ("train_loss", "lr"):
+        if name.endswith("accuracy") or name in ("train_loss", "lr") or name.startswith("train_ce/"):
             writer.add_scalar(name, value, epoch)
     for task, log_var in getattr(getattr(model, "loss_weights", None), "log_vars", {}).items():
         writer.add_scalar(f"log_sigma2_{task}", float(log_var.detach()), epoch)

@@ -96,7 +96,7 @@ def pool(x: Tensor) -> Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-AUX_GRADIENTS = ("sum", "cosine", "project")
+AUX_GRADIENTS = ("sum", "cosine", "project", "reverse")
 
 
 def combine_task_gradients(g_principal: Tensor, g_auxiliary: list[Tensor], mode: str) -> Tensor:
@@ -107,7 +107,10 @@ def combine_task_gradients(g_principal: Tensor, g_auxiliary: list[Tensor], mode:
     - cosine:  g = g_p + sum_a [cos(g_p, g_a) > 0] g_a (Du et al. 2018: an auxiliary task's gradient is used only
                while it points the principal task's way);
     - project: g = g_p + sum_a (g_a - min(0, <g_a, g_p>) / |g_p|^2 g_p) (PCGrad's projection, Yu et al. 2020,
-               one-sided: the auxiliary gradient loses its component against the principal one, never the reverse).
+               one-sided: the auxiliary gradient loses its component against the principal one, never the reverse);
+    - reverse: g = g_p - sum_a g_a (a gradient-reversal layer, Ganin & Lempitsky 2015): the auxiliary head still
+               learns to predict its labels, the shared features learn to hide them (invariance to the discovered
+               factor instead of its prediction; ours, not the paper's).
 
     cosine and project can only drop or shorten what opposes the principal task, so the auxiliary task shapes h
     where it agrees with the principal task or is orthogonal to it.
@@ -120,6 +123,8 @@ def combine_task_gradients(g_principal: Tensor, g_auxiliary: list[Tensor], mode:
         dot = (g * g_principal).sum()
         if mode == "cosine":
             total = total + g * (dot > 0).to(g.dtype)
+        elif mode == "reverse":
+            total = total - g
         elif mode == "project":
             total = total + g - torch.clamp(dot, max=0.0) / norm2.clamp_min(1e-30) * g_principal
         else:
