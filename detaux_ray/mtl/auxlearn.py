@@ -165,7 +165,7 @@ class AuxLabelLearner:
             loss, terms = maxl_meta_loss(net, self.gen, x, y, self.alpha, self.w_aux, self.entropy_weight)
             grads = torch.autograd.grad(loss, phi, allow_unused=True)
             grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, phi)]
-            out = {"meta_loss": float(loss), **{k: float(v) for k, v in terms.items()}}
+            out = {"meta_loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
         else:
             theta = [p for p in net.parameters() if p.requires_grad]
             soft = self.gen(x, y)
@@ -175,7 +175,7 @@ class AuxLabelLearner:
             reg = torch.autograd.grad(self.entropy_weight * neg_entropy, phi, retain_graph=True, allow_unused=True)
             grads = implicit_hypergradient(loss_train, loss_aux, theta, phi, self.alpha, self.neumann_steps)
             grads = [g + (r if r is not None else 0) for g, r in zip(grads, reg)]
-            out = {"meta_loss": float(loss_aux), "neg_entropy": float(neg_entropy)}
+            out = {"meta_loss": float(loss_aux.detach()), "neg_entropy": float(neg_entropy.detach())}
         for p in net.parameters():  # the meta step's graph must leave no gradient on theta
             p.grad = None
         _average_across_workers(grads)
