@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -26,10 +27,13 @@ sys.path[:0] = [str(ROOT)]
 
 
 def commit() -> str:
+    """The tree's commit; from a copy without git (e.g. a tar of the tree, so a long bench survives edits), the
+    environment's DETAUX_COMMIT names it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
-        return ""
+        sha = ""
+    return sha or os.environ.get("DETAUX_COMMIT", "")
 
 
 def _p(value: float | None) -> str:
