@@ -207,3 +207,29 @@ def test_store_reads_bench_small():
     ips = out["images_per_s"]
     assert min(ips.values()) > 0  # the bench checked the store's pixels against the local reader's
     assert out["ratio_s3"] == pytest.approx(ips[f"s3_{out['threads']}"] / ips["s3_1"], rel=0.02, abs=0.011)
+
+
+def test_mtl_study_trains_on_the_few_label_tables_and_reads_a_validation_split():
+    """bench/mtl_study.py with unlabelled rows (principal -1): STL sees only the labelled images, the multi-task model
+    those beside every image; both report per-epoch CEs and validation accuracy. An unlabelled image's pixels made
+    extreme must leave STL exactly as it was (it never trains on them) and change the multi-task model."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from mtl_study import train
+
+    from detaux_ray.config import load_config
+
+    cfg = load_config("quick", ["mtl.epochs=2", "mtl.width=4", "mtl.batch_size=8", "data.image_size=16"])
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64, 16, 16, 3), dtype=np.uint8)
+    principal = rng.integers(0, 3, 64)
+    principal[16:] = -1  # 16 labelled, 48 unlabelled
+    targets = {"principal": principal, "auxiliary": rng.integers(0, 2, 64)}
+    test = val = (images[:16], principal[:16])
+    stl = train(cfg, "stl", images, targets, test, 0, val=val)
+    hps = train(cfg, "hps", images, targets, test, 0, val=val)
+    assert len(stl["val_curve"]) == len(hps["val_curve"]) == 2
+    assert set(stl["train_ce"][0]) == {"principal"} and set(hps["train_ce"][0]) == {"principal", "auxiliary"}
+    altered = images.copy()
+    altered[16:] = 255 - altered[16:]
+    assert train(cfg, "stl", altered, targets, test, 0, val=val)["curve"] == stl["curve"]
+    assert train(cfg, "hps", altered, targets, test, 0, val=val)["train_ce"] != hps["train_ce"]
