@@ -196,15 +196,14 @@ def main() -> None:
         images, targets = images[keep], {t: v[keep] for t, v in targets.items()}
     val = None
     if args.val_unlabelled:  # seeded unlabelled rows out of training, scored with the labels the user did not give
+        if args.iid_test or args.train_frac < 1.0:  # both re-index the rows; the true labels below follow `rows`
+            raise SystemExit("--val-unlabelled does not combine with --iid-test / --train-frac")
         unl = np.flatnonzero(targets["principal"] == UNLABELLED)
         if len(unl) < args.val_unlabelled:
             raise SystemExit(f"--val-unlabelled {args.val_unlabelled}: the run has {len(unl)} unlabelled training images")
         held = np.zeros(len(images), bool)
         held[np.random.default_rng([base.seed, 2]).permutation(unl)[:args.val_unlabelled]] = True
-        true_principal = src.principal[rows] if args.train_frac == 1.0 and not args.iid_test else None
-        if true_principal is None:
-            raise SystemExit("--val-unlabelled does not combine with --iid-test / --train-frac")
-        val = (images[held], true_principal[held])
+        val = (images[held], src.principal[rows][held])
         images, targets = images[~held], {t: v[~held] for t, v in targets.items()}
     print(f"{len(images)} training / {len(test_rows)} test{f' / {len(iid[1])} iid test' if iid else ''} images in "
           f"{time.time() - t0:.1f}s", flush=True)
