@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
 from detaux_ray.tensors import to_float_images  # noqa: E402
+from detaux_ray.mtl import tables  # noqa: E402
 from detaux_ray.mtl.models import UNLABELLED, build_mtl_model, learning_rate, make_optimizer, multitask_loss  # noqa: E402
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
@@ -106,19 +108,15 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
     else:
         opt = make_optimizer(model, m.optimizer if opt_name == "config" else opt_name, m.lr, m.weight_decay, m.momentum)
     y = {t: torch.from_numpy(targets[t].astype(np.int64)) for t in tasks}
-    # Few labels (principal UNLABELLED on some rows): the product's tables (mtl/tables.py). STL and principal-only
-    # models train on the labelled rows repeated up to every image's count; a multi-task model on that beside every
-    # image with its principal masked, at twice the batch.
-    n, labelled = len(images), np.flatnonzero(targets["principal"] != UNLABELLED)
-    few = 0 < len(labelled) < n
-    if few:
-        repeated = np.resize(labelled, n)
-        if tasks == ["principal"]:
-            rows_per_epoch, masked, bs = repeated, np.zeros(n, bool), m.batch_size
-        else:
-            rows_per_epoch, masked, bs = np.concatenate([repeated, np.arange(n)]), np.arange(2 * n) >= n, 2 * m.batch_size
-    else:
-        rows_per_epoch, masked, bs = np.arange(n), np.zeros(n, bool), m.batch_size
+    # Few labels (principal UNLABELLED on some rows): the product's tables (mtl/tables.py), on row indices. STL and
+    # principal-only models train on the labelled rows repeated up to every image's count; a multi-task model on that
+    # beside every image with its principal masked, at twice the batch.
+    n = len(images)
+    table = pa.table({"row": np.arange(n), "principal": targets["principal"].astype(np.int64)})
+    if 0 < tables.n_labelled(table) < n:
+        table = tables.labelled_only(table) if tasks == ["principal"] else tables.labelled_beside_every_image(table)
+    rows_per_epoch, principal_per_row = table.column("row").to_numpy(), torch.from_numpy(table.column("principal").to_numpy())
+    bs = m.batch_size * table.num_rows // n  # twice the batch where the table is twice the rows
     curve, ce_curve, val_curve, t0 = [], [], [], time.time()
     for epoch in range(m.epochs):
         lr = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
@@ -133,8 +131,7 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
             pos = order[b * bs:(b + 1) * bs]
             idx = rows_per_epoch[pos]
             out = model(to_float_images(torch.from_numpy(images[idx])))
-            batch_y = {t: y[t][idx] for t in tasks}
-            batch_y["principal"] = torch.where(torch.from_numpy(masked[pos]), UNLABELLED, batch_y["principal"])
+            batch_y = {t: y[t][idx] for t in tasks} | {"principal": principal_per_row[pos]}
             if isinstance(opt, TaskAdam):
                 opt.step({t: torch.nn.functional.cross_entropy(out[t], batch_y[t]) for t in tasks})
                 continue
