@@ -146,6 +146,31 @@ def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_r
     assert abs(rows[2]["linear"]["score"]) < 0.15 and abs(rows[2]["mlp"]["score"]) < 0.15
 
 
+def test_discovery_rules_gives_each_rules_labels_per_file_and_their_means(tmp_path):
+    """bench/discovery_rules.py on saved embeddings: a six-level factor on a ring in subspace 1 (no single direction
+    separates its levels), a uniform factor in subspace 2; the refinement's rule finds the ring's levels, the
+    component's own clusters do not, and each (file, rule) has its row."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    level = rng.integers(0, 6, n)
+    t = np.deg2rad(10.0 + 60.0 * level)
+    s = np.zeros((n, 3, 2), np.float32)
+    s[:, 0] = rng.normal(size=(n, 2))
+    s[:, 1] = np.column_stack([1.5 * np.cos(t), 1.5 * np.sin(t)]) + 0.25 * rng.normal(size=(n, 2))
+    s[:, 2, 0] = rng.uniform(-1.7, 1.7, n)
+    for seed in (0, 1):
+        np.savez(tmp_path / f"ring_seed{seed}.npz", s=s, principal=rng.integers(0, 3, n), factor_level=level)
+    proc = subprocess.run([sys.executable, "bench/discovery_rules.py", *sorted(map(str, tmp_path.glob("*.npz"))),
+                           "--rule", "ica:discover.n_clusters=6,refine=none", "--rule", "refined:discover.n_clusters=6",
+                           "--out", str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["means"] == out["means"]
+    assert sorted((r["file"], r["rule"]) for r in out["runs"]) == sorted(
+        (f"ring_seed{i}.npz", rule) for i in (0, 1) for rule in ("ica", "refined"))
+    assert out["means"]["ring"]["refined"] > 0.9 > out["means"]["ring"]["ica"]
+
+
 @pytest.mark.slow
 def test_stage1_study_continuation_reproduces_the_uninterrupted_run(tmp_path):
     """bench/stage1_study.py --save-at / --resume: continued without changes, the run ends where it would have."""
