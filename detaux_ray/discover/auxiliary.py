@@ -137,12 +137,13 @@ def refine_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, has_nois
     the whole linear subspace of the nuisance latent u (N, c) that tells them apart. Repeat: project u onto the
     min(C - 1, c) directions that best separate the current C clusters (LDA: between- over within-cluster scatter),
     re-cluster that projection with KMeans into C, until the partition changes by less than ARI 0.99 or max_iter.
-    Fitted on at most fit_points seeded rows, every row then assigned; noise (label C - 1 when has_noise) stays noise.
+    Fitted on at most fit_points seeded rows, every row then assigned; noise (label n_clusters when has_noise, as
+    `clustering.cluster` writes it) stays noise.
 
     Why: a factor with several levels need not lie on one line. On colour_digits the four backgrounds are told apart
     linearly at 0.97 by the nuisance latent's first three directions together and by no single component (the best
     one's clusters at 0.34-0.46); the refinement takes them to 0.51-0.60 (docs/studies/2026-12-06-multi-dimensional-factors.md).
-    Returns the refined labels (same ids, 0..C-1 and the noise label) and the iterations run."""
+    Returns the refined labels (0..n_clusters-1, and the noise label) and the iterations run."""
     from sklearn.cluster import KMeans
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
