@@ -27,15 +27,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detaux_ray.config import load_config  # noqa: E402
-from detaux_ray.discover.auxiliary import (choose_components, component_scores, diagnostics,  # noqa: E402
-                                           independent_components, refine_clusters)
+from detaux_ray.discover.auxiliary import diagnostics, nuisance_components, refined_clusterer  # noqa: E402
 from detaux_ray.discover.clustering import cluster  # noqa: E402
 from detaux_ray.errors import DetauxError  # noqa: E402
 
 
 def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
     """Discovery's labels (discover.space=ica) on one file's embeddings under `overrides`, through the functions
-    `discover()` calls for them (components, their scores and choice, the clusterer, the refinement), without the
+    `discover()` calls for them (`nuisance_components`, the clusterer, `refined_clusterer`), without the
     scorecard and subspace scores it also writes (they do not change the labels and take most of its time)."""
     data = np.load(path)
     s, principal = data["s"], data["principal"]
@@ -46,15 +45,11 @@ def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
     if disc.space != "ica":
         raise SystemExit("bench/discovery_rules.py compares discover.space=ica rules")
     try:
-        u, _ = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
+        u, _, _, chosen = nuisance_components(s, principal, d.principal_subspace, disc, cfg.seed)
     except DetauxError as e:  # a constant latent: a result too
         return {"error": str(e).split(":")[0]}
-    scores = component_scores(u, principal, cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
-    c = choose_components(scores, 1)[0]
-    found = cluster(u[:, c:c + 1], disc, cfg.seed)
-    labels = found.labels
-    if refine:
-        labels, _ = refine_clusters(u, labels, found.n_clusters, found.has_noise_label, cfg.seed, fit_points=disc.fit_subsample)
+    clusterer = refined_clusterer(cluster, u, lambda m: None) if refine else cluster
+    labels = clusterer(u[:, chosen[0]:chosen[0] + 1], disc, cfg.seed).labels
     diag = diagnostics(labels, principal, factors)
     best = diag.best_factor
     return {"factor": best, "min_hc": round(min(diag.best_scores()[m] for m in ("homogeneity", "completeness")), 3) if best else None,

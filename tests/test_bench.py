@@ -150,14 +150,14 @@ def test_discovery_rules_gives_each_rules_labels_per_file_and_their_means(tmp_pa
     """bench/discovery_rules.py on saved embeddings: a six-level factor on a ring in subspace 1 (no single direction
     separates its levels), a uniform factor in subspace 2; the refinement's rule finds the ring's levels, the
     component's own clusters do not, and each (file, rule) has its row."""
+    from latents import ring_factor
+
     rng = np.random.default_rng(0)
     n = 3000
-    level = rng.integers(0, 6, n)
-    t = np.deg2rad(10.0 + 60.0 * level)
+    u, level = ring_factor(n)
     s = np.zeros((n, 3, 2), np.float32)
     s[:, 0] = rng.normal(size=(n, 2))
-    s[:, 1] = np.column_stack([1.5 * np.cos(t), 1.5 * np.sin(t)]) + 0.25 * rng.normal(size=(n, 2))
-    s[:, 2, 0] = rng.uniform(-1.7, 1.7, n)
+    s[:, 1], s[:, 2, 0] = u[:, :2], u[:, 2]
     for seed in (0, 1):
         np.savez(tmp_path / f"ring_seed{seed}.npz", s=s, principal=rng.integers(0, 3, n), factor_level=level)
     proc = subprocess.run([sys.executable, "bench/discovery_rules.py", *sorted(map(str, tmp_path.glob("*.npz"))),

@@ -309,7 +309,21 @@ def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, princip
     return result, diagnostics(result.labels, principal, factors, labelled)
 
 
-def _refined(clusterer: Clusterer, u: np.ndarray, say: Callable[[str], None]) -> Clusterer:
+def nuisance_components(s: np.ndarray, principal: np.ndarray, alpha: int, disc: DiscoverConfig, seed: int,
+                        labelled: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray, dict, list[int]]:
+    """discover.space=ica's choice: the independent components u (N, c) of the nuisance latent and their loadings
+    (`independent_components`), their scores on the `labelled` rows (whose principal labels are `principal`), and the
+    discover.n_auxiliary components to cluster, best first (`choose_components`)."""
+    u, loadings = independent_components(s, alpha, disc.dead_subspace_frac, seed, disc.ica_var_cut)
+    scores = component_scores(u[labelled], principal, seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
+    if u.shape[1] < disc.n_auxiliary:
+        raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
+                                 f"nuisance latent has only {u.shape[1]} independent components above "
+                                 f"discover.ica_var_cut = {disc.ica_var_cut}: lower one of them")
+    return u, loadings, scores, choose_components(scores, disc.n_auxiliary)
+
+
+def refined_clusterer(clusterer: Clusterer, u: np.ndarray, say: Callable[[str], None]) -> Clusterer:
     """`clusterer`, its clusters then refined in the whole nuisance latent u (`refine_clusters`)."""
     def run(x: np.ndarray, disc: DiscoverConfig, seed: int) -> ClusterResult:
         found = clusterer(x, disc, seed)
@@ -351,14 +365,8 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     columns = {"row": rows, "id": ids, "principal": principal if labelled is None else np.where(lab, principal, -1)}
     tasks, comp_scores = [], None
     if disc.space == "ica":
-        u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
-        comp_scores = component_scores(u[lab], pl, cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
-        if u.shape[1] < disc.n_auxiliary:
-            raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
-                                     f"nuisance latent has only {u.shape[1]} independent components above "
-                                     f"discover.ica_var_cut = {disc.ica_var_cut}: lower one of them")
-        chosen = choose_components(comp_scores, disc.n_auxiliary)
-        clusterer = _refined(clusterer, u, say)
+        u, loadings, comp_scores, chosen = nuisance_components(s, pl, d.principal_subspace, disc, cfg.seed, lab)
+        clusterer = refined_clusterer(clusterer, u, say)
         say(f"nuisance latent: {u.shape[1]} independent components, excess kurtosis / calinski "
             + ", ".join(f"{v:.2f} / {j:.3g}" for v, j in zip(comp_scores["kurtosis"], comp_scores["calinski"])))
         points = [u[:, c : c + 1] for c in chosen]

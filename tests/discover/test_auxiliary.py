@@ -9,6 +9,7 @@ from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, c
                                            diagnostics, independent_components, rank_subspaces, subspace_scores)
 from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
+from latents import ring_factor
 
 
 def test_diagnostics_on_known_labels():
@@ -247,24 +248,12 @@ def test_subspaces_at_float_noise_are_constant_and_the_error_says_what_was_measu
     assert nuisance_subspaces(((s - s.mean(0)) ** 2).sum(-1).mean(0), alpha=0, dead_frac=0.01) == ([2], True)
 
 
-def _ring_factor(n: int = 4000, seed: int = 0):
-    """A 6-level factor on a ring (radius 1.5, turned 10 degrees; like six hues) in directions (0, 1) of a 3-d latent,
-    spread 0.25 around each level, and a uniform factor along 2. On direction 0 alone neighbouring levels are
-    0.45-0.55 apart and overlap; in the plane they stand 1.5 apart. Not two independent factors (a square's corners
-    would be), so no rotation of the plane puts the levels on one axis."""
-    rng = np.random.default_rng(seed)
-    level = rng.integers(0, 6, n)
-    t = np.deg2rad(10.0 + 60.0 * level)
-    u = np.column_stack([1.5 * np.cos(t), 1.5 * np.sin(t)]) + 0.25 * rng.standard_normal((n, 2))
-    return np.column_stack([u, rng.uniform(-1.7, 1.7, n)]), level
-
-
 def test_refinement_carries_one_components_clusters_to_the_directions_that_separate_a_factors_levels():
     from sklearn.metrics import homogeneity_completeness_v_measure
 
     from detaux_ray.discover.auxiliary import refine_clusters
 
-    u, level = _ring_factor()
+    u, level = ring_factor()
     start = cluster(u[:, :1], DiscoverConfig(clusterer="kmeans++", n_clusters=6), 0)
     h0, c0, _ = homogeneity_completeness_v_measure(level, start.labels)
     assert min(h0, c0) < 0.75  # the levels overlap on direction 0: the component alone cannot split them
@@ -277,7 +266,7 @@ def test_refinement_carries_one_components_clusters_to_the_directions_that_separ
 def test_refinement_keeps_noise_as_noise():
     from detaux_ray.discover.auxiliary import refine_clusters
 
-    u, level = _ring_factor(2000)
+    u, level = ring_factor(2000)
     labels = np.where(np.arange(2000) % 10 == 0, 6, level)  # every 10th row noise (label 6)
     refined, _ = refine_clusters(u, labels.copy(), 6, True, seed=0)
     assert np.array_equal(refined == 6, labels == 6)  # noise rows untouched, no clustered row becomes noise
@@ -288,7 +277,7 @@ def test_discover_refines_the_components_clusters_says_so_and_labels_every_image
     from detaux_ray.config import load_config
     from detaux_ray.discover.auxiliary import discover
 
-    u, level = _ring_factor(3000)
+    u, level = ring_factor(3000)
     s = np.zeros((3000, 3, 3))
     s[:, 0] = np.random.default_rng(1).standard_normal((3000, 3))  # alpha
     s[:, 1, :2], s[:, 2, 0] = u[:, :2], u[:, 2]
