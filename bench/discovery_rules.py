@@ -2,13 +2,14 @@
 
 Input: the `.npz` files that `bench/stage1_study.py --embeddings` (or `bench/suite.py --embeddings`) writes (final
 subspaces s (N, k, d), the principal labels, every known factor). Each `--rule NAME:key=value,...` gives every file's labels as the product's
-`discover()` makes them (discover.space=ica), with those `discover.*` / `seed` overrides on top of the preset (and `refine=none`: the
-component's own clusters, without `refine_clusters`, the product's rule before 2026-12-06); stage 1 is not retrained,
+`discover()` makes them (discover.space=ica), with those `discover.*` / `seed` overrides on top of the preset (and two
+pseudo-keys for the product's earlier rules: `refine=none`, the component's own clusters, without `refine_clusters`;
+`recount=none`, refined but not counted again, without `recount_clusters`); stage 1 is not retrained,
 so a discovery rule is judged on many runs in minutes. Per file and rule: the best-matching factor's
 min(homogeneity, completeness), the number of classes, NMI(principal, auxiliary); then the mean per dataset and
 rule, and one JSON line.
 
-    python bench/discovery_rules.py /tmp/emb/*.npz --rule component:refine=none --rule refined:
+    python bench/discovery_rules.py /tmp/emb/*.npz --rule refined:recount=none --rule recounted:
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
     data = np.load(path)
     s, principal = data["s"], data["principal"]
     factors = {k[len("factor_"):]: data[k] for k in data.files if k.startswith("factor_")}
-    refine = "refine=none" not in overrides
-    cfg = load_config(preset, [o for o in overrides if o != "refine=none"])
+    rules = {"refine=none", "recount=none"}
+    refine, recount = "refine=none" not in overrides, "recount=none" not in overrides
+    cfg = load_config(preset, [o for o in overrides if o not in rules])
     d, disc = cfg.disentangle, cfg.discover
     if disc.space != "ica":
         raise SystemExit("bench/discovery_rules.py compares discover.space=ica rules")
@@ -48,7 +50,7 @@ def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
         u, _, _, chosen = nuisance_components(s, principal, d.principal_subspace, disc, cfg.seed)
     except DetauxError as e:  # a constant latent: a result too
         return {"error": str(e).split(":")[0]}
-    clusterer = refined_clusterer(cluster, u, lambda m: None) if refine else cluster
+    clusterer = refined_clusterer(cluster, u, lambda m: None, recount) if refine else cluster
     labels = clusterer(u[:, chosen[0]:chosen[0] + 1], disc, cfg.seed).labels
     diag = diagnostics(labels, principal, factors)
     best = diag.best_factor

@@ -9,7 +9,7 @@ from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, c
                                            diagnostics, independent_components, rank_subspaces, subspace_scores)
 from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
-from latents import ring_factor
+from latents import oblique_factor, ring_factor
 
 
 def test_diagnostics_on_known_labels():
@@ -290,3 +290,43 @@ def test_discover_refines_the_components_clusters_says_so_and_labels_every_image
     assert any("iterations of LDA and KMeans" in m for m in said)
     assert task.diagnostics.best_factor == "level"
     assert min(task.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
+
+
+def test_recount_reads_the_number_of_levels_on_the_refined_clusters_discriminant():
+    from sklearn.metrics import homogeneity_completeness_v_measure
+
+    from detaux_ray.discover.auxiliary import recount_clusters, refine_clusters
+
+    u, level = oblique_factor()
+    found = cluster(u[:, :1], DiscoverConfig(clusterer="kmeans++", n_clusters=0), 0)
+    assert found.n_clusters < 6  # on direction 0 the levels blur into fewer
+    refined, _ = refine_clusters(u, found.labels, found.n_clusters, False, seed=0)
+    assert min(homogeneity_completeness_v_measure(level, refined)[:2]) < 0.75
+    labels, c, bic, iters = recount_clusters(u, refined, found.n_clusters, seed=0, max_clusters=20)
+    assert c == 6 == min(bic, key=bic.get) and iters >= 1
+    assert min(homogeneity_completeness_v_measure(level, labels)[:2]) > 0.95
+    # Counted right already: nothing changes.
+    again, c2, _, iters2 = recount_clusters(u, labels, 6, seed=0, max_clusters=20)
+    assert c2 == 6 and iters2 == 0 and again is labels
+
+
+@pytest.mark.slow  # discover() choosing every number from the data: ~20 s
+def test_discover_counts_again_only_a_number_it_chose(tmp_path):
+    from detaux_ray.config import load_config
+    from detaux_ray.discover.auxiliary import discover, refined_clusterer
+
+    u, level = oblique_factor(3000)
+    s = np.zeros((3000, 3, 3))
+    s[:, 0] = np.random.default_rng(1).standard_normal((3000, 3))  # alpha
+    s[:, 1, :2], s[:, 2, 0] = u[:, :2], u[:, 2]
+    said = []
+    info = discover(s, np.arange(3000), np.arange(3000), "p", np.arange(3000) % 2, {"level": level},
+                    load_config("quick", []), tmp_path, say=said.append)
+    params = info.first.clusterer_params
+    assert params["n_clusters"] == info.first.diagnostics.n_aux_classes == 6
+    assert "n_clusters_on_component" in params and min(params["bic_on_discriminant"], key=params["bic_on_discriminant"].get) == 6
+    assert any("counted the classes again" in m for m in said)
+    said = []  # a number the user set is kept
+    found = refined_clusterer(cluster, u, said.append)(u[:, :1], DiscoverConfig(clusterer="kmeans++", n_clusters=4), 0)
+    assert found.n_clusters == 4 == len(np.unique(found.labels)) and "n_clusters_on_component" not in found.params
+    assert not any("counted the classes again" in m for m in said)
