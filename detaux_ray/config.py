@@ -224,16 +224,25 @@ class Config:
         """Hash of everything a stage's result depends on: its own section and every upstream one, less the keys
         that only change what is logged (NOT_IN_HASH), plus the number of training workers (each trains on its
         own batches of batch_size, so the global batch and the step count follow it) and the mixed precision;
-        and `data_fingerprint` (`ImageSource.fingerprint`: the dataset's files, or a generated dataset's version)."""
+        `data_fingerprint` (`ImageSource.fingerprint`: the dataset's files, or a generated dataset's version); and the
+        code version of each stage in the chain (STAGE_VERSIONS)."""
         chain = {"disentangle": ["data", "disentangle"], "discover": ["data", "disentangle", "discover"],
                  "mtl": ["data", "disentangle", "discover", "mtl"]}[stage]
         d = self.to_dict()
         sections = {s: {k: v for k, v in d[s].items() if f"{s}.{k}" not in NOT_IN_HASH} for s in chain}
         payload = {"seed": self.seed, **sections, "num_workers": self.resources.num_workers, "amp": self.resources.amp}
+        versions = {s: STAGE_VERSIONS[s] for s in chain if STAGE_VERSIONS.get(s)}
+        if versions:  # absent while every version is 0: hashes written before the versions stay valid
+            payload["versions"] = versions
         if data_fingerprint:
             payload["data_fingerprint"] = data_fingerprint
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+
+# A stage's code version: raised when a change to the code gives another result for the same config, so the stage
+# store computes the stage (and every later one) again instead of reusing a result of the old code. discover 1:
+# the number of classes counted again on the refined clusters' discriminant (discover.auxiliary.recount_clusters).
+STAGE_VERSIONS = {"disentangle": 0, "discover": 1, "mtl": 0}
 
 # Keys that change what a stage logs or how it holds its images, never its result: changing one reuses the stage.
 NOT_IN_HASH = frozenset({"data.cache", "disentangle.log_images_every", "disentangle.scorecard_every",

@@ -37,6 +37,16 @@ def test_keys_that_only_change_logging_leave_every_stage_hash_alone():
         assert all(a.stage_hash(s) == b.stage_hash(s) for s in ("disentangle", "discover", "mtl")), key
 
 
+def test_a_stages_code_version_changes_its_hash_and_every_later_one_only(monkeypatch):
+    from detaux_ray import config
+
+    a = load_config("quick")
+    before = {s: a.stage_hash(s) for s in ("disentangle", "discover", "mtl")}
+    monkeypatch.setitem(config.STAGE_VERSIONS, "discover", config.STAGE_VERSIONS["discover"] + 1)
+    assert a.stage_hash("disentangle") == before["disentangle"]
+    assert a.stage_hash("discover") != before["discover"] and a.stage_hash("mtl") != before["mtl"]
+
+
 def test_the_datasets_fingerprint_is_part_of_every_stage_hash():
     a = load_config("quick")
     assert all(a.stage_hash(s, "f1") != a.stage_hash(s, "f2") != a.stage_hash(s) for s in ("disentangle", "discover", "mtl"))
