@@ -23,7 +23,7 @@ from ..disentangle.pairs import sample_pairs
 from ..disentangle.scorecard import heatmap, is_identifier, scorecard
 from ..errors import ConstantLatentError, SingleClusterError
 from ..results import AuxiliaryTask, Diagnostics, DiscoverResult
-from .clustering import ClusterResult, choose_n_clusters, cluster
+from .clustering import ClusterResult, choose_n_clusters, cluster, mixture_modes
 
 EVAL_EPOCH = 1_000_000  # pair-sampling stream for evaluation, disjoint from every training epoch
 
@@ -169,34 +169,38 @@ def refine_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, has_nois
 
 
 def recount_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, seed: int, max_clusters: int,
-                     fit_points: int = 50000) -> tuple[np.ndarray, int, dict[int, float], int]:
+                     fit_points: int = 50000, max_rounds: int = 10) -> tuple[np.ndarray, int, list[int]]:
     """The number of classes counted again where the refined clusters stand furthest apart (ours; discover.space=ica
     when the number is chosen from the data). z = u's first discriminant direction of the refined clusters (LDA);
-    c = the smallest-BIC Gaussian mixture on z (`choose_n_clusters`); if c differs from n_clusters, KMeans into c on
-    z, refined in u (`refine_clusters`). Noise-free labels only (KMeans'): the count is HDBSCAN's own otherwise.
+    c = the modes of the smallest-BIC Gaussian mixture on z (`clustering.mixture_modes`); if c differs from the
+    current number, the rows go to their mode's cluster and are refined in u (`refine_clusters`). Repeated on the new
+    clusters' discriminant while the number falls (the modes of merged clusters can merge further); at most
+    max_rounds. Noise-free labels only (KMeans'): the count is HDBSCAN's own otherwise.
 
     Why: the count read on the chosen component is blurred where the factor's levels overlap on it (shapes: 4-6
-    classes for a 10-level hue at three seeds of six), and over-split where other factors cut a level on it
-    (colour_digits: 10-15 for 4 backgrounds). On the suite's runs the refined clusters' first discriminant held
-    0.95-1.0 of their between-cluster variance, and a factor's own levels too (LDA on the known background,
-    floor / wall hue: 0.97-1.0): the levels lie along one direction in the within-cluster metric, there closer to
-    apart than on any component. A factor whose levels lie on a ring, in no one direction, is not counted better by it
-    (docs/studies/2026-12-06-multi-dimensional-factors.md, section 5).
-    Returns (labels, c, {c: BIC}, refinement iterations: 0 when c is unchanged)."""
-    from sklearn.cluster import KMeans
+    classes for a 10-level hue at three seeds of six), and over-split where a level is skewed or heavy-tailed on it
+    (colour_digits: 10-15 for 4 backgrounds, each a sharp peak with a long tail along the direction). On the suite's
+    runs the refined clusters' first discriminant held 0.95-1.0 of their between-cluster variance, and a factor's
+    own levels too (LDA on the known background, floor / wall hue: 0.97-1.0): the levels lie along one direction of
+    the within-cluster metric, each one mode there. A factor whose levels lie on a ring, in no one direction, is not
+    counted better by it (docs/studies/2026-12-06-multi-dimensional-factors.md, section 5).
+    Returns (labels, the number of classes, the number of modes found in each round)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     fit = np.random.default_rng([seed, 23]).permutation(len(u))[:fit_points]
     x = u.astype(np.float64)
-    if len(np.unique(labels[fit])) < 2:
-        return labels, n_clusters, {}, 0
-    z = LinearDiscriminantAnalysis(n_components=1).fit(x[fit], labels[fit]).transform(x)
-    c, bic, _ = choose_n_clusters(z, seed, max_clusters)
-    if c == n_clusters:
-        return labels, c, bic, 0
-    start = KMeans(c, n_init=4, random_state=seed).fit(z[fit]).predict(z).astype(labels.dtype)
-    refined, iters = refine_clusters(u, start, c, False, seed, fit_points=fit_points)
-    return refined, c, bic, iters
+    counts: list[int] = []
+    for _ in range(max_rounds):
+        if len(np.unique(labels[fit])) < 2:
+            break
+        z = LinearDiscriminantAnalysis(n_components=1).fit(x[fit], labels[fit]).transform(x)
+        c, modes, _ = mixture_modes(z, seed, max_clusters)
+        counts.append(c)
+        if c < 2 or c == n_clusters or (len(counts) > 1 and c > n_clusters):  # after the first round: merges only
+            break
+        labels, _ = refine_clusters(u, modes.astype(labels.dtype), c, False, seed, fit_points=fit_points)
+        n_clusters = c
+    return labels, n_clusters, counts
 
 
 def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_clusters: int = 10,
@@ -366,11 +370,10 @@ def refined_clusterer(clusterer: Clusterer, u: np.ndarray, say: Callable[[str], 
             f"({iters} iterations of LDA and KMeans)")
         params, n = {**found.params, "refine_iterations": iters}, found.n_clusters
         if recount and "n_clusters_chosen_by" in found.params and not found.has_noise_label:
-            labels, n, bic, again = recount_clusters(u, labels, n, seed, disc.max_clusters, disc.fit_subsample)
-            params.update(n_clusters_on_component=found.n_clusters, n_clusters=n,
-                          bic_on_discriminant={int(k): round(v, 4) for k, v in bic.items()}, recount_iterations=again)
-            say(f"counted the classes again on the refined clusters' first discriminant: {n}"
-                + (f" (not {found.n_clusters}; refined again, {again} iterations)" if n != found.n_clusters else " (unchanged)"))
+            labels, n, counts = recount_clusters(u, labels, n, seed, disc.max_clusters, disc.fit_subsample)
+            params.update(n_clusters_on_component=found.n_clusters, n_clusters=n, modes_on_discriminant=counts)
+            say(f"counted the classes again as the modes on the refined clusters' first discriminant: {n}"
+                + (f" (not {found.n_clusters}; modes per round {counts})" if n != found.n_clusters else " (unchanged)"))
         return replace(found, labels=labels, n_clusters=n, method=f"{found.method} (LDA-refined)", params=params)
     return run
 

@@ -139,11 +139,18 @@ def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int =
                     patience: int = 4) -> tuple[int, dict[int, float]]:
     """The c in [2, max_clusters] whose Gaussian mixture has the smallest BIC (Schwarz 1978) on a seeded subsample
     of at most n_points; the search stops once `patience` numbers past the best have all scored worse."""
+    gm, scores = bic_mixture(x, seed, max_clusters, n_points, patience)
+    return gm.n_components, scores
+
+
+def bic_mixture(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000, patience: int = 4):
+    """The smallest-BIC Gaussian mixture of `_bic_n_clusters` (fitted, sklearn's GaussianMixture) and {c: BIC}."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     pts, counts = _candidates(x, seed, max_clusters, n_points)
     scores: dict[int, float] = {}
+    best = None
     for c in counts:
         gm = GaussianMixture(c, init_params="k-means++", reg_covar=1e-6 * float(pts.var(0).mean()) + 1e-12,
                              random_state=seed)
@@ -151,9 +158,36 @@ def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int =
             warnings.simplefilter("ignore", ConvergenceWarning)
             gm.fit(pts)
         scores[c] = float(gm.bic(pts))
+        if best is None or scores[c] < scores[best.n_components]:
+            best = gm
         if c - min(scores, key=scores.get) >= patience:  # BIC has risen `patience` times in a row past its minimum
             break
-    return min(scores, key=scores.get), scores
+    return best, scores
+
+
+def mixture_modes(z: np.ndarray, seed: int, max_clusters: int, grid: int = 4096) -> tuple[int, np.ndarray, dict[int, float]]:
+    """The modes of the smallest-BIC Gaussian mixture on one column z (N, 1): how many local maxima its density has,
+    and each row's mode (the one that the row's most responsible component's mean climbs to on the density).
+    Why modes and not components: where a level's distribution is skewed or heavy-tailed, the mixture spends several
+    components on it, and BIC counts components; components whose means climb to one mode make one cluster (modal
+    merging of mixture components: Li, Ray & Lindsay 2007; Hennig 2010). Returns (modes, labels 0..modes-1 in the
+    order of z, {c: BIC})."""
+    z = np.asarray(z, dtype=np.float64).reshape(len(z), 1)
+    gm, scores = bic_mixture(z, seed, max_clusters)
+    xs = np.linspace(z.min(), z.max(), grid)
+    dens = gm.score_samples(xs[:, None])  # log density: the same maxima
+
+    def climb(i: int) -> int:
+        while True:
+            left = dens[i - 1] if i > 0 else -np.inf
+            right = dens[i + 1] if i < grid - 1 else -np.inf
+            if left <= dens[i] >= right:
+                return i
+            i = i - 1 if left > right else i + 1
+
+    peak = np.array([climb(int(np.abs(xs - m).argmin())) for m in gm.means_[:, 0]])
+    order, of_component = np.unique(peak, return_inverse=True)
+    return len(order), of_component[gm.predict(z)].astype(np.int64), scores
 
 
 def _silhouette_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000) -> tuple[int, dict[int, float]]:
