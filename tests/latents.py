@@ -26,3 +26,13 @@ def oblique_factor(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     a = np.deg2rad(35.0)
     plane = np.column_stack([along * np.cos(a) - across * np.sin(a), along * np.sin(a) + across * np.cos(a)])
     return np.column_stack([plane, rng.uniform(-1.7, 1.7, n)]), level
+
+
+def as_subspaces(u: np.ndarray) -> np.ndarray:
+    """A stage-1 latent s (n, 3, 3) around a factor latent u (n, 3): alpha (subspace 0) standard normal noise,
+    u's directions (0, 1) in subspace 1 and direction 2 in subspace 2."""
+    n = len(u)
+    s = np.zeros((n, 3, 3))
+    s[:, 0] = np.random.default_rng(1).standard_normal((n, 3))
+    s[:, 1, :2], s[:, 2, 0] = u[:, :2], u[:, 2]
+    return s

@@ -9,7 +9,7 @@ from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, c
                                            diagnostics, independent_components, rank_subspaces, subspace_scores)
 from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
-from latents import oblique_factor, ring_factor
+from latents import as_subspaces, oblique_factor, ring_factor
 
 
 def test_diagnostics_on_known_labels():
@@ -278,9 +278,7 @@ def test_discover_refines_the_components_clusters_says_so_and_labels_every_image
     from detaux_ray.discover.auxiliary import discover
 
     u, level = ring_factor(3000)
-    s = np.zeros((3000, 3, 3))
-    s[:, 0] = np.random.default_rng(1).standard_normal((3000, 3))  # alpha
-    s[:, 1, :2], s[:, 2, 0] = u[:, :2], u[:, 2]
+    s = as_subspaces(u)
     said = []
     cfg = load_config("quick", ["discover.n_clusters=6"])
     info = discover(s, np.arange(3000), np.arange(3000), "p", np.zeros(3000, int) + (np.arange(3000) % 2), {"level": level},
@@ -335,9 +333,7 @@ def test_discover_counts_again_only_a_number_it_chose(tmp_path):
     from detaux_ray.discover.auxiliary import discover, refined_clusterer
 
     u, level = oblique_factor(3000)
-    s = np.zeros((3000, 3, 3))
-    s[:, 0] = np.random.default_rng(1).standard_normal((3000, 3))  # alpha
-    s[:, 1, :2], s[:, 2, 0] = u[:, :2], u[:, 2]
+    s = as_subspaces(u)
     said = []
     info = discover(s, np.arange(3000), np.arange(3000), "p", np.arange(3000) % 2, {"level": level},
                     load_config("quick", []), tmp_path, say=said.append)
