@@ -186,8 +186,10 @@ def mixture_modes(z: np.ndarray, seed: int, max_clusters: int, grid: int = 4096)
             i = i - 1 if left > right else i + 1
 
     peak = np.array([climb(int(np.abs(xs - m).argmin())) for m in gm.means_[:, 0]])
-    order, of_component = np.unique(peak, return_inverse=True)
-    return len(order), of_component[gm.predict(z)].astype(np.int64), scores
+    _, of_component = np.unique(peak, return_inverse=True)
+    # A mode that is no row's is not counted (a component can be most responsible for none).
+    held, labels = np.unique(of_component[gm.predict(z)], return_inverse=True)
+    return len(held), labels.astype(np.int64), scores
 
 
 def _silhouette_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000) -> tuple[int, dict[int, float]]:
