@@ -115,7 +115,9 @@ class DiscoverConfig:
     backend: str = "auto"  # auto | cpu | cuml  (hdbscan only)
     min_cluster_frac: float = 0.02  # min_cluster_size as a fraction of N
     min_samples: int = 10
-    n_clusters: int = 0  # kmeans / kmeans++: 0 = chosen from the data (a Gaussian mixture's BIC over [2, max_clusters])
+    # kmeans / kmeans++: 0 = chosen from the data (a Gaussian mixture's BIC over [2, max_clusters] on the component,
+    # then, space=ica, the modes on the refined classes' discriminant: discover.auxiliary.recount_clusters)
+    n_clusters: int = 0
     max_clusters: int = 20  # n_clusters = 0: the largest number of auxiliary classes considered
     meanshift_quantile: float = 0.1
     fit_subsample: int = 50000  # cluster a seeded subsample this large, label the rest by prediction
