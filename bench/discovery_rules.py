@@ -40,9 +40,9 @@ def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
     data = np.load(path)
     s, principal = data["s"], data["principal"]
     factors = {k[len("factor_"):]: data[k] for k in data.files if k.startswith("factor_")}
-    rules = {"refine=none", "recount=none"}
+    pseudo = {"refine=none", "recount=none"}
     refine, recount = "refine=none" not in overrides, "recount=none" not in overrides
-    cfg = load_config(preset, [o for o in overrides if o not in rules])
+    cfg = load_config(preset, [o for o in overrides if o not in pseudo])
     d, disc = cfg.disentangle, cfg.discover
     if disc.space != "ica":
         raise SystemExit("bench/discovery_rules.py compares discover.space=ica rules")

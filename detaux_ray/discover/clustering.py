@@ -120,7 +120,8 @@ def choose_n_clusters(x: np.ndarray, seed: int, max_clusters: int) -> tuple[int,
     gave 7-20 clusters for 10 levels. Returns (c, {c: score}, "bic" | "silhouette")."""
     x = np.asarray(x)
     if x.ndim == 1 or x.shape[1] == 1:
-        return (*_bic_n_clusters(x.reshape(len(x), 1), seed, max_clusters), "bic")
+        gm, scores = bic_mixture(x.reshape(len(x), 1), seed, max_clusters)
+        return gm.n_components, scores, "bic"
     return (*_silhouette_n_clusters(x, seed, max_clusters), "silhouette")
 
 
@@ -135,16 +136,10 @@ def _candidates(x: np.ndarray, seed: int, max_clusters: int, n_points: int) -> t
     return pts, range(2, min(max_clusters, n_distinct - 1) + 1)
 
 
-def _bic_n_clusters(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000,
-                    patience: int = 4) -> tuple[int, dict[int, float]]:
-    """The c in [2, max_clusters] whose Gaussian mixture has the smallest BIC (Schwarz 1978) on a seeded subsample
-    of at most n_points; the search stops once `patience` numbers past the best have all scored worse."""
-    gm, scores = bic_mixture(x, seed, max_clusters, n_points, patience)
-    return gm.n_components, scores
-
-
 def bic_mixture(x: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000, patience: int = 4):
-    """The smallest-BIC Gaussian mixture of `_bic_n_clusters` (fitted, sklearn's GaussianMixture) and {c: BIC}."""
+    """The Gaussian mixture with c in [2, max_clusters] components of smallest BIC (Schwarz 1978) on a seeded
+    subsample of at most n_points (fitted, sklearn's GaussianMixture), and {c: BIC}; the search stops once `patience`
+    numbers past the best have all scored worse."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
