@@ -1,8 +1,8 @@
 """Where one stage-1 step's time goes (no Ray): torch.profiler over N steps of the real training step.
 
-    python bench/step_profile.py --device cuda --out /tmp/profile.json          # the paper preset, batch 32
+    python bench/step_profile.py --device cuda --out /tmp/profile.json          # the paper preset (compiled), batch 32
     python bench/step_profile.py --device cpu --set data.image_size=16 --steps 3  # seconds (tests/test_bench.py)
-    python bench/step_profile.py --device cpu --set resources.compile=default     # the compiled step
+    python bench/step_profile.py --device cpu --set resources.compile=none        # the eager step
 
 The H200 run of `bench/gpu_check.py` measured ~20 ms per step at batch 32 *and* at batch 256 (8x the pairs): the
 step is bound by per-op overhead, not by arithmetic. This script says by which ops: the step's wall time, the

@@ -185,7 +185,7 @@ class ResourcesConfig:
     # torch.compile of stage 1's step (its loss and optimiser update), in torch's modes: "default", or
     # "reduce-overhead" (CUDA graphs too). For a GPU, where an eager step is bound by per-op launches; the first
     # steps pay the compilation (~1 min on 2 CPU cores); on a CPU the step is bound by its convolutions and gains
-    # nothing measurable (bench/README.md).
+    # nothing measurable (bench/README.md). The paper preset, sized for GPUs, sets "default".
     compile: str = "none"
     address: str = ""  # Ray address; "" = connect to RAY_ADDRESS or start a local Ray
     storage_path: str = ""  # Ray Train checkpoints: a shared path or s3:// / gs:// URI; "" = <run-dir>/checkpoints

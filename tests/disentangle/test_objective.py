@@ -84,13 +84,18 @@ def test_the_adversary_trains_at_its_own_rate_and_scale_one_is_a_single_group():
     opts = [optimizer(a, cfg), torch.optim.AdamW(b.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True),
             torch.optim.AdamW(c.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     x = torch.rand(4, 3, 16, 16)
-    for model_, opt_ in zip((a, b, c), opts):
-        for _ in range(2):
+    for _ in range(2):
+        for model_, opt_ in zip((a, b), opts):
             s = model_.subspaces(x)
             loss = s.square().mean() + model_.adversary(s[:, 1:]).square().mean()
             opt_.zero_grad()
             loss.backward()
             opt_.step()
+        # the per-parameter loop is given a's gradients: a rounding difference in the first update would change
+        # the second step's gradients, and where a gradient is near AdamW's eps that difference is amplified
+        for p, q in zip(a.parameters(), c.parameters()):
+            q.grad = None if p.grad is None else p.grad.clone()
+        opts[2].step()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     # fused (one kernel per group) is AdamW's own update, to float rounding
     assert all(torch.allclose(p, q, rtol=0, atol=1e-6) for p, q in zip(a.parameters(), c.parameters()))
