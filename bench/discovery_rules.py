@@ -2,14 +2,14 @@
 
 Input: the `.npz` files that `bench/stage1_study.py --embeddings` (or `bench/suite.py --embeddings`) writes (final
 subspaces s (N, k, d), the principal labels, every known factor). Each `--rule NAME:key=value,...` gives every file's labels as the product's
-`discover()` makes them (discover.space=ica), with those `discover.*` / `seed` overrides on top of the preset (and two
-pseudo-keys for the product's earlier rules: `refine=none`, the component's own clusters, without `refine_clusters`;
-`recount=none`, refined but not counted again, without `recount_clusters`); stage 1 is not retrained,
+`discover()` makes them (discover.space=ica), with those `discover.*` / `seed` overrides on top of the preset (the
+rules before 2026-12-07, without the refinement, the recount or the start from every component, are at commit
+f31403a: `refine=none`, `recount=none`); stage 1 is not retrained,
 so a discovery rule is judged on many runs in minutes. Per file and rule: the best-matching factor's
 min(homogeneity, completeness), the number of classes, NMI(principal, auxiliary); then the mean per dataset and
 rule, and one JSON line.
 
-    python bench/discovery_rules.py /tmp/emb/*.npz --rule refined:recount=none --rule recounted:
+    python bench/discovery_rules.py /tmp/emb/*.npz --rule product: --rule hdbscan:discover.clusterer=hdbscan
 """
 
 from __future__ import annotations
@@ -28,34 +28,32 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from detaux_ray.config import load_config  # noqa: E402
-from detaux_ray.discover.auxiliary import diagnostics, nuisance_components, refined_clusterer  # noqa: E402
+from detaux_ray.discover.auxiliary import choose_starts, component_starts, diagnostics, nuisance_components  # noqa: E402
 from detaux_ray.discover.clustering import cluster  # noqa: E402
 from detaux_ray.errors import DetauxError  # noqa: E402
 
 
 def run_rule(path: Path, preset: str, overrides: list[str]) -> dict:
     """Discovery's labels (discover.space=ica) on one file's embeddings under `overrides`, through the functions
-    `discover()` calls for them (`nuisance_components`, the clusterer, `refined_clusterer`), without the
-    scorecard and subspace scores it also writes (they do not change the labels and take most of its time)."""
+    `discover()` calls for them (`nuisance_components`, `component_starts`, `choose_starts`), without the scorecard
+    and subspace scores it also writes (they do not change the labels and take most of its time)."""
     data = np.load(path)
     s, principal = data["s"], data["principal"]
     factors = {k[len("factor_"):]: data[k] for k in data.files if k.startswith("factor_")}
-    pseudo = {"refine=none", "recount=none"}
-    refine, recount = "refine=none" not in overrides, "recount=none" not in overrides
-    cfg = load_config(preset, [o for o in overrides if o not in pseudo])
+    cfg = load_config(preset, overrides)
     d, disc = cfg.disentangle, cfg.discover
     if disc.space != "ica":
         raise SystemExit("bench/discovery_rules.py compares discover.space=ica rules")
     try:
-        u, _, _, chosen = nuisance_components(s, principal, d.principal_subspace, disc, cfg.seed)
+        u, _ = nuisance_components(s, d.principal_subspace, disc, cfg.seed)
+        start = choose_starts(component_starts(u, principal, slice(None), disc, cfg.seed, cluster, lambda m: None), 1)[0]
     except DetauxError as e:  # a constant latent: a result too
         return {"error": str(e).split(":")[0]}
-    clusterer = refined_clusterer(cluster, u, lambda m: None, recount) if refine else cluster
-    labels = clusterer(u[:, chosen[0]:chosen[0] + 1], disc, cfg.seed).labels
-    diag = diagnostics(labels, principal, factors)
+    diag = diagnostics(start.result.labels, principal, factors)
     best = diag.best_factor
     return {"factor": best, "min_hc": round(min(diag.best_scores()[m] for m in ("homogeneity", "completeness")), 3) if best else None,
-            "classes": diag.n_aux_classes, "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "components": int(u.shape[1])}
+            "classes": diag.n_aux_classes, "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "components": int(u.shape[1]),
+            "start": start.component}
 
 
 def main(argv: list[str] | None = None) -> dict:

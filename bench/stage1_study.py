@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from detaux_ray.discover.clustering import cluster  # noqa: E402
 from detaux_ray.config import CRITERIA, load_config  # noqa: E402
 from detaux_ray.data import build_source  # noqa: E402
-from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, component_scores, diagnostics,  # noqa: E402
-                                           independent_components, subspace_scores)
-from detaux_ray.errors import SingleClusterError  # noqa: E402
+from detaux_ray.discover.auxiliary import (choose_starts, choose_subspace, component_starts, diagnostics,  # noqa: E402
+                                           nuisance_components, subspace_scores)
+from detaux_ray.errors import DetauxError, SingleClusterError  # noqa: E402
 from detaux_ray.disentangle.objective import (beta_schedule, build_model, detaux_loss, optimizer,  # noqa: E402
                                               optimizer_step)
 from detaux_ray.disentangle.models import DisentangleAE, paired_encoder_state  # noqa: E402
@@ -81,17 +81,19 @@ def discover_all(cfg, s, src, rows, card, scores) -> dict:
                                   "completeness": round(fs.get("completeness", 0), 4),
                                   "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes,
                                   "subspace_best_probe": card.best_factor(j)}
-    u, loadings = independent_components(s, d.principal_subspace, disc.dead_subspace_frac, cfg.seed, disc.ica_var_cut)
-    comp = component_scores(u, src.principal[rows], cfg.seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
-    kurt = comp["kurtosis"]
-    c = choose_components(comp, 1)[0]  # discover.space=ica: the product's rule
-    res = cluster(u[:, c : c + 1], disc, cfg.seed)
-    diag = diagnostics(res.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
+    try:  # discover.space=ica: the product's own chain (every component a start, refined, recounted)
+        u, loadings = nuisance_components(s, d.principal_subspace, disc, cfg.seed)
+        st = choose_starts(component_starts(u, src.principal[rows], slice(None), disc, cfg.seed, cluster, lambda m: None), 1)[0]
+    except DetauxError as e:
+        out["ica"] = {"error": str(e)}
+        return out
+    diag = diagnostics(st.result.labels, src.principal[rows], {f: v[rows] for f, v in src.factors.items() if f != src.principal_name})
     fs = diag.best_scores()
-    out["ica"] = {"subspace": int(np.argmax(loadings[c])), "component": c, "n_components": int(u.shape[1]),
-                               "kurtosis": np.round(kurt, 3).tolist(), "best_factor": diag.best_factor,
-                               "homogeneity": round(fs.get("homogeneity", 0), 4), "completeness": round(fs.get("completeness", 0), 4),
-                               "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes}
+    out["ica"] = {"subspace": int(np.argmax(loadings[st.component])), "component": st.component,
+                  "n_components": int(u.shape[1]), "level_separation": round(st.levels, 3), "score": round(st.score, 3),
+                  "best_factor": diag.best_factor, "homogeneity": round(fs.get("homogeneity", 0), 4),
+                  "completeness": round(fs.get("completeness", 0), 4),
+                  "nmi_principal_aux": round(diag.nmi_principal_aux, 4), "n_clusters": diag.n_aux_classes}
     return out
 
 

@@ -105,8 +105,8 @@ class DiscoverConfig:
     # calinski (scale-free: between / within sum of squares of KMeans clusters; docs/studies/2026-11-28-stage1-study.md) | cluster
     # (scale-free: their silhouette) | l_dist (paper) | dot (authors' code)
     criterion: str = "calinski"
-    # What is clustered: ica (ours: the independent components of the live non-alpha subspaces together, the
-    # sub-Gaussian one of largest calinski first; discover.auxiliary.choose_components) | subspace (the paper: the chosen subspace). The
+    # What is clustered: ica (ours: the independent components of the live non-alpha subspaces together, each one a
+    # start, the classes that stand apart most as levels kept; discover.auxiliary.component_starts) | subspace (the paper: the chosen subspace). The
     # nuisance latent had few directions, each subspace a mixture of them: with the private alpha encoder the labels'
     # mean min(H, C) over six shapes seeds 0.83 against 0.51 (docs/studies/2026-11-28-stage1-study.md).
     space: str = "ica"

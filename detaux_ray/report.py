@@ -155,12 +155,13 @@ def render_markdown(r: Report) -> str:
         cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # older runs lack them
         lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
     comp = r.discover.component_scores
-    if comp:
-        lines += ["", "Independent components of the nuisance latent (`discover.space=ica`; the sub-Gaussian one (excess "
-                  "kurtosis < 0: a factor's evenly used levels) of largest calinski is clustered first):", "",
-                  "| component | kurtosis | calinski |", "|---|---|---|"]
-        for c, (ku, ch) in enumerate(zip(comp["kurtosis"], comp["calinski"])):
-            lines.append(f"| {c} | {ku:.3f} | {ch:.4g} |")
+    if comp and "score" in comp:
+        lines += ["", "Independent components of the nuisance latent (`discover.space=ica`), each the start of the "
+                  "clusterer, refined in all of them; the classes of largest score (level separation x the entropy of "
+                  "the classes x (1 - NMI with the principal)) are the task:", "",
+                  "| component | kurtosis | classes | level separation | score |", "|---|---|---|---|---|"]
+        for c, (ku, n, lv, sc) in enumerate(zip(comp["kurtosis"], comp["classes"], comp["level_separation"], comp["score"])):
+            lines.append(f"| {c} | {ku:.3f} | {n or '-'} | {lv:.3f} | {sc:.4g} |")
     lines += ["", "## Stages", "", "| stage | wall time (s) | this run |", "|---|---|---|"]
     for name, s in r.stages.items():
         lines.append(f"| {name} | {s.wall_time_s} | {'reused' if s.reused else 'ran'} |")
@@ -208,7 +209,7 @@ def _chosen(disc, first) -> str:
         return f"- chosen subspace: **{first.subspace}** by criterion `{disc.criterion}`" + _margin(disc)
     load = ", ".join(f"{j}: {v:.0%}" for j, v in enumerate(first.loadings or []) if v > 0)
     return (f"- clustered: **independent component {first.component}** of the live non-alpha subspaces together "
-            f"(`discover.space=ica`), the sub-Gaussian one of largest calinski; its variance per subspace: {load}")
+            f"(`discover.space=ica`), the start whose classes stand apart most as levels; its variance per subspace: {load}")
 
 
 def _dead(r) -> str:

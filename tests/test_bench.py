@@ -150,8 +150,8 @@ def test_subspace_probe_reads_a_held_factor_and_only_a_nonlinear_probe_reads_a_r
 
 def test_discovery_rules_gives_each_rules_labels_per_file_and_their_means(tmp_path):
     """bench/discovery_rules.py on saved embeddings: a six-level factor on a ring in subspace 1 (no single direction
-    separates its levels), a uniform factor in subspace 2; the refinement's rule finds the ring's levels, the
-    component's own clusters do not, and each (file, rule) has its row."""
+    separates its levels), a uniform factor in subspace 2; asked for six classes, discovery ends in the ring's levels
+    (not the uniform factor's six slices), asked for two it cannot, and each (file, rule) has its row."""
     from latents import ring_factor
 
     rng = np.random.default_rng(0)
@@ -163,14 +163,23 @@ def test_discovery_rules_gives_each_rules_labels_per_file_and_their_means(tmp_pa
     for seed in (0, 1):
         np.savez(tmp_path / f"ring_seed{seed}.npz", s=s, principal=rng.integers(0, 3, n), factor_level=level)
     proc = subprocess.run([sys.executable, "bench/discovery_rules.py", *sorted(map(str, tmp_path.glob("*.npz"))),
-                           "--rule", "ica:discover.n_clusters=6,refine=none", "--rule", "refined:discover.n_clusters=6",
+                           "--rule", "two:discover.n_clusters=2", "--rule", "six:discover.n_clusters=6",
                            "--out", str(tmp_path / "o.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "o.json").read_text())
     assert json.loads(proc.stdout.strip().splitlines()[-1])["means"] == out["means"]
     assert sorted((r["file"], r["rule"]) for r in out["runs"]) == sorted(
-        (f"ring_seed{i}.npz", rule) for i in (0, 1) for rule in ("ica", "refined"))
-    assert out["means"]["ring"]["refined"] > 0.9 > out["means"]["ring"]["ica"]
+        (f"ring_seed{i}.npz", rule) for i in (0, 1) for rule in ("two", "six"))
+    assert out["means"]["ring"]["six"] > 0.9 > out["means"]["ring"]["two"]
+    # bench/discovery_starts.py on the same files: every component a start, with its scores; the product's rule
+    # (SH) takes the ring's levels, J (which rewards the uniform factor's slices as much) is no better
+    proc = subprocess.run([sys.executable, "bench/discovery_starts.py", *sorted(map(str, tmp_path.glob("*.npz"))),
+                           "--set", "discover.n_clusters=6", "--out", str(tmp_path / "s.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    starts = json.loads((tmp_path / "s.json").read_text())
+    assert [len(r["starts"]) for r in starts["runs"]] == [3, 3]
+    assert starts["means"]["ring"]["SH"] > 0.9 and starts["means"]["ring"]["SH"] >= starts["means"]["ring"]["J"]
 
 
 @pytest.mark.slow

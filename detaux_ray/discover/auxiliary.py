@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -120,17 +120,6 @@ def independent_components(s: np.ndarray, alpha: int, dead_frac: float, seed: in
     return u, loadings
 
 
-def choose_components(scores: dict[str, np.ndarray], n: int) -> list[int]:
-    """The n independent components to cluster, best first: the sub-Gaussian ones (excess kurtosis < 0: a factor
-    whose levels are used evenly; heavy tails are outliers or a sparse code) by decreasing `calinski` (how far apart
-    the clusters of the component's own number stand, discounted by what they say about the principal), then the
-    others by `calinski`. Kurtosis alone ranked every evenly used factor near -1.2 however blurred its levels, and
-    `calinski` alone took heavy-tailed splits (docs/studies/2026-12-04-discovery-rules.md)."""
-    kurt, cal = np.asarray(scores["kurtosis"]), np.asarray(scores["calinski"])
-    order = sorted(range(len(kurt)), key=lambda c: (kurt[c] >= 0, -cal[c]))
-    return [int(c) for c in order[:n]]
-
-
 def refine_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, has_noise: bool, seed: int,
                     max_iter: int = 20, fit_points: int = 50000) -> tuple[np.ndarray, int]:
     """Discriminant k-means (ours; every discover.space=ica run): the clusters found on one independent component, carried to
@@ -203,23 +192,106 @@ def recount_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, seed: i
     return labels, n_clusters, counts
 
 
-def component_scores(u: np.ndarray, principal_labels: np.ndarray, seed: int, n_clusters: int = 10,
-                     n_points: int = 3000, max_clusters: int = 20) -> dict[str, np.ndarray]:
-    """Per-component scores: `calinski` as in subspace_scores (B/W of KMeans_c on the component, times
-    1 - NMI(principal, clusters)) and `kurtosis` (excess kurtosis: -1.2 for a uniform factor with many levels,
-    0 for a Gaussian)."""
-    from scipy.stats import kurtosis
-    from sklearn.cluster import KMeans
+def level_separation(u: np.ndarray, labels: np.ndarray, seed: int, n_points: int = 2000, grid: int = 33) -> float:
+    """How far the classes stand apart as a factor's levels rather than as slices of a continuum, in [0, 1] (ours).
 
-    sub = np.random.default_rng([seed, 13]).permutation(len(u))[:n_points]
-    calinski = np.zeros(u.shape[1])
-    for i in range(u.shape[1]):
-        x = u[sub, i : i + 1]
-        km = KMeans(max(2, n_clusters or choose_n_clusters(x, seed, max_clusters)[0]), n_init=2, random_state=seed).fit(x)
-        total = float(((x - x.mean(0)) ** 2).sum())
-        within = max(float(km.inertia_), 1e-12 * total)
-        calinski[i] = (total - within) / within * (1.0 - metrics.normalized_mutual_info_score(principal_labels[sub], km.labels_))
-    return {"calinski": calinski, "kurtosis": kurtosis(u, axis=0)}
+    In u (N, c) whitened by the pooled within-class covariance, each class a and its nearest class b (by centre):
+    their rows (at most n_points, seeded) projected on the line from a's centre to b's, the Gaussian KDE of that
+    projection on `grid` points between the two centres, and r_a = its lowest value there over the lower of its values
+    at the two centres (0: an empty gap between the classes; 1: no dip, as where KMeans cuts a uniform factor in
+    slices). Returns 1 - mean_a r_a. Why: KMeans' between- over within-class separation is as large for slices of a
+    continuous factor as for separated levels (docs/studies/2026-12-06-multi-dimensional-factors.md, section 7);
+    a density dip between neighbours is what levels have and slices do not."""
+    from scipy.stats import gaussian_kde
+
+    u = np.asarray(u, dtype=np.float64)
+    ids, of = np.unique(labels, return_inverse=True)
+    if len(ids) < 2:
+        return 0.0
+    centres = np.stack([u[of == i].mean(0) for i in range(len(ids))])
+    within = np.atleast_2d(np.cov((u - centres[of]).T)) + 1e-9 * np.eye(u.shape[1])
+    z = u @ np.linalg.cholesky(np.linalg.inv(within))  # within-class covariance -> identity
+    cz = np.stack([z[of == i].mean(0) for i in range(len(ids))])
+    dist = ((cz[:, None] - cz[None]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    rng = np.random.default_rng([seed, 29])
+    ratios = []
+    for a, b in enumerate(dist.argmin(1)):
+        rows = rng.permutation(np.flatnonzero((of == a) | (of == b)))[:n_points]
+        step = cz[b] - cz[a]
+        t = (z[rows] - cz[a]) @ (step / np.linalg.norm(step))
+        if np.ptp(t) <= 0:
+            ratios.append(1.0)
+            continue
+        f = gaussian_kde(t)(np.linspace(0.0, float(np.linalg.norm(step)), grid))
+        ratios.append(float(f.min() / max(min(f[0], f[-1]), 1e-300)))
+    return 1.0 - float(np.mean(np.minimum(ratios, 1.0)))
+
+
+@dataclass(eq=False)  # starts are told apart by identity (their labels are arrays)
+class Start:
+    """What discovery ends with from one independent component as its start (`component_starts`)."""
+
+    component: int
+    result: ClusterResult  # the clusterer's classes on the component, refined and recounted in the whole nuisance latent
+    levels: float  # level_separation of those classes
+    nmi: float  # NMI(principal, classes) on the labelled rows
+    score: float  # levels x entropy(classes) x (1 - nmi): largest wins (`start_score`)
+
+
+def start_score(levels: float, labels: np.ndarray, nmi: float) -> float:
+    """levels x H(classes) x (1 - NMI): classes that stand apart as a factor's levels (`level_separation`), weighted
+    by the information the classes carry (H, the entropy of their proportions in nats: ln C for C evenly used
+    levels, near 0 for a split that cuts a few outliers off), discounted by what they say about the principal task.
+    Why: from every component as the start, the one whose classes stand apart as levels, not slices, ended nearest
+    the best start on the suite, where the rule on the component alone (sub-Gaussian, largest calinski) lost up to
+    0.6 at a seed; H keeps ten evenly used hue levels over eight that stand a little further apart, and an outlier
+    split (a gap, so levels near 1) out (docs/studies/2026-12-07-discovery-start.md)."""
+    p = np.unique(labels, return_counts=True)[1] / len(labels)
+    return float(levels * -(p * np.log(p)).sum() * (1.0 - nmi))
+
+
+def component_starts(u: np.ndarray, principal: np.ndarray, labelled: slice | np.ndarray, disc: DiscoverConfig,
+                     seed: int, clusterer: Clusterer, say: Callable[[str], None] = print) -> list[Start]:
+    """Every independent component of u (N, c) as discovery's start (ours; discover.space=ica): the clusterer on the
+    component, refined and recounted in the whole nuisance latent (`refined_clusterer`), and the classes it ends with
+    scored by `start_score` (the principal read on the `labelled` rows, whose labels are `principal`). A component
+    the clusterer finds one cluster on is no start; if none is, its error. Returns the starts, best first."""
+    from scipy.stats import kurtosis
+
+    chain = refined_clusterer(clusterer, u, lambda m: None)
+    kurt = kurtosis(u, axis=0)
+    starts, first_error = [], None
+    for c in range(u.shape[1]):
+        try:
+            found = chain(u[:, c : c + 1], disc, seed)
+        except SingleClusterError as e:
+            first_error = first_error or e
+            say(f"start {c}: one cluster on this component, no start")
+            continue
+        rows = found.labels != found.n_clusters if found.has_noise_label else slice(None)
+        levels = level_separation(u[rows], found.labels[rows], seed)
+        nmi = float(metrics.normalized_mutual_info_score(principal, found.labels[labelled]))
+        starts.append(Start(c, found, levels, nmi, start_score(levels, found.labels[rows], nmi)))
+        p = found.params
+        count = (f"{p['n_clusters_on_component']} on the component, modes per round {p['modes_on_discriminant']}"
+                 if "modes_on_discriminant" in p else "")
+        say(f"start {c} (kurtosis {kurt[c]:.2f}): {found.n_clusters} classes{f' ({count})' if count else ''}, refined "
+            f"in {p['refine_iterations']} iterations of LDA and KMeans; level separation {levels:.2f}, NMI with the "
+            f"principal {nmi:.3f}, score {starts[-1].score:.3f}")
+    if not starts:
+        raise first_error
+    return sorted(starts, key=lambda st: -st.score)
+
+
+def choose_starts(starts: list[Start], n: int, same: float = 0.9) -> list[Start]:
+    """The n best starts whose classes differ (adjusted Rand index <= `same` with every one taken before: two starts
+    often end in the same classes), then, if fewer differ, the best of the rest."""
+    taken: list[Start] = []
+    for st in starts:
+        if len(taken) < n and all(metrics.adjusted_rand_score(t.result.labels, st.result.labels) <= same for t in taken):
+            taken.append(st)
+    return taken + [st for st in starts if st not in taken][: n - len(taken)]
 
 
 def _variance(s: np.ndarray) -> np.ndarray:
@@ -344,18 +416,15 @@ def cluster_and_diagnose(x: np.ndarray, disc: DiscoverConfig, seed: int, princip
     return result, diagnostics(result.labels, principal, factors, labelled)
 
 
-def nuisance_components(s: np.ndarray, principal: np.ndarray, alpha: int, disc: DiscoverConfig, seed: int,
-                        labelled: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray, dict, list[int]]:
-    """discover.space=ica's choice: the independent components u (N, c) of the nuisance latent and their loadings
-    (`independent_components`), their scores on the `labelled` rows (whose principal labels are `principal`), and the
-    discover.n_auxiliary components to cluster, best first (`choose_components`)."""
+def nuisance_components(s: np.ndarray, alpha: int, disc: DiscoverConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """discover.space=ica's latent: the independent components u (N, c) of the nuisance latent and their loadings
+    (`independent_components`), at least discover.n_auxiliary of them."""
     u, loadings = independent_components(s, alpha, disc.dead_subspace_frac, seed, disc.ica_var_cut)
-    scores = component_scores(u[labelled], principal, seed, n_clusters=disc.n_clusters, max_clusters=disc.max_clusters)
     if u.shape[1] < disc.n_auxiliary:
         raise SingleClusterError(f"{disc.n_auxiliary} auxiliary tasks asked for (discover.n_auxiliary) but the "
                                  f"nuisance latent has only {u.shape[1]} independent components above "
                                  f"discover.ica_var_cut = {disc.ica_var_cut}: lower one of them")
-    return u, loadings, scores, choose_components(scores, disc.n_auxiliary)
+    return u, loadings
 
 
 def refined_clusterer(clusterer: Clusterer, u: np.ndarray, say: Callable[[str], None], recount: bool = True) -> Clusterer:
@@ -392,8 +461,9 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
              say: Callable[[str], None] = print, labelled: np.ndarray | None = None,
              clusterer: Clusterer = cluster) -> DiscoverResult:
     """Stage 2 on the stage-1 embeddings s (N, k, d) of the training rows: score the subspaces, choose
-    discover.n_auxiliary of them by discover.criterion (or, with discover.space=ica, the independent components of
-    sub-Gaussian ones of largest calinski of the nuisance latent, choose_components), cluster each into an auxiliary task, and write
+    discover.n_auxiliary of them by discover.criterion and cluster each into an auxiliary task (or, with
+    discover.space=ica, cluster from every independent component of the nuisance latent and keep the classes that
+    stand apart most as levels: `component_starts`, `choose_starts`), and write
     labels.parquet, embeddings.parquet (the first chosen subspace or component), subspaces.parquet, the scorecard
     (scorecard.png) and diagnostics.json into `out`. Returns what it found.
 
@@ -408,24 +478,38 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     columns = {"row": rows, "id": ids, "principal": principal if labelled is None else np.where(lab, principal, -1)}
     tasks, comp_scores = [], None
     if disc.space == "ica":
-        u, loadings, comp_scores, chosen = nuisance_components(s, pl, d.principal_subspace, disc, cfg.seed, lab)
-        clusterer = refined_clusterer(clusterer, u, say)
-        say(f"nuisance latent: {u.shape[1]} independent components, excess kurtosis / calinski "
-            + ", ".join(f"{v:.2f} / {j:.3g}" for v, j in zip(comp_scores["kurtosis"], comp_scores["calinski"])))
-        points = [u[:, c : c + 1] for c in chosen]
-        where = [(int(np.argmax(loadings[c])), c, loadings[c].round(4).tolist()) for c in chosen]
-        what = [f"independent component {c} (loads on subspace {j} {loadings[c][j]:.0%}; kurtosis "
-                f"{comp_scores['kurtosis'][c]:.2f}, calinski {comp_scores['calinski'][c]:.3g})" for j, c, _ in where]
+        u, loadings = nuisance_components(s, d.principal_subspace, disc, cfg.seed)
+        say(f"nuisance latent: {u.shape[1]} independent components; each one the start of the clusterer, refined in "
+            "all of them")
+        starts = component_starts(u, pl, lab, disc, cfg.seed, clusterer, say)
+        chosen = choose_starts(starts, disc.n_auxiliary)
+        from scipy.stats import kurtosis
+
+        comp_scores = {"kurtosis": kurtosis(u, axis=0).round(4).tolist(), "classes": [0] * u.shape[1],
+                       "level_separation": [0.0] * u.shape[1], "score": [0.0] * u.shape[1]}  # 0 classes: no start
+        for st in starts:
+            comp_scores["classes"][st.component] = st.result.n_clusters
+            comp_scores["level_separation"][st.component] = round(st.levels, 4)
+            comp_scores["score"][st.component] = round(st.score, 4)
+        for task, st in zip(auxiliary_tasks(disc.n_auxiliary), chosen):
+            c, result = st.component, st.result
+            j = int(np.argmax(loadings[c]))
+            say(f"{task}: independent component {c} (loads on subspace {j} {loadings[c][j]:.0%}): {result.method}, "
+                f"{result.n_clusters} classes{' + noise' if result.has_noise_label else ''} (score {st.score:.3f})")
+            columns[task] = result.labels
+            tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label,
+                                       diagnostics(result.labels, principal, factors, labelled), c,
+                                       loadings[c].round(4).tolist()))
+        points, where = [u[:, c.component : c.component + 1] for c in chosen], [(t.subspace, None, None) for t in tasks]
     else:
         chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
         points = [s[:, j] for j in chosen]
         where = [(j, None, None) for j in chosen]
-        what = [f"subspace {j} (criterion {disc.criterion})" for j in chosen]
-    for task, x, (j, c, load), label in zip(auxiliary_tasks(disc.n_auxiliary), points, where, what):
-        result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors, f"{task}: {label}", say, labelled,
-                                            clusterer)
-        columns[task] = result.labels
-        tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag, c, load))
+        for task, x, j in zip(auxiliary_tasks(disc.n_auxiliary), points, chosen):
+            result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors,
+                                                f"{task}: subspace {j} (criterion {disc.criterion})", say, labelled, clusterer)
+            columns[task] = result.labels
+            tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label, diag))
     write_with(out / "labels.parquet", lambda p: pq.write_table(pa.table(columns), p))
     emb = points[0].astype(np.float32)
     table = pa.table({"row": rows, "embedding": pa.FixedSizeListArray.from_arrays(emb.reshape(-1), emb.shape[1])})
@@ -451,6 +535,6 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
             f"{disc.dead_subspace_frac} x the largest" + (" (one candidate left)" if s.shape[1] - 1 - len(dead) == 1 else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",
-                          margin, disc.space, None if comp_scores is None else {k: v.tolist() for k, v in comp_scores.items()})
+                          margin, disc.space, comp_scores)
     write_json(out / "diagnostics.json", info.to_dict())
     return info

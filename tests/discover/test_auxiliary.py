@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from detaux_ray.config import DiscoverConfig
-from detaux_ray.discover.auxiliary import (choose_components, choose_subspace, component_scores, criterion_margin, dead_subspaces,
-                                           diagnostics, independent_components, rank_subspaces, subspace_scores)
+from detaux_ray.discover.auxiliary import (choose_starts, choose_subspace, component_starts, criterion_margin, dead_subspaces,
+                                           diagnostics, independent_components, level_separation, rank_subspaces,
+                                           start_score, subspace_scores)
 from detaux_ray.discover.clustering import cluster
 from detaux_ray.errors import SingleClusterError
 from latents import as_subspaces, oblique_factor, ring_factor
@@ -135,11 +136,9 @@ def test_independent_components_unmix_factors_that_no_single_subspace_holds():
     only[:, 2:] = 0.0  # every factor in subspace 1 alone: all of each component's variance is there
     only[:, 2:] += 1e-3 * np.random.default_rng(1).normal(size=only[:, 2:].shape)
     assert (independent_components(only, 0, 0.0, 0)[1][:, 1] > 0.99).all()
-    scores = component_scores(u, y, seed=0)
-    first = choose_components(scores, 1)[0]  # a 10-level uniform factor (about -1.2), not the Gaussian (about 0)
-    assert scores["kurtosis"][first] < -1.0
-    lab = cluster(u[:, [first]], DiscoverConfig(clusterer="kmeans++", n_clusters=10), 0).labels
-    assert max(min(hcv(f, lab)[:2]) for f in factors.values()) > 0.9
+    matched = [max(min(hcv(f, cluster(u[:, [c]], DiscoverConfig(clusterer="kmeans++", n_clusters=10), 0).labels)[:2])
+                   for f in factors.values()) for c in range(3)]
+    assert sorted(matched)[1] > 0.9 and min(matched) < 0.6  # two components are the two factors, one the Gaussian
     s[:, 3] = 0  # a dead subspace is left out, like the subspace criteria do
     assert np.allclose(independent_components(s, 0, 0.01, 0)[1][:, 3], 0)
 
@@ -158,7 +157,7 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
     info = discover(s, np.arange(len(s)), np.arange(len(s)), "scale", y, factors, cfg, tmp_path, say=lambda m: None)
     task = info.first
     assert info.space == "ica" and len(info.component_scores["kurtosis"]) == 3
-    assert task.component == choose_components(info.component_scores, 1)[0] and task.subspace in (1, 2, 3)
+    assert task.component == int(np.argmax(info.component_scores["score"])) and task.subspace in (1, 2, 3)
     assert task.diagnostics.best_factor in factors and min(task.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
     assert pq.read_table(tmp_path / "labels.parquet").num_rows == len(s)
     assert pq.read_table(tmp_path / "embeddings.parquet").column("embedding").type.list_size == 1
@@ -212,20 +211,51 @@ def test_discovery_labels_every_image_and_reads_the_principal_only_where_it_is_k
     assert min(info.first.diagnostics.best_scores()[m] for m in ("homogeneity", "completeness")) > 0.9
 
 
-def test_the_component_whose_levels_stand_apart_is_chosen_not_the_lowest_kurtosis():
-    """Three unit-variance components: ten crisp levels (kurtosis about -1.2), two broad modes (kurtosis about -1.5,
-    the lowest) and a heavy-tailed one whose outliers KMeans splits off cleanly. The crisp one is chosen: its
-    clusters stand apart, and the heavy-tailed split is never taken first."""
+def test_the_start_whose_classes_stand_apart_as_levels_is_chosen_not_outliers_or_broad_modes():
+    """Three unit-variance components: ten crisp levels, two broad modes (kurtosis about -1.5, the lowest) and a
+    heavy-tailed one whose outliers stand apart from the rest. Every one is a start; the ten levels win, and the
+    outliers' split, a gap however small the class, is never first (its classes carry almost no information)."""
     rng = np.random.default_rng(0)
     n = 6000
-    levels = rng.integers(0, 10, n) + 0.05 * rng.normal(size=n)
+    level = rng.integers(0, 10, n)
     modes = np.where(rng.random(n) < 0.5, -1.0, 1.0) + 0.45 * rng.normal(size=n)
-    tails = rng.standard_t(2, size=n)
-    u = np.stack([tails, modes, levels], 1)
+    tails = np.where(rng.random(n) < 0.01, 12.0, 0.0) + rng.normal(size=n)
+    u = np.stack([tails, modes, level + 0.05 * rng.normal(size=n)], 1)
     u = (u - u.mean(0)) / u.std(0)
-    scores = component_scores(u, rng.integers(0, 3, n), seed=0, n_clusters=0)
-    assert int(np.argmin(scores["kurtosis"])) == 1 and scores["kurtosis"][0] > 3
-    assert choose_components(scores, 3) == [2, 1, 0]
+    said = []
+    starts = component_starts(u, rng.integers(0, 3, n), slice(None), DiscoverConfig(clusterer="kmeans++", n_clusters=0),
+                              0, cluster, said.append)
+    assert [st.component for st in starts][0] == 2 and starts[-1].component == 0
+    assert starts[0].result.n_clusters == 10 and starts[0].levels > 0.9
+    assert min(diagnostics(starts[0].result.labels, np.zeros(n, int), {"level": level}).best_scores().values()) > 0.95
+    assert len(said) == 3 and all("level separation" in m for m in said)
+
+
+def test_level_separation_tells_a_factors_levels_from_slices_of_a_continuum():
+    from sklearn.cluster import KMeans
+
+    for u, level in (ring_factor(), oblique_factor()):
+        slices = KMeans(6, n_init=4, random_state=0).fit_predict(u[:, 2:3])  # a uniform factor cut in six
+        assert level_separation(u, level, 0) > 0.8 and level_separation(u, slices, 0) < 0.2
+    assert level_separation(u, np.zeros(len(u), int), 0) == 0.0  # one class: nothing stands apart
+
+
+def test_the_start_score_weighs_the_levels_by_the_information_their_classes_carry():
+    even, outliers = np.repeat(np.arange(4), 250), np.r_[np.zeros(990, int), np.ones(10, int)]
+    assert start_score(1.0, even, 0.0) == pytest.approx(np.log(4))
+    assert start_score(1.0, outliers, 0.0) < 0.1 * start_score(0.5, even, 0.0)
+    assert start_score(0.5, even, 1.0) == 0.0  # classes that are the principal's say nothing new
+
+
+def test_two_starts_that_end_in_the_same_classes_give_one_task():
+    from detaux_ray.discover.auxiliary import Start
+    from detaux_ray.discover.clustering import ClusterResult
+
+    a, b = np.repeat(np.arange(4), 50), np.tile(np.arange(2), 100)
+    starts = [Start(c, ClusterResult(lab, "kmeans++", len(set(lab)), False, {}), 1.0, 0.0, score)
+              for c, lab, score in ((0, a, 3.0), (1, a[::-1].copy(), 2.0), (2, b, 1.0))]  # 1: a's classes renamed
+    assert [st.component for st in choose_starts(starts, 2)] == [0, 2]
+    assert [st.component for st in choose_starts(starts[:2], 2)] == [0, 1]  # none other: the same classes again
 
 
 def test_subspaces_at_float_noise_are_constant_and_the_error_says_what_was_measured():
@@ -340,7 +370,7 @@ def test_discover_counts_again_only_a_number_it_chose(tmp_path):
     params = info.first.clusterer_params
     assert params["n_clusters"] == info.first.diagnostics.n_aux_classes == 6
     assert "n_clusters_on_component" in params and params["modes_on_discriminant"][-1] == 6
-    assert any("counted the classes again" in m for m in said)
+    assert any(m.startswith(f"start {info.first.component} ") and "modes per round" in m for m in said)
     said = []  # a number the user set is kept
     found = refined_clusterer(cluster, u, said.append)(u[:, :1], DiscoverConfig(clusterer="kmeans++", n_clusters=4), 0)
     assert found.n_clusters == 4 == len(np.unique(found.labels)) and "n_clusters_on_component" not in found.params
