@@ -172,13 +172,15 @@ def recount_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, seed: i
     runs the refined clusters' first discriminant held 0.95-1.0 of their between-cluster variance, and a factor's
     own levels too (LDA on the known background, floor / wall hue: 0.97-1.0): the levels lie along one direction of
     the within-cluster metric, each one mode there. A factor whose levels lie on a ring, in no one direction, is not
-    counted better by it (docs/studies/2026-12-06-multi-dimensional-factors.md, section 5).
+    counted better by it (docs/studies/2026-12-06-multi-dimensional-factors.md, section 5). Of the classes it had
+    before the first round and after each, it returns those of largest `start_score` (without the principal).
     Returns (labels, the number of classes, the number of modes found in each round)."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     fit = np.random.default_rng([seed, 23]).permutation(len(u))[:fit_points]
     x = u.astype(np.float64)
     counts: list[int] = []
+    rounds = [(labels, n_clusters)]
     for _ in range(max_rounds):
         if len(np.unique(labels[fit])) < 2:
             break
@@ -189,6 +191,12 @@ def recount_clusters(u: np.ndarray, labels: np.ndarray, n_clusters: int, seed: i
             break
         labels, _ = refine_clusters(u, modes.astype(labels.dtype), c, False, seed, fit_points=fit_points)
         n_clusters = c
+        rounds.append((labels, n_clusters))
+    if len(rounds) == 1:
+        return labels, n_clusters, counts
+    # The round whose classes stand apart most as levels (the start's score without the principal: the rounds can
+    # swing, e.g. 10, 8, 10 modes on a ten-level hue; docs/studies/2026-12-07-discovery-start.md)
+    labels, n_clusters = max(rounds, key=lambda r: start_score(level_separation(u, r[0], seed), r[0], 0.0))
     return labels, n_clusters, counts
 
 
