@@ -84,9 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{dataset} {name}: mean min(H, C) {np.mean(vals):.3f} over {len(vals)} runs")
     out = {"bench": "discovery_rules", "rules": rules, "preset": args.preset, "means": means, "runs": rows,
            "wall_s": round(time.time() - t0, 1), "host": platform.node(), "date": time.strftime("%Y-%m-%d")}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
+    return finish(out, args.out)
+
+
+def finish(out: dict, path: str | None) -> dict:
+    """Write `out` to `path` (if given) and print it without its per-run rows as the one JSON line."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}))
     return out
 

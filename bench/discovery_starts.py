@@ -30,6 +30,7 @@ from detaux_ray.config import load_config  # noqa: E402
 from detaux_ray.discover.auxiliary import component_starts, diagnostics, nuisance_components  # noqa: E402
 from detaux_ray.discover.clustering import choose_n_clusters, cluster  # noqa: E402
 from detaux_ray.errors import DetauxError  # noqa: E402
+from discovery_rules import finish  # noqa: E402  (this folder: the same JSON line)
 
 
 def calinski_rule(u: np.ndarray, principal: np.ndarray, seed: int, max_clusters: int, n_points: int = 3000) -> int:
@@ -140,11 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({', '.join(f'{v:.2f}' for v in vals)})")
     out = {"bench": "discovery_starts", "preset": args.preset, "overrides": args.overrides, "means": means, "runs": runs,
            "wall_s": round(time.time() - t0, 1), "host": platform.node(), "date": time.strftime("%Y-%m-%d")}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}))
-    return out
+    return finish(out, args.out)
 
 
 if __name__ == "__main__":
