@@ -58,3 +58,15 @@ def test_report_json_and_markdown_from_typed_results():
     assert "not considered" not in render_markdown(r)  # no dead_subspace_frac in this config: nothing skipped
     r.config = {"discover": {"dead_subspace_frac": 0.7}, "disentangle": {"principal_subspace": 0}}  # variance 0.1, 0.2, 0.3
     assert "; not considered: subspace 1 (variance below 0.7 x the largest" in render_markdown(r)
+
+
+def test_the_report_shows_every_start_and_names_the_kept_one():
+    r = report()
+    r.discover.space = "ica"
+    r.discover.auxiliary_tasks[0].component, r.discover.auxiliary_tasks[0].loadings = 1, [0.0, 0.2, 0.8, 0.0]
+    r.discover.component_scores = {"kurtosis": [3.1, -1.2], "classes": [0, 10], "level_separation": [0.0, 0.85],
+                                   "score": [0.0, 1.95]}  # start 0: one cluster, no start
+    md = render_markdown(r)
+    assert "| component | kurtosis | classes | level separation | score |" in md
+    assert "| 0 | 3.100 | - | 0.000 | 0 |" in md and "| 1 | -1.200 | 10 | 0.850 | 1.95 |" in md
+    assert "**independent component 1**" in md and "stand apart most as levels" in md
