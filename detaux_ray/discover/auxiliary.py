@@ -508,11 +508,10 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
             tasks.append(AuxiliaryTask(task, j, result.method, result.params, result.has_noise_label,
                                        diagnostics(result.labels, principal, factors, labelled), c,
                                        loadings[c].round(4).tolist()))
-        points, where = [u[:, c.component : c.component + 1] for c in chosen], [(t.subspace, None, None) for t in tasks]
+        points = [u[:, c.component : c.component + 1] for c in chosen]
     else:
         chosen = rank_subspaces(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac, disc.n_auxiliary)
         points = [s[:, j] for j in chosen]
-        where = [(j, None, None) for j in chosen]
         for task, x, j in zip(auxiliary_tasks(disc.n_auxiliary), points, chosen):
             result, diag = cluster_and_diagnose(x, disc, cfg.seed, principal, factors,
                                                 f"{task}: subspace {j} (criterion {disc.criterion})", say, labelled, clusterer)
@@ -527,7 +526,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     write_with(out / "scorecard.png", lambda p: heatmap(card, p, title=title))
     sep = card.principal_separation()
     say(f"scorecard: principal '{principal_name}' in alpha {sep['in_alpha']:.3f}, best elsewhere {sep['best_other']:.3f}; "
-        + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j, _, _ in where))
+        + ", ".join(f"subspace {j} holds {card.best_factor(j)[0]} ({card.best_factor(j)[1]:.2f})" for j in (t.subspace for t in tasks)))
     margin = (criterion_margin(scores, disc.criterion, d.principal_subspace, disc.dead_subspace_frac)
               if disc.space == "subspace" else None)
     if margin is not None:
