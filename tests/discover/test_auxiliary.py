@@ -339,6 +339,21 @@ def test_recount_reads_the_number_of_levels_on_the_refined_clusters_discriminant
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recount_keeps_the_round_whose_classes_stand_apart_most_not_the_last(seed):
+    """Six levels on a ring, given right: no one direction holds them, so the discriminant's modes are fewer (3-4) and
+    each round merges neighbours into slices of the ring. The classes before the first round score highest and are
+    the ones returned, whatever the rounds counted."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from detaux_ray.discover.auxiliary import recount_clusters
+
+    u, level = ring_factor(4000, seed)
+    labels, c, counts = recount_clusters(u, level.copy(), 6, seed=seed, max_clusters=20)
+    assert counts and counts[0] < 6  # at least one round ran and counted fewer
+    assert c == 6 and adjusted_rand_score(level, labels) > 0.99
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_modes_of_a_mixture_count_fewer_than_its_components_on_skewed_levels(seed):
     """Three levels, each skewed (a gamma with shape 3, like colour_digits' backgrounds along the discriminant): a
     Gaussian mixture's BIC spends several components on each; its density's modes are fewer, never fewer than the
