@@ -203,7 +203,8 @@ def main() -> None:
     ap.add_argument("--resume", default="", help="continue from a --save-at state under this run's --set overrides "
                     "(a continuation ablation: which term acts in the later epochs)")
     ap.add_argument("--state", default="", help="path of the --save-at state")
-    ap.add_argument("--decoder-output", default="", help="experiment: 'linear' drops the decoder's output sigmoid")
+    ap.add_argument("--decoder-output", default="", help="experiment: 'linear' drops the decoder's output sigmoid; "
+                    "'extended' is 1.2 sigmoid - 0.1 (0 and 1 at finite logits)")
     ap.add_argument("--rec-loss", default="", help="experiment: 'bce' makes L_rec the Bernoulli cross-entropy")
     ap.add_argument("--rec-weight", default="", help="experiment: 'median' weights L_rec's pixels by their distance to "
                     "the training images' median image")
@@ -235,6 +236,13 @@ def main() -> None:
         def linear_forward(self, z):
             return self.deconv(self.mlp(z).view(-1, self.c0, 4, 4))
         models.ConvDecoder.forward = linear_forward
+    if args.decoder_output == "extended":
+        from detaux_ray.disentangle import models
+
+        def extended_forward(self, z):
+            # 1.2 sigmoid - 0.1: pixel values 0 and 1 sit at logits -/+2.4, where the sigmoid's slope is 0.08, not 0
+            return 1.2 * torch.sigmoid(self.deconv(self.mlp(z).view(-1, self.c0, 4, 4))) - 0.1
+        models.ConvDecoder.forward = extended_forward
     if args.save_at and not args.state:
         ap.error("--save-at needs --state PATH")
     torch.set_num_threads(args.threads)
