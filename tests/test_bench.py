@@ -269,3 +269,18 @@ def test_mtl_study_trains_on_the_few_label_tables_and_reads_a_validation_split()
     altered[16:] = 255 - altered[16:]
     assert train(cfg, "stl", altered, targets, test, 0, val=val)["curve"] == stl["curve"]
     assert train(cfg, "hps", altered, targets, test, 0, val=val)["train_ce"] != hps["train_ce"]
+
+
+def test_restarts_keep_the_run_of_largest_score_in_every_subset(tmp_path):
+    """bench/restarts.py: three seeds' kept starts (score, labels); a run without a start is kept last."""
+    runs = [{"file": "toy_seed0.npz", "dataset": "toy", "starts": [{"score": 2.0, "min_hc": 0.9}, {"score": 0.5, "min_hc": 0.95}]},
+            {"file": "toy_seed1.npz", "dataset": "toy", "starts": [{"score": 1.0, "min_hc": 0.4}]},
+            {"file": "toy_seed2.npz", "dataset": "toy", "starts": []}]
+    path = tmp_path / "starts.json"
+    path.write_text(json.dumps({"runs": runs}))
+    out = _run("bench/restarts.py", str(path), "--max", "3")["restarts"]["toy"]
+    assert out["1"]["mean_labels"] == pytest.approx((0.9 + 0.4 + 0.0) / 3, abs=1e-3)
+    # pairs: {0, 1} -> 0.9, {0, 2} -> 0.9, {1, 2} -> 0.4; the score kept the better run in each
+    assert out["2"] == {"sets": 3, "mean_labels": pytest.approx(0.733, abs=1e-3), "at_least_0.7": pytest.approx(0.667, abs=1e-3),
+                        "at_least_0.8": pytest.approx(0.667, abs=1e-3), "score_kept_the_better": 1.0}
+    assert out["3"]["mean_labels"] == 0.9
