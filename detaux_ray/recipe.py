@@ -21,7 +21,7 @@ from .cli import run_cli
 from .config import load_config
 from .errors import ConstantLatentError
 from .report import summary_line
-from .results import MTLResult, Report, control_keys  # what each stage returns
+from .results import DiscoverResult, DisentangleResult, MTLResult, Report, control_keys  # what each stage returns
 from .statistics import seed_statistics
 
 
@@ -29,13 +29,11 @@ def detaux(p) -> Report:
     """The recipe over a `Pipeline` p: each stage is skipped when its artifacts exist for the same config."""
     cfg, m = p.cfg, p.cfg.mtl
     p.start()  # run dir checked, Ray started or joined
-    s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
     try:
-        s2 = p.stage("discover", p.discover)  # 2. choose a subspace, cluster it -> labels.parquet
+        s1, s2 = disentangle_and_discover(p)
     except ConstantLatentError as exc:  # stage 1 left nothing outside alpha: once more with the remedy formulation
         p.fall_back(exc)
-        s1 = p.stage("disentangle", p.disentangle)
-        s2 = p.stage("discover", p.discover)
+        s1, s2 = disentangle_and_discover(p)
 
     def multitask(out: Path) -> MTLResult:  # 3. STL vs multi-task models on (image, principal, auxiliary)
         train, n_classes = p.labels()
@@ -65,6 +63,20 @@ def detaux(p) -> Report:
         return res
 
     return p.finish(s1, s2, p.stage("mtl", multitask))  # report.md / report.json, config.yaml
+
+
+def disentangle_and_discover(p) -> tuple[DisentangleResult, DiscoverResult]:
+    """Stages 1 and 2 once per restart (disentangle.restarts), each stage 1 with its own seed; the run keeps the
+    restart whose discovered classes score highest. Raises ConstantLatentError when every restart's was constant."""
+    found = []
+    for r in range(p.cfg.disentangle.restarts):
+        p.restart(r)
+        s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
+        try:
+            found.append((s1, p.stage("discover", p.discover)))  # 2. cluster the nuisance latent -> labels.parquet
+        except ConstantLatentError as exc:
+            found.append((s1, exc))
+    return p.keep(found)
 
 
 _USAGE = "Detaux end to end: disentangle -> discover an auxiliary task -> STL vs multi-task learning, with a report."

@@ -29,6 +29,26 @@ def _fallback(r: Report) -> list[str]:
             f"`fallback/`, the first stage 1 in `{r.fallback['first_stage_1']}/`)."]
 
 
+def _restarts(r: Report) -> list[str]:
+    """Stage 1 trained disentangle.restarts times, discovery on each: the table, and which one the run kept."""
+    if not r.restarts:
+        return []
+    def num(v, fmt=".3f"):
+        return "-" if v is None else format(v, fmt)
+    lines = ["", f"**Stage 1 ran {len(r.restarts)} times** (`disentangle.restarts`), each with its own seed, and "
+             "discovery on each; the run kept the restart whose discovered classes score highest (level separation x "
+             "entropy x (1 - NMI with the principal); no hidden factor is read). Everything below is from the kept one.",
+             "", "| restart | seed | principal in alpha / best other | auxiliary classes | NMI(principal, aux) | score | folder |",
+             "|---|---|---|---|---|---|---|"]
+    for x in r.restarts:
+        what = (f"{num(x.get('principal_in_alpha'))} / {num(x.get('principal_best_other'))} | {x.get('n_classes', '-')} | "
+                f"{num(x.get('nmi_principal_aux'))} | {num(x.get('score'))}" if "stopped" not in x else
+                f"constant nuisance latent | - | - | -")
+        lines.append(f"| {x['restart']}{' (kept)' if x['kept'] else ''} | {x['seed']} | {what} | "
+                     f"{'`' + x['folder'] + '/`' if x.get('folder') else 'stage store'} |")
+    return lines
+
+
 def _placement(r: Report) -> list[str]:
     """Where the training stages ran, when on more than one node or after a restart (a lost worker or node)."""
     workers = r.config.get("resources", {}).get("num_workers", 1)
@@ -52,6 +72,7 @@ def render_markdown(r: Report) -> str:
         *_label_use(ds),
         *_placement(r),
         *_fallback(r),
+        *_restarts(r),
         "",
         "## Principal-task accuracy on the held-out split (Table 1 style)",
         "",

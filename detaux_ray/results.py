@@ -116,6 +116,7 @@ class DiscoverResult(_Result):
     criterion_margin: float | None = None  # the chosen subspace's score / the runner-up's (largest-wins criteria)
     space: str = "subspace"  # what was clustered: a subspace (the paper) or independent components (ica)
     component_scores: dict[str, list[float]] | None = None  # space=ica: per component, kurtosis and calinski
+    score: float | None = None  # the first task's classes' `auxiliary.start_score`: the best restart's is the largest
 
     @property
     def first(self) -> AuxiliaryTask:
@@ -262,6 +263,9 @@ class Report(_Result):
     # Stage 1 trained again with the remedy formulation after discovery found a constant latent (Pipeline.fall_back):
     # {"reason", "overrides", "first_stage_1"}; None when the first stage 1 was used.
     fallback: dict | None = None
+    # disentangle.restarts > 1: per restart {"restart", "seed", "kept", "folder", and "score", "n_classes",
+    # "nmi_principal_aux", "principal_in_alpha", "principal_best_other" or, for a constant latent, "stopped"}
+    restarts: list[dict] | None = None
 
     @property
     def stl(self) -> FitResult | None:
@@ -310,4 +314,5 @@ class Report(_Result):
             "scorecard_png": self.scorecard_png,
             "traversal_png": self.traversal_png,
             "fallback": self.fallback,
+            "restarts": self.restarts,
         }

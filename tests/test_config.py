@@ -37,6 +37,17 @@ def test_keys_that_only_change_logging_leave_every_stage_hash_alone():
         assert all(a.stage_hash(s) == b.stage_hash(s) for s in ("disentangle", "discover", "mtl")), key
 
 
+def test_each_restart_has_its_own_stage_1_seed_and_hash_and_the_first_is_the_run_without_restarts():
+    """disentangle.restarts itself changes no stage's hash (restart 0 of three is the run of one); each restart's
+    disentangle.restart gives stage 1 another seed and every stage another hash; the data split's seed stays."""
+    one, three = load_config("quick"), load_config("quick", ["disentangle.restarts=3"])
+    second = load_config("quick", ["disentangle.restarts=3", "disentangle.restart=1"])
+    assert all(one.stage_hash(s) == three.stage_hash(s) != second.stage_hash(s) for s in ("disentangle", "discover", "mtl"))
+    assert (three.seed, three.stage1_seed) == (0, 0) and second.seed == 0 and second.stage1_seed not in (0, 1)
+    with pytest.raises(ConfigError, match=r"disentangle.restart=3 must be in \[0, restarts=3\)"):
+        load_config("quick", ["disentangle.restarts=3", "disentangle.restart=3"])
+
+
 def test_a_stages_code_version_changes_its_hash_and_every_later_one_only(monkeypatch):
     from detaux_ray import config
 

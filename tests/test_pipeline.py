@@ -453,3 +453,51 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
                        r"--set disentangle.spread_floor=0.5\) or a lower disentangle.w_adversary"):
         remedy.fall_back(ConstantLatentError("every subspace other than the principal one (0) is constant; rerun with X"))
     assert remedy.fallback is None and remedy.stage_dir("disentangle") == tmp_path.resolve() / "stuck" / "disentangle"
+
+
+@pytest.mark.slow
+def test_restarts_train_stage_1_with_their_own_seeds_and_the_run_keeps_the_best_scored_discovery(ray_session, tmp_path, capsys):
+    """disentangle.restarts=2: two stage 1s (restarts/0, restarts/1) with their own seeds, discovery on each, and
+    stage 3 on the labels of the restart whose discovery scored highest; the report's table says which. A rerun
+    reuses all five stages. A restart whose nuisance latent was constant is never kept; when every one was, the
+    error goes on to the fallback."""
+    import torch
+
+    from detaux_ray.config import load_config
+    from detaux_ray.distributed.pipeline import Pipeline
+    from detaux_ray.errors import ConstantLatentError
+    from detaux_ray.results import DiscoverResult, DisentangleResult
+
+    run_dir = tmp_path / "run"
+    extra = ["disentangle.restarts=2", "resources.num_workers=1", "mtl.baseline=false"]
+    assert run(run_dir, *extra) == 0, capsys.readouterr().err[-3000:]
+    out = capsys.readouterr().out
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = report["restarts"]
+    assert [r["restart"] for r in rows] == [0, 1] and [r["folder"] for r in rows] == ["restarts/0", "restarts/1"]
+    best = max(rows, key=lambda r: (r["score"], -r["restart"]))
+    assert [r["kept"] for r in rows] == [r is best for r in rows] and f"kept restart {best['restart']} of 2" in out
+    s1, s2 = ({r: json.loads((run_dir / "restarts" / str(r) / stage / "manifest.json").read_text()) for r in (0, 1)}
+              for stage in ("disentangle", "discover"))
+    assert s1[0]["config_hash"] != s1[1]["config_hash"] and rows[0]["seed"] != rows[1]["seed"]
+    w = [torch.load(run_dir / "restarts" / str(r) / "disentangle" / "model.pt") for r in (0, 1)]
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])  # another seed, another stage 1
+    assert report["stages"]["discover"]["hash"] == s2[best["restart"]]["config_hash"]  # stage 3 read the kept labels
+    assert report["n_aux_classes"] == best["n_classes"] and report["config"]["disentangle"]["restart"] == best["restart"]
+    assert (run_dir / "mtl" / "results.json").is_file() and not (run_dir / "disentangle").exists()
+    for r in (0, 1):
+        assert list((run_dir / "tensorboard" / f"restart_{r}" / "disentangle").glob("events.out.tfevents.*"))
+    assert "**Stage 1 ran 2 times**" in (run_dir / "report.md").read_text()
+
+    assert run(run_dir, *extra) == 0
+    out = capsys.readouterr().out
+    assert out.count("already complete") == 5 and "[disentangle] epoch" not in out
+
+    p = Pipeline(load_config("quick", TINY + extra), tmp_path / "other")
+    first, found = DisentangleResult.from_dict(s1[0]), DiscoverResult.from_dict(s2[0])
+    constant = ConstantLatentError("every subspace other than the principal one (0) is constant; rerun with X")
+    p.stages = {"disentangle (restart 1)": None, "discover (restart 1)": None}
+    assert p.keep([(first, constant), (first, found)]) == (first, found)
+    assert p.restarts[0]["stopped"].endswith("is constant") and p.restarts[1]["kept"] and p.cfg.disentangle.restart == 1
+    with pytest.raises(ConstantLatentError):
+        p.keep([(first, constant), (first, constant)])

@@ -302,6 +302,15 @@ def choose_starts(starts: list[Start], n: int, same: float = 0.9) -> list[Start]
     return taken + [st for st in starts if st not in taken][: n - len(taken)]
 
 
+def _task_score(x: np.ndarray, task: AuxiliaryTask, columns: dict, labelled: slice | np.ndarray, principal: np.ndarray,
+                seed: int) -> float:
+    """`start_score` of a task's classes on the points x it clustered (discover.space=subspace), noise left out."""
+    labels = columns[task.task]
+    rows = labels != labels.max() if task.has_noise_label else slice(None)
+    nmi = float(metrics.normalized_mutual_info_score(principal, labels[labelled]))
+    return start_score(level_separation(x[rows], labels[rows], seed), labels[rows], nmi)
+
+
 def _variance(s: np.ndarray) -> np.ndarray:
     """Total variance of each subspace of s (N, k, d): (k,). In float64: in float32 the mean of a constant column is
     off by rounding, which gave a constant subspace up to 1e-8 of a barely trained alpha's variance."""
@@ -542,6 +551,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
         say(f"not considered: subspace(s) {', '.join(map(str, dead))}, variance below discover.dead_subspace_frac = "
             f"{disc.dead_subspace_frac} x the largest" + (" (one candidate left)" if s.shape[1] - 1 - len(dead) == 1 else ""))
     info = DiscoverResult(disc.criterion, {k: v.tolist() for k, v in scores.items()}, tasks, card.to_dict(), "scorecard.png",
-                          margin, disc.space, comp_scores)
+                          margin, disc.space, comp_scores,
+                          score=chosen[0].score if disc.space == "ica" else _task_score(points[0], tasks[0], columns, lab, pl, cfg.seed))
     write_json(out / "diagnostics.json", info.to_dict())
     return info

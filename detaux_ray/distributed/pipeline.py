@@ -104,6 +104,10 @@ def start_local_ray(**init_kwargs) -> str:
 LABELLED_ONLY = ("stl", "maxl", "auxilearn")
 
 
+def _with_restart(cfg: Config, r: int) -> Config:
+    return dataclasses.replace(cfg, disentangle=dataclasses.replace(cfg.disentangle, restart=r))
+
+
 def _say(msg: str) -> None:
     print(f"[pipeline] {msg}", flush=True)
 
@@ -136,8 +140,12 @@ class Pipeline:
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
         self.fingerprint = self.source.fingerprint  # of the dataset's files: a changed dataset reruns every stage
         self._lock = RunLock(self.run_dir)
-        self.stage_root, self.tensorboard = self.run_dir, self.run_dir / "tensorboard"
+        # Where the stages write: `root` (run_dir, or run_dir/fallback after fall_back) holds stage 3; stages 1-2 go
+        # to `stage_root`, root itself or, with disentangle.restarts > 1, root/restarts/<r> (`restart`).
+        self.root, self.tb_root = self.run_dir, self.run_dir / "tensorboard"
+        self.stage_root, self.tensorboard = self.root, self.tb_root
         self.fallback: dict | None = None  # set by fall_back(): why stage 1 ran again, and with what
+        self.restarts: list[dict] | None = None  # set by keep(): each restart's stage 1 and discovery, one kept
 
     @property
     def cache(self) -> ImageCache | SourceImages:
@@ -185,7 +193,7 @@ class Pipeline:
     def stage_dir(self, name: str) -> Path:
         if self.stage_store is not None:
             return self.stage_store / name / self.hash(name)
-        return self.stage_root / name
+        return (self.root if name == "mtl" else self.stage_root) / name
 
     def fall_back(self, exc: ConstantLatentError) -> None:
         """Discovery found every nuisance subspace constant: from here on the run uses stage 1's remedy formulation
@@ -205,7 +213,46 @@ class Pipeline:
         self.fallback = {"reason": measured, "overrides": list(CONSTANT_LATENT_REMEDY),
                          "first_stage_1": str(first.relative_to(self.run_dir) if first.is_relative_to(self.run_dir) else first)}
         self.cfg = apply_overrides(self.cfg, list(CONSTANT_LATENT_REMEDY))
-        self.stage_root, self.tensorboard = self.run_dir / "fallback", self.run_dir / "tensorboard" / "fallback"
+        self.root, self.tb_root = self.run_dir / "fallback", self.run_dir / "tensorboard" / "fallback"
+        self.stage_root, self.tensorboard = self.root, self.tb_root
+
+    def restart(self, r: int) -> None:
+        """Make stage 1 and discovery the r-th restart's (disentangle.restart = r: its own training seed, its own
+        config hash); with disentangle.restarts > 1 their folders are <root>/restarts/<r>/ and stage 1's TensorBoard
+        tensorboard/[fallback/]restart_<r>/."""
+        self.cfg = _with_restart(self.cfg, r)
+        if self.cfg.disentangle.restarts > 1:
+            self.stage_root, self.tensorboard = self.root / "restarts" / str(r), self.tb_root / f"restart_{r}"
+
+    def keep(self, found: list[tuple[DisentangleResult, DiscoverResult | ConstantLatentError]]) -> tuple[DisentangleResult, DiscoverResult]:
+        """Of each restart's (stage 1, discovery) (`found[r]`), the one whose discovered classes score highest
+        (`DiscoverResult.score`; the first on a tie); a restart whose nuisance latent was constant comes last. Makes
+        it the run's stages 1-2 from here on. Raises the last restart's ConstantLatentError when every one was."""
+        ok = [r for r, (_, s2) in enumerate(found) if isinstance(s2, DiscoverResult)]
+        if not ok:
+            raise found[-1][1]
+        if len(found) == 1:
+            return found[0]
+        best = max(ok, key=lambda r: (found[r][1].score if found[r][1].score is not None else float("-inf"), -r))
+        self.restarts = []
+        for r, (s1, s2) in enumerate(found):
+            row = {"restart": r, "seed": _with_restart(self.cfg, r).stage1_seed, "kept": r == best,
+                   "folder": str(self.root.relative_to(self.run_dir) / "restarts" / str(r)) if self.stage_store is None else None}
+            if isinstance(s2, DiscoverResult):
+                sep = (s2.scorecard or {}).get("principal_separation", {})
+                row |= {"score": s2.score, "n_classes": s2.first.diagnostics.n_aux_classes,
+                        "nmi_principal_aux": s2.first.diagnostics.nmi_principal_aux,
+                        "principal_in_alpha": sep.get("in_alpha"), "principal_best_other": sep.get("best_other")}
+            else:
+                row["stopped"] = str(s2).split("; rerun with")[0]
+            self.restarts.append(row)
+        _say(f"kept restart {best} of {len(found)}: discovery's score " + ", ".join(
+            f"{row['score']:.3f}" if row.get("score") is not None else "constant latent" for row in self.restarts))
+        for name in ("disentangle", "discover"):  # the kept restart's stages under their plain names
+            self.stages[name] = self.stages.pop(f"{name} (restart {best})")
+        self.restart(best)
+        self.tensorboard = self.tb_root
+        return found[best]
 
     def stage(self, name: str, body):
         """Run `body(folder)` as stage `name`, unless its artifacts are complete for this config already; the
@@ -219,7 +266,7 @@ class Pipeline:
             _say(f"stage '{name}': not reusing {stage_dir}: {why_not}; running it again")
         if done:
             _say(f"stage '{name}' already complete for this config (hash {h}): reusing {stage_dir}")
-            self.stages[name] = StageRun(done["wall_time_s"], True, h)
+            self.stages[self._stage_key(name)] = StageRun(done["wall_time_s"], True, h)
             return STAGE_RESULTS[name].from_dict(done)
         _say(f"stage '{name}' starting (config hash {h})")
         t0 = time.time()
@@ -235,16 +282,23 @@ class Pipeline:
                                   f"and rerun (the unfinished stage was not kept)") from None
             m = manifest(name, h, time.time() - t0, tmp, data_fingerprint=self.fingerprint, **result.to_dict())
             write_json(tmp / "manifest.json", m)
-        self.stages[name] = StageRun(m["wall_time_s"], False, h)
+        self.stages[self._stage_key(name)] = StageRun(m["wall_time_s"], False, h)
         _say(f"stage '{name}' done in {m['wall_time_s']}s -> {stage_dir}")
         return STAGE_RESULTS[name].from_dict(read_manifest(stage_dir) or m)  # a concurrent run's copy, if it won
+
+    def _stage_key(self, name: str) -> str:
+        """The stage's name in the report's stage table: stages 1-2 of each restart apart (`keep` names the kept
+        restart's plainly)."""
+        d = self.cfg.disentangle
+        return f"{name} (restart {d.restart})" if d.restarts > 1 and name != "mtl" else name
 
     def finish(self, s1: DisentangleResult, s2: DiscoverResult, s3) -> Report:
         """report.md / report.json / scorecard.png and the resolved config.yaml into the run directory."""
         src = self.source
         dataset = DatasetInfo(src.name, src.principal_name, src.n_principal_classes, len(src.train_rows()),
                               len(src.val_rows()), len(src.test_rows()), src.image_size, len(src.labelled_train_rows()))
-        report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict(), fallback=self.fallback)
+        report = Report(dataset, s1, s2, s3, dict(self.stages), self.cfg.to_dict(), fallback=self.fallback,
+                        restarts=self.restarts)
         png = self.stage_dir("discover") / "scorecard.png"
         if png.is_file():  # beside report.md, which shows it
             copy_file(png, self.run_dir / "scorecard.png")

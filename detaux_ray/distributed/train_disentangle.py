@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -170,8 +171,10 @@ def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_di
     name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
     board = StatusBoard()
     progress = Progress("disentangle", cfg.disentangle.epochs, "pairs", board)
+    # The workers' seed is the restart's own (initialisation, pairs); the data split was made with cfg.seed.
+    worker_cfg = dataclasses.replace(cfg, seed=cfg.stage1_seed)
     trainer = torch_trainer(train_loop_per_worker, {
-        "cfg": cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
+        "cfg": worker_cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
         "status": board.handle, "driver_node": board.driver_node, "probe": probe, "unlabelled_rows": unlabelled_rows,
         "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)}, cfg, name, storage)
     result, placement = fit_on_board(trainer, progress, board)
