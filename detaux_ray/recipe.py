@@ -66,16 +66,18 @@ def detaux(p) -> Report:
 
 
 def disentangle_and_discover(p) -> tuple[DisentangleResult, DiscoverResult]:
-    """Stages 1 and 2 once per restart (disentangle.restarts), each stage 1 with its own seed; the run keeps the
-    restart whose discovered classes score highest. Raises ConstantLatentError when every restart's was constant."""
+    """Stages 1 and 2 once per restart (disentangle.restarts), each stage 1 with its own seed, side by side on as
+    many as the cluster holds; the run keeps the restart whose discovered classes score highest. Raises
+    ConstantLatentError when every restart's nuisance latent was constant."""
+    restarts = [p.for_restart(r) for r in range(p.cfg.disentangle.restarts)]
+    # 1. product-manifold autoencoder + principal oracle -> model.pt
+    s1 = p.disentangle_side_by_side(restarts)
     found = []
-    for r in range(p.cfg.disentangle.restarts):
-        p.restart(r)
-        s1 = p.stage("disentangle", p.disentangle)  # 1. product-manifold autoencoder + principal oracle -> model.pt
+    for q, s in zip(restarts, s1):
         try:
-            found.append((s1, p.stage("discover", p.discover)))  # 2. cluster the nuisance latent -> labels.parquet
+            found.append((s, q.stage("discover", q.discover)))  # 2. cluster the nuisance latent -> labels.parquet
         except ConstantLatentError as exc:
-            found.append((s1, exc))
+            found.append((s, exc))
     return p.keep(found)
 
 

@@ -457,8 +457,8 @@ def test_a_constant_latent_trains_stage_1_again_with_the_remedy_and_a_rerun_reus
 
 @pytest.mark.slow
 def test_restarts_train_stage_1_with_their_own_seeds_and_the_run_keeps_the_best_scored_discovery(ray_session, tmp_path, capsys):
-    """disentangle.restarts=2: two stage 1s (restarts/0, restarts/1) with their own seeds, discovery on each, and
-    stage 3 on the labels of the restart whose discovery scored highest; the report's table says which. A rerun
+    """disentangle.restarts=2: two stage 1s (restarts/0, restarts/1) with their own seeds, trained at once (the
+    session's Ray holds both), discovery on each, and stage 3 on the labels of the restart whose discovery scored highest; the report's table says which. A rerun
     reuses all five stages. A restart whose nuisance latent was constant is never kept; when every one was, the
     error goes on to the fallback."""
     import torch
@@ -477,6 +477,7 @@ def test_restarts_train_stage_1_with_their_own_seeds_and_the_run_keeps_the_best_
     assert [r["restart"] for r in rows] == [0, 1] and [r["folder"] for r in rows] == ["restarts/0", "restarts/1"]
     best = max(rows, key=lambda r: (r["score"], -r["restart"]))
     assert [r["kept"] for r in rows] == [r is best for r in rows] and f"kept restart {best['restart']} of 2" in out
+    assert "2 stage-1 restarts, 2 at a time" in out and "[disentangle:restart 1] epoch 2/2" in out  # side by side
     s1, s2 = ({r: json.loads((run_dir / "restarts" / str(r) / stage / "manifest.json").read_text()) for r in (0, 1)}
               for stage in ("disentangle", "discover"))
     assert s1[0]["config_hash"] != s1[1]["config_hash"] and rows[0]["seed"] != rows[1]["seed"]
@@ -491,7 +492,7 @@ def test_restarts_train_stage_1_with_their_own_seeds_and_the_run_keeps_the_best_
 
     assert run(run_dir, *extra) == 0
     out = capsys.readouterr().out
-    assert out.count("already complete") == 5 and "[disentangle] epoch" not in out
+    assert out.count("already complete") == 5 and "[disentangle" not in out
 
     p = Pipeline(load_config("quick", TINY + extra), tmp_path / "other")
     first, found = DisentangleResult.from_dict(s1[0]), DiscoverResult.from_dict(s2[0])

@@ -4,11 +4,13 @@ on Ray Data, the rest in the core). Each stage reads the previous stage's artifa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
 import functools
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -134,9 +136,10 @@ class Pipeline:
         if n_pairs // world < d.batch_size:
             raise ConfigError(f"{n_pairs} pairs per epoch over {world} worker(s) is less than one batch of "
                               f"{d.batch_size}: raise disentangle.pairs_per_epoch or data.n_images, or lower the batch size")
-        self._cache: ImageCache | SourceImages | None = None
+        # Shared with every restart's view (`for_restart`), whose stage 1s may train at once: the images, built
+        # once under the lock, the stage table and the stage running now (an interrupted run says which).
+        self._shared = {"cache": None, "lock": threading.Lock(), "stage": ""}
         self.stages: dict[str, StageRun] = {}
-        self.current_stage = ""  # the stage running now (an interrupted run says which)
         self.storage = cfg.resources.storage_path or str(self.run_dir / "checkpoints")
         self.fingerprint = self.source.fingerprint  # of the dataset's files: a changed dataset reruns every stage
         self._lock = RunLock(self.run_dir)
@@ -148,16 +151,26 @@ class Pipeline:
         self.restarts: list[dict] | None = None  # set by keep(): each restart's stage 1 and discovery, one kept
 
     @property
+    def current_stage(self) -> str:
+        return self._shared["stage"]
+
+    @current_stage.setter
+    def current_stage(self, name: str) -> None:
+        self._shared["stage"] = name
+
+    @property
     def cache(self) -> ImageCache | SourceImages:
-        if self._cache is None:
-            t0 = time.time()
-            self._cache = images_for(self.source, self.cfg.data.cache, self.cfg.resources.data_cpus)
-            if isinstance(self._cache, ImageCache):
-                _say(f"{'rendered' if getattr(self.source.reader, 'renders', False) else 'read'} {len(self.source)} images into the "
-                     f"object store in {time.time() - t0:.1f}s")
-            else:
-                _say(f"streaming {len(self.source)} images from {self.cfg.data.path or 'the renderer'} (read per batch)")
-        return self._cache
+        with self._shared["lock"]:
+            if self._shared["cache"] is None:
+                t0 = time.time()
+                cache = images_for(self.source, self.cfg.data.cache, self.cfg.resources.data_cpus)
+                if isinstance(cache, ImageCache):
+                    _say(f"{'rendered' if getattr(self.source.reader, 'renders', False) else 'read'} {len(self.source)} "
+                         f"images into the object store in {time.time() - t0:.1f}s")
+                else:
+                    _say(f"streaming {len(self.source)} images from {self.cfg.data.path or 'the renderer'} (read per batch)")
+                self._shared["cache"] = cache
+            return self._shared["cache"]
 
     # The stage runner ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -224,12 +237,32 @@ class Pipeline:
         if self.cfg.disentangle.restarts > 1:
             self.stage_root, self.tensorboard = self.root / "restarts" / str(r), self.tb_root / f"restart_{r}"
 
+    def for_restart(self, r: int) -> Pipeline:
+        """A view of this pipeline as restart r (`restart`): its own config and folders; the data, the stage table
+        and the run directory shared, so that the restarts' stage 1s can train at once (`side_by_side`)."""
+        view = copy.copy(self)
+        view.restart(r)
+        return view
+
+    def disentangle_side_by_side(self, views: list[Pipeline]) -> list[DisentangleResult]:
+        """Stage 1 of each restart's view (`for_restart`), as many at once as the cluster holds
+        (resources.concurrent_fits, or 0: `fits_held`); their results in order."""
+        at_once = self.fits_at_once(len(views))
+        calls = [functools.partial(q.stage, "disentangle", functools.partial(q.disentangle, fits_at_once=at_once))
+                 for q in views]
+        if at_once == 1:
+            return [c() for c in calls]
+        _say(f"{len(calls)} stage-1 restarts, {at_once} at a time (resources.concurrent_fits)")
+        _ = self.cache  # built once, here, not by the first threads at the same time
+        return run_concurrently(calls, at_once)
+
     def keep(self, found: list[tuple[DisentangleResult, DiscoverResult | ConstantLatentError]]) -> tuple[DisentangleResult, DiscoverResult]:
         """Of each restart's (stage 1, discovery) (`found[r]`), the one whose discovered classes score highest
         (`DiscoverResult.score`; the first on a tie); a restart whose nuisance latent was constant comes last. Makes
         it the run's stages 1-2 from here on. Raises the last restart's ConstantLatentError when every one was."""
         ok = [r for r, (_, s2) in enumerate(found) if isinstance(s2, DiscoverResult)]
         if not ok:
+            self.restart(len(found) - 1)  # the fallback names the last restart's stage 1 as the first stage 1
             raise found[-1][1]
         if len(found) == 1:
             return found[0]
@@ -316,16 +349,17 @@ class Pipeline:
         return report
 
     # Stage 1 ----------------------------------------------------------------------------------------------
-    def disentangle(self, out: Path) -> DisentangleResult:
+    def disentangle(self, out: Path, fits_at_once: int = 1) -> DisentangleResult:
         """The product-manifold autoencoder with the principal oracle (Ray Train); model.pt. Its pairs come from
         the labelled training rows (the oracle needs both images' principal labels); the unlabelled ones are
-        reconstructed beside them, so the autoencoder learns from every training image."""
-        src = self.source
+        reconstructed beside them, so the autoencoder learns from every training image. `fits_at_once`: how many
+        restarts' stage 1s train now."""
+        src, d = self.source, self.cfg.disentangle
         res = train_disentangle.run(self.cfg, src.labelled_train_rows(), src.principal, self.cache,
                                     self.tensorboard / "disentangle", self.storage, probe=self._probe(),
-                                    data_fingerprint=self.fingerprint, unlabelled_rows=src.unlabelled_train_rows())
+                                    data_fingerprint=self.fingerprint, unlabelled_rows=src.unlabelled_train_rows(),
+                                    fits_at_once=fits_at_once, label=f"restart {d.restart}" if d.restarts > 1 else "")
         save_torch(out / "model.pt", res["model"])
-        d = self.cfg.disentangle
         self._traversals(res["model"], out / "traversals.png")
         return DisentangleResult("model.pt", res["epoch"] + 1, res["steps"], res["metrics"],
                                  {"image_size": self.cfg.data.image_size, "arch": d.arch, "k": d.k, "latent_dim": d.latent_dim},

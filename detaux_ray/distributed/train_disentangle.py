@@ -160,23 +160,27 @@ def _log_scorecard(writer: SummaryWriter, model: DisentangleAE, probe: dict, ima
 
 
 def run(cfg: Config, train_rows: np.ndarray, principal: np.ndarray, cache, tb_dir: Path, storage: str,
-        probe: dict | None = None, data_fingerprint: str = "", unlabelled_rows: np.ndarray | None = None) -> dict:
+        probe: dict | None = None, data_fingerprint: str = "", unlabelled_rows: np.ndarray | None = None,
+        fits_at_once: int = 1, label: str = "") -> dict:
     """Fit stage 1 (resuming from the run's last checkpoint) and return the final model state, its metrics and
     where it trained (`placement`: workers, nodes, restarts).
 
     train_rows: the labelled training rows the pairs come from; unlabelled_rows: training rows without a principal
     label, one reconstructed beside each pair (None or empty: none).
 
-    probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds."""
+    probe: {"rows", "principal_name", "principal", "factors"} of the images the TensorBoard scorecard embeds.
+    fits_at_once: stage-1 fits training now (restarts side by side share the nodes' cores); label: tells their
+    progress lines apart."""
     name = f"disentangle-{cfg.stage_hash('disentangle', data_fingerprint)}"
     board = StatusBoard()
-    progress = Progress("disentangle", cfg.disentangle.epochs, "pairs", board)
+    progress = Progress(f"disentangle{':' + label if label else ''}", cfg.disentangle.epochs, "pairs", board)
     # The workers' seed is the restart's own (initialisation, pairs); the data split was made with cfg.seed.
     worker_cfg = dataclasses.replace(cfg, seed=cfg.stage1_seed)
     trainer = torch_trainer(train_loop_per_worker, {
         "cfg": worker_cfg.to_dict(), "train_rows": train_rows, "principal": principal, "cache": cache, "tb_dir": str(tb_dir),
         "status": board.handle, "driver_node": board.driver_node, "probe": probe, "unlabelled_rows": unlabelled_rows,
-        "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name)}, cfg, name, storage)
+        "n_principal": int(principal.max()) + 1, "run_path": run_path(storage, name), "fits_at_once": fits_at_once},
+        cfg, name, storage)
     result, placement = fit_on_board(trainer, progress, board)
     state = load_resume_state(result.checkpoint, run_path(storage, name))
     return {"model": state["model"], "epoch": state["epoch"], "steps": state["step"], "metrics": dict(result.metrics or {}),
