@@ -185,8 +185,10 @@ class ResourcesConfig:
     cpus_per_worker: float = 1.0
     data_cpus: float = 0.25  # CPUs per Ray Data map actor/task (fractional: Train workers must not starve it)
     torch_threads: int = 0  # per training worker; 0 = this node's cores / its workers (and the fits running at once)
-    # Stage 3's fits (STL, the model, `compare`, each seed) running at once; 0 = as many as the cluster holds:
-    # GPUs / num_workers, else CPUs / (num_workers * cpus_per_worker + data_cpus). Inside a tuning trial: 1.
+    # Stage 1's restarts, and stage 3's fits (STL, the model, `compare`, each seed), running at once; 0 = as many as
+    # the cluster holds: GPUs / num_workers, else CPUs / (num_workers * cpus_per_worker + data_cpus). Inside a
+    # tuning trial: 1. On 2 cores two 4-epoch stage-1 restarts at once took 139 s, one after the other 154 s
+    # (docs/studies/2026-12-07-restarts.md).
     concurrent_fits: int = 0
     amp: str = "none"  # "bf16": bfloat16 autocast in both training stages and the embedding (GPU)
     # torch.compile of stage 1's step (its loss and optimiser update), in torch's modes: "default", or

@@ -247,9 +247,12 @@ class Pipeline:
     def disentangle_side_by_side(self, views: list[Pipeline]) -> list[DisentangleResult]:
         """Stage 1 of each restart's view (`for_restart`), as many at once as the cluster holds
         (resources.concurrent_fits, or 0: `fits_held`); their results in order."""
-        at_once = self.fits_at_once(len(views))
-        calls = [functools.partial(q.stage, "disentangle", functools.partial(q.disentangle, fits_at_once=at_once))
-                 for q in views]
+        n = len(views)
+        at_once = self.fits_at_once(n)
+        # The fits of the last wave share the nodes among fewer (three restarts, two at once: the third trains alone)
+        share = [min(at_once, n - i // at_once * at_once) for i in range(n)]
+        calls = [functools.partial(q.stage, "disentangle", functools.partial(q.disentangle, fits_at_once=k))
+                 for q, k in zip(views, share)]
         if at_once == 1:
             return [c() for c in calls]
         _say(f"{len(calls)} stage-1 restarts, {at_once} at a time (resources.concurrent_fits)")
