@@ -43,7 +43,7 @@ def _restarts(r: Report) -> list[str]:
     for x in r.restarts:
         what = (f"{num(x.get('principal_in_alpha'))} / {num(x.get('principal_best_other'))} | {x.get('n_classes', '-')} | "
                 f"{num(x.get('nmi_principal_aux'))} | {num(x.get('score'))}" if "stopped" not in x else
-                f"constant nuisance latent | - | - | -")
+                "constant nuisance latent | - | - | -")
         lines.append(f"| {x['restart']}{' (kept)' if x['kept'] else ''} | {x['seed']} | {what} | "
                      f"{'`' + x['folder'] + '/`' if x.get('folder') else 'stage store'} |")
     return lines

@@ -239,7 +239,7 @@ class Pipeline:
 
     def for_restart(self, r: int) -> Pipeline:
         """A view of this pipeline as restart r (`restart`): its own config and folders; the data, the stage table
-        and the run directory shared, so that the restarts' stage 1s can train at once (`side_by_side`)."""
+        and the run directory shared, so that the restarts' stage 1s can train at once (`disentangle_side_by_side`)."""
         view = copy.copy(self)
         view.restart(r)
         return view
@@ -251,13 +251,8 @@ class Pipeline:
         at_once = self.fits_at_once(n)
         # The fits of the last wave share the nodes among fewer (three restarts, two at once: the third trains alone)
         share = [min(at_once, n - i // at_once * at_once) for i in range(n)]
-        calls = [functools.partial(q.stage, "disentangle", functools.partial(q.disentangle, fits_at_once=k))
-                 for q, k in zip(views, share)]
-        if at_once == 1:
-            return [c() for c in calls]
-        _say(f"{len(calls)} stage-1 restarts, {at_once} at a time (resources.concurrent_fits)")
-        _ = self.cache  # built once, here, not by the first threads at the same time
-        return run_concurrently(calls, at_once)
+        return self._at_once([functools.partial(q.stage, "disentangle", functools.partial(q.disentangle, fits_at_once=k))
+                              for q, k in zip(views, share)], at_once, "stage-1 restarts")
 
     def keep(self, found: list[tuple[DisentangleResult, DiscoverResult | ConstantLatentError]]) -> tuple[DisentangleResult, DiscoverResult]:
         """Of each restart's (stage 1, discovery) (`found[r]`), the one whose discovered classes score highest
@@ -269,7 +264,7 @@ class Pipeline:
             raise found[-1][1]
         if len(found) == 1:
             return found[0]
-        best = max(ok, key=lambda r: (found[r][1].score if found[r][1].score is not None else float("-inf"), -r))
+        best = max(ok, key=lambda r: (found[r][1].score, -r))
         self.restarts = []
         for r, (s1, s2) in enumerate(found):
             row = {"restart": r, "seed": _with_restart(self.cfg, r).stage1_seed, "kept": r == best,
@@ -483,11 +478,17 @@ class Pipeline:
         results in order. They run `fits_at_once` at a time, each on a thread of this driver, sharing the cluster."""
         fits = [{"n_classes": n_classes, **f} for f in fits]  # a fit may name its own tasks (a control: principal only)
         at_once = self.fits_at_once(len(fits))
+        return self._at_once([functools.partial(self.fit, train=train, fits_at_once=at_once, **f) for f in fits],
+                             at_once, "fits")
+
+    def _at_once(self, calls: list, at_once: int, what: str) -> list:
+        """The calls (each a training fit), `at_once` at a time, each on a thread of this driver sharing the
+        cluster; their results in order."""
         if at_once == 1:
-            return [self.fit(train=train, **f) for f in fits]
-        _say(f"{len(fits)} fits, {at_once} at a time (resources.concurrent_fits)")
+            return [c() for c in calls]
+        _say(f"{len(calls)} {what}, {at_once} at a time (resources.concurrent_fits)")
         _ = self.cache  # built once, here, not by the first threads at the same time
-        return run_concurrently([functools.partial(self.fit, train=train, fits_at_once=at_once, **f) for f in fits], at_once)
+        return run_concurrently(calls, at_once)
 
     def fits_at_once(self, n_fits: int) -> int:
         """resources.concurrent_fits, or (0) as many as the cluster holds (`trainer.fits_held`); 1 inside a tuning
