@@ -173,7 +173,7 @@ def render_markdown(r: Report) -> str:
               "| subspace | l_dist | dot | cluster | calinski | variance |", "|---|---|---|---|---|---|"]
     sc = r.discover.subspace_scores
     for j in range(len(sc["variance"])):
-        cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # older runs lack them
+        cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # not computed under space=ica
         lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
     comp = r.discover.component_scores
     if comp and "score" in comp:

@@ -33,7 +33,7 @@ HIGHER_WINS = {"cluster", "calinski"}  # criteria where the largest score wins; 
 
 def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, margin: float, oracle_prob: float,
                     seed: int, n_pairs: int = 20000, n_clusters: int = 10, n_cluster_points: int = 3000,
-                    max_clusters: int = 20) -> dict[str, np.ndarray]:
+                    max_clusters: int = 20, clusters: bool = True) -> dict[str, np.ndarray]:
     """Per-subspace scores for every criterion over embeddings s (N, k, d).
 
     l_dist[i]: the subspace-i term of L_dist on evaluation pairs drawn as in training, with the oracle's hard
@@ -49,6 +49,9 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
       preset it picked the subspace whose labels best match a hidden factor at 5 of 6 seeds, `cluster` at 3
       (docs/studies/2026-11-28-stage1-study.md); largest wins.
     variance[i]: total variance of subspace i (used to skip dead subspaces, which trivially score 0 on both).
+
+    clusters=False leaves out `cluster` and `calinski` (discover.space=ica chooses by the components, not by them;
+    with n_clusters=0 choosing each subspace's number of groups took ~11 s of README's discovery).
     """
     from sklearn.cluster import KMeans
     n, k, _ = s.shape
@@ -62,6 +65,8 @@ def subspace_scores(s: np.ndarray, principal_labels: np.ndarray, alpha: int, mar
     delta = np.sqrt(d2)
     l_dist = ((1 - lam) * d2 + lam * np.maximum(margin - delta, 0) ** 2).mean(0)
     dot = np.abs((s * s[:, alpha : alpha + 1]).sum(-1)).mean(0)
+    if not clusters:
+        return {"l_dist": l_dist, "dot": dot, "variance": spread / 2.0}
     sub = np.random.default_rng([seed, 13]).permutation(n)[:n_cluster_points]
     quality, calinski = np.zeros(k), np.zeros(k)
     for i in range(k):
@@ -491,7 +496,7 @@ def discover(s: np.ndarray, rows: np.ndarray, ids: np.ndarray, principal_name: s
     lab = slice(None) if labelled is None else np.asarray(labelled, bool)  # a slice: no copies when all are labelled
     pl, fl = principal[lab], {f: v[lab] for f, v in factors.items()}
     scores = subspace_scores(s[lab], pl, d.principal_subspace, d.margin, d.oracle_prob, cfg.seed, n_clusters=disc.n_clusters,
-                             max_clusters=disc.max_clusters)
+                             max_clusters=disc.max_clusters, clusters=disc.space == "subspace")
     columns = {"row": rows, "id": ids, "principal": principal if labelled is None else np.where(lab, principal, -1)}
     tasks, comp_scores = [], None
     if disc.space == "ica":

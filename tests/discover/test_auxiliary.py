@@ -163,6 +163,8 @@ def test_discover_with_space_ica_writes_labels_and_names_the_component(tmp_path)
     assert pq.read_table(tmp_path / "embeddings.parquet").column("embedding").type.list_size == 1
     assert json.loads((tmp_path / "diagnostics.json").read_text())["auxiliary_tasks"][0]["component"] == task.component
     assert "independent component" in _chosen(info, task) and "component" in _where(task)
+    # The subspace criteria's clusterings choose nothing here: left out (only l_dist, dot and the variances).
+    assert set(info.subspace_scores) == {"l_dist", "dot", "variance"}
 
 
 def test_more_auxiliary_tasks_than_independent_components_is_one_clear_error(tmp_path):
