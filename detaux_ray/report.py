@@ -167,14 +167,15 @@ def render_markdown(r: Report) -> str:
             mark = " (best match)" if f == diag.best_factor else ""
             lines.append(f"| {f}{mark} | {s['homogeneity']:.4f} | {s['completeness']:.4f} | {s['v_measure']:.4f} |")
         lines.append("")
-    lines += ["Per-subspace criteria (l_dist: smaller wins; dot: |<s_j, s_alpha>|, closer to 0 wins; cluster: "
-              "silhouette x (1 - NMI with the principal), larger wins; calinski: between / within sum of squares of the "
-              "same clusters x (1 - NMI), larger wins):", "",
-              "| subspace | l_dist | dot | cluster | calinski | variance |", "|---|---|---|---|---|---|"]
     sc = r.discover.subspace_scores
+    meaning = {"l_dist": "smaller wins", "dot": "|<s_j, s_alpha>|, closer to 0 wins",
+               "cluster": "silhouette x (1 - NMI with the principal), larger wins",
+               "calinski": "between / within sum of squares of the same clusters x (1 - NMI), larger wins"}
+    shown = [c for c in meaning if c in sc]  # cluster and calinski: only where they choose (discover.space=subspace)
+    lines += ["Per-subspace criteria (" + "; ".join(f"{c}: {meaning[c]}" for c in shown) + "):", "",
+              "| subspace | " + " | ".join(shown) + " | variance |", "|---" * (len(shown) + 2) + "|"]
     for j in range(len(sc["variance"])):
-        cl, ch = (f"{sc[c][j]:.4g}" if c in sc else "-" for c in ("cluster", "calinski"))  # not computed under space=ica
-        lines.append(f"| {j} | {sc['l_dist'][j]:.4g} | {sc['dot'][j]:.4g} | {cl} | {ch} | {sc['variance'][j]:.4g} |")
+        lines.append(f"| {j} | " + " | ".join(f"{sc[c][j]:.4g}" for c in shown) + f" | {sc['variance'][j]:.4g} |")
     comp = r.discover.component_scores
     if comp and "score" in comp:
         lines += ["", "Independent components of the nuisance latent (`discover.space=ica`), each the start of the "

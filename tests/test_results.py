@@ -50,6 +50,7 @@ def test_report_json_and_markdown_from_typed_results():
     md = render_markdown(r)
     assert "| STL | principal | 0.9500 | 0.9400 |" in md and "| MTL-NDDR + Detaux | principal | 0.9675 | - |" in md
     assert "MTL-NDDR + entangled-AE labels (ablation)" in md and "| wall_hue (best match) | 0.8265 |" in md
+    assert "| subspace | l_dist | dot | cluster | variance |" in md and "calinski:" not in md  # the criteria computed
     assert render_markdown(report(stl=False, best=None)).count("STL") == 0
     assert "runner-up" not in md and j["criterion_margin"] is None  # no margin recorded: nothing claimed
     r.discover.criterion, r.discover.criterion_margin = "calinski", 1.72
