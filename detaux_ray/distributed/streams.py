@@ -6,7 +6,8 @@ gathers from those chunks zero-copy, so no process holds a private copy of the d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +147,51 @@ def pair_batches(table: pa.Table, cache: ImageCache | SourceImages, cpus: float,
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # this process's datasets
     yield from pair_stream(table, cache, cpus, batch_size).iter_batches(
         batch_size=batch_size, batch_format="numpy", prefetch_batches=2, drop_last=True)
+
+
+class EpochPairs:
+    """Each epoch's pair batches (`pair_batches` over `make_table(epoch)`), the next epoch's stream started while
+    the epoch before it ends.
+
+    A new Ray Dataset an epoch waits 0.25-0.76 s for its first batch on 2 cores (bench/README.md, `ray_overhead`):
+    `prefetch(e)` builds epoch e's table and takes its first batch on a helper thread, so that the wait overlaps the
+    checkpoint and report of the epoch before. `open(e)` returns (table, batches in table order); what the helper
+    thread raised (a bad image) is raised there, on the training thread."""
+
+    def __init__(self, make_table: Callable[[int], pa.Table], cache: ImageCache | SourceImages, cpus: float,
+                 batch_size: int):
+        self._make_table, self._cache, self._cpus, self._batch_size = make_table, cache, cpus, batch_size
+        self._ahead: dict[int, tuple[threading.Thread, dict]] = {}
+
+    def prefetch(self, epoch: int) -> None:
+        box: dict = {}
+
+        def start() -> None:
+            try:
+                box["table"] = self._make_table(epoch)
+                box["batches"] = pair_batches(box["table"], self._cache, self._cpus, self._batch_size)
+                box["first"] = next(box["batches"], None)
+            except BaseException as exc:  # re-raised by open(), on the training thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=start, name=f"pairs-epoch-{epoch}", daemon=True)
+        thread.start()
+        self._ahead[epoch] = (thread, box)
+
+    def open(self, epoch: int) -> tuple[pa.Table, Iterator[dict]]:
+        if epoch not in self._ahead:
+            self.prefetch(epoch)
+        thread, box = self._ahead.pop(epoch)
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["table"], _chain_first(box["first"], box["batches"])
+
+
+def _chain_first(first: dict | None, rest: Iterator[dict]) -> Iterator[dict]:
+    if first is not None:
+        yield first
+        yield from rest
 
 
 def row_stream(table: pa.Table, cache: ImageCache, cpus: float, batch_size: int = 256) -> ray.data.Dataset:

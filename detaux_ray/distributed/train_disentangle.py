@@ -23,7 +23,7 @@ from .faults import make_latent_constant, maybe_kill
 from .progress import Progress, send
 from .status import StatusBoard
 from .trainer import diverged, end_epoch, fit_on_board, run_guarded, start_worker, torch_trainer
-from .streams import gather, pair_batches, pair_table
+from .streams import EpochPairs, gather, pair_table
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -45,13 +45,15 @@ def _train(config: dict) -> None:
         send(config["status"], resumed_after=start_epoch)
     # Deterministic resume: batches arrive in table order (pair_batches) and each epoch reseeds the swap sampling,
     # so a run resumed from epoch e's checkpoint retraces an uninterrupted run exactly (same auxiliary labels).
+    pairs = EpochPairs(lambda epoch: pair_table(  # this rank's share of the epoch's pairs
+        rows, config["principal"], d.pairs_per_epoch or len(rows), d.oracle_prob, cfg.seed, epoch, rank, world,
+        d.batch_size, d.pair_mode, config.get("unlabelled_rows")), config["cache"], res.data_cpus, d.batch_size)
     for epoch in range(start_epoch, d.epochs):
         t0, sums, picks = time.time(), {}, torch.zeros(d.k, device=device)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)
-        table = pair_table(rows, config["principal"], d.pairs_per_epoch or len(rows), d.oracle_prob, cfg.seed, epoch,
-                           rank, world, d.batch_size, d.pair_mode, config.get("unlabelled_rows"))  # this rank's share
+        table, batches = pairs.open(epoch)
         steps = max(1, table.num_rows // d.batch_size)
-        for step, batch in enumerate(pair_batches(table, config["cache"], res.data_cpus, d.batch_size)):
+        for step, batch in enumerate(batches):
             betas = beta_schedule(epoch + step / steps, d)
             x1, x2, same, y1, y2, xu = _pair_tensors(batch, device)
             with autocast(device, res.amp):
@@ -71,7 +73,10 @@ def _train(config: dict) -> None:
                     f"({means}); training stopped, the last good checkpoint (epoch {epoch - 1}) is kept. Lower "
                     "disentangle.lr or check the data."):
             return
-        metrics = {"epoch": epoch, "epoch_time_s": time.time() - t0, "pairs": steps * d.batch_size * world,
+        epoch_time_s = time.time() - t0
+        if epoch + 1 < d.epochs:
+            pairs.prefetch(epoch + 1)  # its first batch arrives while this epoch is logged and checkpointed
+        metrics = {"epoch": epoch, "epoch_time_s": epoch_time_s, "pairs": steps * d.batch_size * world,
                    # unlabelled images reconstructed beside the pairs this epoch (one per pair; data.labelled_frac < 1)
                    "unlabelled_images": steps * d.batch_size * world if "u" in table.column_names else 0,
                    **{f"loss/{k}": v for k, v in means.items()}}

@@ -41,6 +41,41 @@ def test_pair_batches_gathered_in_the_worker_match_the_streamed_ones_in_table_or
             assert np.array_equal(a[key], b[key]), key
 
 
+def test_epoch_pairs_prefetched_or_not_deliver_each_epochs_batches_in_order_and_raise_the_helpers_error(ray_session):
+    import pytest
+
+    from detaux_ray.distributed.streams import EpochPairs, ImageCache, pair_batches, pair_table
+
+    src = build_source(DataConfig(n_images=600, image_size=16), seed=0)
+    cache = ImageCache.build(src)
+
+    def table(epoch):
+        return pair_table(src.train_rows(), src.principal, n_pairs=96, p_differ=0.5, seed=0, epoch=epoch, batch_size=16)
+
+    pairs = EpochPairs(table, cache, 0.25, 16)
+    got = {}
+    for epoch in range(3):
+        t, batches = pairs.open(epoch)  # epoch 0 started here; 1 and 2 while the epoch before ended
+        assert t.equals(table(epoch))
+        got[epoch] = list(batches)
+        if epoch < 2:
+            pairs.prefetch(epoch + 1)
+    for epoch in range(3):
+        want = list(pair_batches(table(epoch), cache, 0.25, 16))
+        assert len(got[epoch]) == len(want) == 6
+        for a, b in zip(got[epoch], want):
+            assert all(np.array_equal(a[k], b[k]) for k in ("x1", "x2", "same", "y1", "y2"))
+    assert not np.array_equal(got[0][0]["x1"], got[1][0]["x1"])  # each epoch its own pairs
+
+    def broken(epoch):
+        raise ValueError(f"no pairs for epoch {epoch}")
+
+    failing = EpochPairs(broken, cache, 0.25, 16)
+    failing.prefetch(4)
+    with pytest.raises(ValueError, match="no pairs for epoch 4"):
+        failing.open(4)
+
+
 def test_pair_table_splits_evenly_across_ranks():
     from detaux_ray.distributed.streams import pair_table
 
