@@ -153,7 +153,7 @@ class EpochPairs:
     """Each epoch's pair batches (`pair_batches` over `make_table(epoch)`), the next epoch's stream started while
     the epoch before it ends.
 
-    A new Ray Dataset an epoch waits 0.25-0.76 s for its first batch on 2 cores (bench/README.md, `ray_overhead`):
+    A new Ray Dataset an epoch waits 0.3-0.8 s for its first batch on 2 cores (bench/README.md, `ray_overhead`):
     `prefetch(e)` builds epoch e's table and takes its first batch on a helper thread, so that the wait overlaps the
     checkpoint and report of the epoch before. `open(e)` returns (table, batches in table order); what the helper
     thread raised (a bad image) is raised there, on the training thread."""
