@@ -42,7 +42,7 @@ def main() -> None:
 
     mtl.combine_task_gradients = read
     run = Path(args.run_dir)
-    cfg = load_config(str(run / "config.yaml"), args.set + ["mtl.aux_gradient=cosine"])  # any non-sum mode forks h
+    cfg = load_config(str(run / "config.yaml"), args.set + ["mtl.aux_gradient=reverse"])  # a non-sum mode forks h; `read` sums
     src = build_source(cfg.data, cfg.seed)
     labels = pq.read_table(run / "discover" / "labels.parquet").to_pydict()
     targets = {t: np.asarray(v) for t, v in labels.items() if t == "principal" or t.startswith("auxiliary")}

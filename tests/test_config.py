@@ -69,7 +69,8 @@ def test_the_datasets_fingerprint_is_part_of_every_stage_hash():
     ("quick", ["disentangle.k=three"], "disentangle.k' expects int"),
     ("quick", ["discover.clusterer=dbscan"], "discover.clusterer"),
     ("quick", ["disentangle.principal_subspace=9"], "principal_subspace"),
-    ("quick", ["mtl.model=nddr", "mtl.aux_gradient=project"], "aux_gradient=project shapes MTL-HPS only"),
+    ("quick", ["mtl.model=nddr", "mtl.aux_gradient=reverse"], "aux_gradient=reverse shapes MTL-HPS only"),
+    ("quick", ["mtl.aux_gradient=cosine"], "mtl.aux_gradient"),
     ("quick", ["novalue"], "section.key=value"),
 ])
 def test_bad_config_is_one_clear_error(preset, overrides, match):

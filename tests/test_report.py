@@ -24,8 +24,8 @@ def test_markdown_names_the_auxiliary_gradient_rule_when_it_is_not_the_plain_sum
 
     r = report()
     assert "auxiliary gradient" not in markdown(r)
-    r.mtl.results["mtl"].aux_gradient = "project"
-    assert "MTL-NDDR + Detaux (`project` auxiliary gradient)" in markdown(r)
+    r.mtl.results["mtl"].aux_gradient = "reverse"
+    assert "MTL-NDDR + Detaux (`reverse` auxiliary gradient)" in markdown(r)
 
 
 def test_markdown_says_how_every_model_trained():

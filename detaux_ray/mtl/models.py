@@ -96,40 +96,26 @@ def pool(x: Tensor) -> Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-AUX_GRADIENTS = ("sum", "cosine", "project", "reverse")
+AUX_GRADIENTS = ("sum", "reverse")
 
 
 def combine_task_gradients(g_principal: Tensor, g_auxiliary: list[Tensor], mode: str) -> Tensor:
     """The gradient the shared representation h passes down, from the principal task's g_p = dL_p/dh and each
-    auxiliary task's g_a = dL_a/dh (loss weights included; dot products over the whole batch's h):
+    auxiliary task's g_a = dL_a/dh (loss weights included):
 
-    - sum:     g = g_p + sum_a g_a (plain multi-task learning);
-    - cosine:  g = g_p + sum_a [cos(g_p, g_a) > 0] g_a (Du et al. 2018: an auxiliary task's gradient is used only
-               while it points the principal task's way);
-    - project: g = g_p + sum_a (g_a - min(0, <g_a, g_p>) / |g_p|^2 g_p) (PCGrad's projection, Yu et al. 2020,
-               one-sided: the auxiliary gradient loses its component against the principal one, never the reverse);
+    - sum:     g = g_p + sum_a g_a (plain multi-task learning, the paper);
     - reverse: g = g_p - sum_a g_a (a gradient-reversal layer, Ganin & Lempitsky 2015): the auxiliary head still
                learns to predict its labels, the shared features learn to hide them (invariance to the discovered
                factor instead of its prediction; ours, not the paper's).
 
-    cosine and project can only drop or shorten what opposes the principal task, so the auxiliary task shapes h
-    where it agrees with the principal task or is orthogonal to it.
+    Two more rules were measured and left out: Du et al.'s cosine gate and PCGrad's projection stayed below
+    `reverse` on the validation split at few labels (docs/studies/2026-12-06-few-labels-auxiliary-gradient.md).
     """
     if mode == "sum":
         return g_principal + sum(g_auxiliary)
-    total = g_principal
-    norm2 = g_principal.square().sum()
-    for g in g_auxiliary:
-        dot = (g * g_principal).sum()
-        if mode == "cosine":
-            total = total + g * (dot > 0).to(g.dtype)
-        elif mode == "reverse":
-            total = total - g
-        elif mode == "project":
-            total = total + g - torch.clamp(dot, max=0.0) / norm2.clamp_min(1e-30) * g_principal
-        else:
-            raise ValueError(f"mtl.aux_gradient must be one of {', '.join(AUX_GRADIENTS)}, got {mode!r}")
-    return total
+    if mode == "reverse":
+        return g_principal - sum(g_auxiliary)
+    raise ValueError(f"mtl.aux_gradient must be one of {', '.join(AUX_GRADIENTS)}, got {mode!r}")
 
 
 class _GradientFork(torch.autograd.Function):
@@ -150,7 +136,7 @@ class _GradientFork(torch.autograd.Function):
 class HardSharingNet(nn.Module):
     """MTL-HPS: one shared backbone, one linear head per task. With only the principal task, it is the STL baseline.
 
-    `aux_gradient` (sum | cosine | project) decides how the auxiliary tasks' gradients join the principal task's
+    `aux_gradient` (sum | reverse) decides how the auxiliary tasks' gradients join the principal task's
     at the shared representation (`combine_task_gradients`)."""
 
     def __init__(self, n_classes: dict[str, int], width: int = 32, backbone=None, aux_gradient: str = "sum"):

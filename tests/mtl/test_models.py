@@ -159,17 +159,14 @@ def test_combine_task_gradients_hand_computed():
     gp = torch.tensor([[1.0, 0.0]])
     agree, oppose = torch.tensor([[1.0, 1.0]]), torch.tensor([[-1.0, 2.0]])
     assert torch.equal(combine_task_gradients(gp, [agree, oppose], "sum"), torch.tensor([[1.0, 3.0]]))
-    # cosine: the opposing task (<g_a, g_p> = -1) is dropped, the agreeing one kept
-    assert torch.equal(combine_task_gradients(gp, [agree, oppose], "cosine"), torch.tensor([[2.0, 1.0]]))
-    # project: the opposing task loses its component along g_p: (-1, 2) - (-1 / 1) (1, 0) = (0, 2)
-    assert torch.equal(combine_task_gradients(gp, [agree, oppose], "project"), torch.tensor([[2.0, 3.0]]))
     # reverse: every auxiliary gradient with its sign flipped: (1, 0) - (1, 1) - (-1, 2) = (1, -3)
     assert torch.equal(combine_task_gradients(gp, [agree, oppose], "reverse"), torch.tensor([[1.0, -3.0]]))
-    with pytest.raises(ValueError, match="aux_gradient"):
-        combine_task_gradients(gp, [agree], "pcgrad")
+    for gone in ("cosine", "project", "pcgrad"):  # measured below `reverse` and left out (the study log keeps them)
+        with pytest.raises(ValueError, match="aux_gradient"):
+            combine_task_gradients(gp, [agree], gone)
 
 
-@pytest.mark.parametrize("mode", ["cosine", "project", "reverse"])
+@pytest.mark.parametrize("mode", ["reverse"])
 def test_hps_aux_gradient_reaches_the_backbone_as_combined(mode):
     """One ordinary backward through HPS gives the backbone exactly the hand-combined gradient at its output."""
     import torch.nn.functional as F
