@@ -9,7 +9,9 @@ p against STL. A variant is a name plus config overrides, so loss weights and mo
         --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
 
 Harness-only keys in a variant: `opt=adamw|sgd|taskadam` overrides mtl.optimizer (`train`; taskadam: `TaskAdam`);
-`tasks=principal` trains the model's architecture on the principal task alone (the control for its size).
+`tasks=principal` trains the model's architecture on the principal task alone (the control for its size);
+`order=stream` draws the data order as the Ray stage does (the table shuffled once per fit, then each epoch mixed only
+within windows of four batches, like its local shuffle buffer) instead of a new permutation each epoch.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class TaskAdam:
 
 def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
           seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None, opt_name: str = "config",
-          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+          val: tuple[np.ndarray, np.ndarray] | None = None, order_kind: str = "epoch") -> dict:
     """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
     accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given; per-epoch
     accuracy on `val` when given (what a setting is chosen on).
@@ -125,7 +127,12 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         else:
             for group in opt.param_groups:
                 group["lr"] = lr
-        order = np.random.default_rng([seed, epoch]).permutation(len(rows_per_epoch))
+        if order_kind == "stream":  # once per fit, then mixed within 4-batch windows (the Ray stage's buffer)
+            once = np.random.default_rng([seed, 31]).permutation(len(rows_per_epoch))
+            rng, w = np.random.default_rng([seed, epoch]), 4 * bs
+            order = np.concatenate([rng.permutation(once[i:i + w]) for i in range(0, len(once), w)])
+        else:
+            order = np.random.default_rng([seed, epoch]).permutation(len(rows_per_epoch))
         ces = {t: 0.0 for t in tasks}
         for b in range(len(order) // bs):
             pos = order[b * bs:(b + 1) * bs]
@@ -209,12 +216,13 @@ def main() -> None:
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
-        harness = dict(x.split("=", 1) for x in sets if x.startswith(("opt=", "tasks=")))  # harness-only keys
-        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith(("opt=", "tasks="))])
+        harness = dict(x.split("=", 1) for x in sets if x.startswith(("opt=", "tasks=", "order=")))  # harness-only keys
+        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith(("opt=", "tasks=", "order="))])
         # tasks=principal: the model's architecture on the principal task alone (the control for its own size)
         fit_targets = {"principal": targets["principal"]} if harness.get("tasks") == "principal" else targets
         for seed in seeds:
-            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"), val)
+            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"), val,
+                      harness.get("order", "epoch"))
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
             if iid:
                 iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])
