@@ -38,6 +38,9 @@ from detaux_ray.mtl.models import UNLABELLED, build_mtl_model, learning_rate, ma
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
+HARNESS_KEYS = ("opt=", "tasks=", "order=")  # a variant's keys that are the harness's, not the config's
+
+
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, images: np.ndarray, y: np.ndarray) -> float:
     model.eval()
@@ -119,6 +122,8 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         table = tables.labelled_only(table) if tasks == ["principal"] else tables.labelled_beside_every_image(table)
     rows_per_epoch, principal_per_row = table.column("row").to_numpy(), torch.from_numpy(table.column("principal").to_numpy())
     bs = m.batch_size * table.num_rows // n  # twice the batch where the table is twice the rows
+    # order=stream: the table's order shuffled once per fit, as the Ray stage's `shuffled` does (same seed mix)
+    once = np.random.default_rng([seed, 31]).permutation(len(rows_per_epoch)) if order_kind == "stream" else None
     curve, ce_curve, val_curve, t0 = [], [], [], time.time()
     for epoch in range(m.epochs):
         lr = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
@@ -127,8 +132,7 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         else:
             for group in opt.param_groups:
                 group["lr"] = lr
-        if order_kind == "stream":  # once per fit, then mixed within 4-batch windows (the Ray stage's buffer)
-            once = np.random.default_rng([seed, 31]).permutation(len(rows_per_epoch))
+        if order_kind == "stream":  # `once` mixed within 4-batch windows each epoch (the Ray stage's buffer)
             rng, w = np.random.default_rng([seed, epoch]), 4 * bs
             order = np.concatenate([rng.permutation(once[i:i + w]) for i in range(0, len(once), w)])
         else:
@@ -216,8 +220,8 @@ def main() -> None:
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         kind, *sets = rest.split(",")
-        harness = dict(x.split("=", 1) for x in sets if x.startswith(("opt=", "tasks=", "order=")))  # harness-only keys
-        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith(("opt=", "tasks=", "order="))])
+        harness = dict(x.split("=", 1) for x in sets if x.startswith(HARNESS_KEYS))
+        cfg = load_config(str(run / "config.yaml"), [x for x in sets if not x.startswith(HARNESS_KEYS)])
         # tasks=principal: the model's architecture on the principal task alone (the control for its own size)
         fit_targets = {"principal": targets["principal"]} if harness.get("tasks") == "principal" else targets
         for seed in seeds:
