@@ -2,16 +2,16 @@
 
 Reads `<run-dir>/discover/labels.parquet` and the run's `config.yaml`, renders / reads the same images, and trains
 each variant over seeds the way the Ray stage does (same model builders, loss, optimizer, batch size and epochs; one
-seeded shuffle per epoch), then reports the held-out principal accuracy per seed, mean +/- sample std and Welch's
+seeded shuffle per epoch, as the Ray stream's is where an epoch's table is one block), then reports the held-out principal accuracy per seed, mean +/- sample std and Welch's
 p against STL. A variant is a name plus config overrides, so loss weights and models compare one change at a time:
 
     python bench/mtl_study.py --run-dir runs/quick --seeds 3 --variant stl:stl --variant hps:hps \\
         --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
 
 Harness-only keys in a variant: `opt=adamw|sgd|taskadam` overrides mtl.optimizer (`train`; taskadam: `TaskAdam`);
-`tasks=principal` trains the model's architecture on the principal task alone (the control for its size);
-`order=stream` draws the data order as the Ray stage does (the table shuffled once per fit, then each epoch mixed only
-within windows of four batches, like its local shuffle buffer) instead of a new permutation each epoch.
+`tasks=principal` trains the model's architecture on the principal task alone (the control for its size).
+Trained on the batch rows the Ray stream gives, this harness gives the product's accuracies to the fourth digit
+(docs/studies/2026-12-06-few-labels-auxiliary-gradient.md, section 7).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from detaux_ray.mtl.models import UNLABELLED, build_mtl_model, learning_rate, ma
 from detaux_ray.statistics import seed_statistics  # noqa: E402
 
 
-HARNESS_KEYS = ("opt=", "tasks=", "order=")  # a variant's keys that are the harness's, not the config's
+HARNESS_KEYS = ("opt=", "tasks=")  # a variant's keys that are the harness's, not the config's
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ class TaskAdam:
 
 def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], test: tuple[np.ndarray, np.ndarray],
           seed: int, iid_test: tuple[np.ndarray, np.ndarray] | None = None, opt_name: str = "config",
-          val: tuple[np.ndarray, np.ndarray] | None = None, order_kind: str = "epoch") -> dict:
+          val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """One model `kind` (stl, hps, nddr, mti) on the tasks in `targets` (principal only for stl); per-epoch test
     accuracy, and the final accuracy on `iid_test` (images held out of the training split) when given; per-epoch
     accuracy on `val` when given (what a setting is chosen on).
@@ -122,8 +122,6 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         table = tables.labelled_only(table) if tasks == ["principal"] else tables.labelled_beside_every_image(table)
     rows_per_epoch, principal_per_row = table.column("row").to_numpy(), torch.from_numpy(table.column("principal").to_numpy())
     bs = m.batch_size * table.num_rows // n  # twice the batch where the table is twice the rows
-    # order=stream: the table's order shuffled once per fit, as the Ray stage's `shuffled` does (same seed mix)
-    once = np.random.default_rng([seed, 31]).permutation(len(rows_per_epoch)) if order_kind == "stream" else None
     curve, ce_curve, val_curve, t0 = [], [], [], time.time()
     for epoch in range(m.epochs):
         lr = learning_rate(m.lr, epoch, m.epochs, m.lr_schedule)
@@ -132,11 +130,7 @@ def train(cfg, kind: str, images: np.ndarray, targets: dict[str, np.ndarray], te
         else:
             for group in opt.param_groups:
                 group["lr"] = lr
-        if order_kind == "stream":  # `once` mixed within 4-batch windows each epoch (the Ray stage's buffer)
-            rng, w = np.random.default_rng([seed, epoch]), 4 * bs
-            order = np.concatenate([rng.permutation(once[i:i + w]) for i in range(0, len(once), w)])
-        else:
-            order = np.random.default_rng([seed, epoch]).permutation(len(rows_per_epoch))
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows_per_epoch))
         ces = {t: 0.0 for t in tasks}
         for b in range(len(order) // bs):
             pos = order[b * bs:(b + 1) * bs]
@@ -225,8 +219,7 @@ def main() -> None:
         # tasks=principal: the model's architecture on the principal task alone (the control for its own size)
         fit_targets = {"principal": targets["principal"]} if harness.get("tasks") == "principal" else targets
         for seed in seeds:
-            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"), val,
-                      harness.get("order", "epoch"))
+            r = train(cfg, kind, images, fit_targets, test, seed, iid, harness.get("opt", "config"), val)
             acc.setdefault(name, []).append(r["test_principal_accuracy"])
             if iid:
                 iid_acc.setdefault(name, []).append(r["iid_principal_accuracy"])
