@@ -2,8 +2,9 @@
 
 Reads `<run-dir>/discover/labels.parquet` and the run's `config.yaml`, renders / reads the same images, and trains
 each variant over seeds the way the Ray stage does (same model builders, loss, optimizer, batch size and epochs; one
-seeded shuffle per epoch, as the Ray stream's is where an epoch's table is one block), then reports the held-out principal accuracy per seed, mean +/- sample std and Welch's
-p against STL. A variant is a name plus config overrides, so loss weights and models compare one change at a time:
+seeded shuffle per epoch, as the Ray stream's is where an epoch's table is one block), then reports the held-out
+principal accuracy per seed, mean +/- sample std and Welch's p against STL. A variant is a name plus config
+overrides, so loss weights and models compare one change at a time:
 
     python bench/mtl_study.py --run-dir runs/quick --seeds 3 --variant stl:stl --variant hps:hps \\
         --variant hps-unc:hps,mtl.loss_weighting=uncertainty --out r.json
