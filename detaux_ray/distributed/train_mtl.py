@@ -225,9 +225,9 @@ def shuffled(table: pa.Table, seed: int) -> pa.Table:
     class. The training loop's local shuffle buffer mixes the stream's blocks as they arrive, and Ray Data packs
     gathered images into blocks of up to ~128 MiB: `shapes`' 10,496 training images at 32 px are one block, so each
     epoch is a full reshuffle there (rows move a median 3,100 places), but at 64 px a block holds ~10,000 images and
-    at 224 px (by size) under a thousand, and a stream in row order would give each batch a few classes. Shuffled once per fit
-    (seed = the fit's seed), each batch is a random draw whatever the block size; the buffer varies the order per
-    epoch, and a resumed fit sees the same order."""
+    at 224 px (by size) under a thousand, and a stream in row order would give each batch a few classes. Shuffled
+    once per fit (seed = the fit's seed), each batch is a random draw whatever the block size; the buffer varies the
+    order per epoch, and a resumed fit sees the same order."""
     return table.take(pa.array(np.random.default_rng([seed, 31]).permutation(table.num_rows)))
 
 
