@@ -210,6 +210,8 @@ def main() -> None:
                     "the training images' median image")
     ap.add_argument("--no-unlabelled", action="store_true", help="with data.labelled_frac < 1: train on the labelled "
                     "images alone (the ablation of reconstructing the unlabelled ones)")
+    ap.add_argument("--output-bias", default="", help="experiment: 'mean' starts the decoder's output bias at the logit of "
+                    "the training images' per-channel mean (default: PyTorch's init, logit ~0)")
     ap.add_argument("--leaky-projectors", type=float, default=0.0, help="experiment: LeakyReLU slope in the projectors")
     args = ap.parse_args()
     if args.leaky_projectors > 0:
@@ -271,6 +273,12 @@ def main() -> None:
     state = torch.load(args.resume, weights_only=False) if args.resume else None
     heads = state["heads"] if state else (w_principal > 0, d.w_adversary > 0)  # a continuation keeps the saved modules
     model = build_model(with_heads(d, heads), cfg.data.image_size, src.n_principal_classes).to(memory_format=torch.channels_last)
+    if args.output_bias == "mean":
+        sample = to_float_images(torch.from_numpy(images[np.random.default_rng([cfg.seed, 37]).permutation(len(images))[:2000]]))
+        mean = sample.mean(dim=(0, 2, 3)).clamp(1e-3, 1 - 1e-3)
+        out = model.decoder.deconv[-1] if hasattr(model.decoder, "deconv") else model.decoder.out
+        with torch.no_grad():
+            out.bias.copy_(torch.log(mean / (1 - mean)))
     opt = optimizer(model, d)
     # data.labelled_frac < 1: pairs from the labelled rows, one unlabelled image reconstructed beside each pair as in
     # the product (train_disentangle), unless --no-unlabelled (the ablation: the labelled images alone).
